@@ -1,0 +1,1 @@
+"""kar-feast: LLM knowledge for CTR rankers on Feast."""

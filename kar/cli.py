@@ -1,0 +1,180 @@
+"""``kar``: a thin typer CLI over ``kar.pipeline`` and ``kar.store``; every command is an importable function."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kar.errors import KarError
+
+app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
+feast_app = typer.Typer(help="Register, materialize and read the Feast feature store.", no_args_is_help=True)
+app.add_typer(feast_app, name="feast")
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DataDir = Annotated[Path, typer.Option("--data", help="Folder written by `kar prepare`.")]
+RepoOpt = Annotated[Path | None, typer.Option("--repo", help="Feast repo (default: ./feature_repo).")]
+
+
+def friendly(func: F) -> F:
+    """Turn a ``KarError`` into one red line and exit code 2: users get the fix, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KarError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def steps() -> Iterator[Callable[[str], None]]:
+    """A spinner line that shows the current step and its elapsed time."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+        current: list[str] = []
+
+        def update(message: str) -> None:
+            if current:
+                progress.console.print(f"  [green]✓[/] {current[-1]}", highlight=False)
+            current.append(message)
+            progress.update(task, description=message)
+
+        yield update
+        if current:
+            progress.console.print(f"  [green]✓[/] {current[-1]}", highlight=False)
+        progress.update(task, description="done", visible=False)
+
+
+def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("model", "val AUC", "val LogLoss", "test AUC", "test LogLoss"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in results.items():
+        val, test = metrics["val"], metrics["test"]
+        table.add_row(
+            name, f"{val['auc']:.4f}", f"{val['logloss']:.4f}", f"{test['auc']:.4f}", f"{test['logloss']:.4f}"
+        )
+    return table
+
+
+@app.command()
+@friendly
+def prepare(
+    dataset: Annotated[
+        str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon")
+    ] = "synthetic",
+    out: Annotated[Path, typer.Option(help="Output folder for the prepared tables.")] = Path("runs/prepared"),
+    path: Annotated[Path | None, typer.Option(help="Input folder of a file-based dataset.")] = None,
+    protocol: Annotated[str, typer.Option(help="Split: 'time' (global time split) or 'kar'.")] = "time",
+    seed: Annotated[int, typer.Option(help="Seed of the KAR user split.")] = 1234,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Load a dataset with Spark, quarantine bad rows, split, and write canonical parquet tables."""
+    from kar.pipeline import run_prepare
+
+    with steps() as step:
+        summary = run_prepare(
+            dataset=dataset, out=out, path=path, protocol=protocol, seed=seed, master=master, progress=step
+        )
+    rejected = {t: q["rejected"] for t, q in summary["quarantine"].items() if q["rejected"]}
+    console.print(f"[bold]{dataset}[/]: {json.dumps(summary['rows'])}")
+    console.print(f"splits: {json.dumps(summary['splits'])}")
+    console.print(f"quarantined: {json.dumps(rejected) if rejected else 'none'} → {out / 'summary.json'}")
+
+
+@feast_app.command("apply")
+@friendly
+def feast_apply(data: DataDir, repo: RepoOpt = None) -> None:
+    """Register entities, feature views and services over a prepared folder (like `feast apply`)."""
+    from kar import store
+
+    names = store.apply(data_dir=data, repo=repo)
+    console.print(f"applied {len(names)} objects: {', '.join(names)}")
+
+
+@feast_app.command("materialize")
+@friendly
+def feast_materialize(data: DataDir, repo: RepoOpt = None) -> None:
+    """Load the latest feature values into the online store (SQLite by default)."""
+    from kar import store
+
+    store.materialize(data_dir=data, repo=repo)
+    console.print(f"materialized into {store.feast_dir(data)}")
+
+
+@feast_app.command("online")
+@friendly
+def feast_online(
+    data: DataDir,
+    user: Annotated[int, typer.Option(help="User id.")],
+    items: Annotated[str, typer.Option(help="Comma-separated item ids.")],
+    repo: RepoOpt = None,
+) -> None:
+    """Serving-time lookup of one user's and N items' features from the online store."""
+    from kar import store
+
+    item_ids = [int(i) for i in items.split(",") if i.strip()]
+    found = store.online_features(store.open_store(data_dir=data, repo=repo), user_id=user, item_ids=item_ids)
+    console.print(found["user"].to_string(index=False))
+    console.print(found["items"].to_string(index=False))
+
+
+@app.command()
+@friendly
+def train(
+    model: Annotated[str, typer.Option(help="deepfm | xgboost")] = "deepfm",
+    data: DataDir = Path("runs/prepared"),
+    out: Annotated[Path, typer.Option(help="Output folder for metrics.json and the model.")] = Path(
+        "runs/train"
+    ),
+    config: Annotated[Path | None, typer.Option(help="Experiment YAML (default: shipped one).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+) -> None:
+    """Train a ranker on the point-in-time Feast training frame; writes OUT/metrics.json."""
+    from kar.pipeline import run_train
+
+    with steps() as step:
+        metrics = run_train(model=model, data_dir=data, out=out, config_path=config, seed=seed, progress=step)
+    console.print(_metrics_table({metrics["model"]: metrics}, f"{data}"))
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+    users: Annotated[int | None, typer.Option(help="Synthetic users (default: generator's).")] = None,
+) -> None:
+    """The main job on embedded defaults: synthetic data → Spark → Feast → DeepFM + XGBoost."""
+    from kar.pipeline import run_demo
+
+    with steps() as step:
+        metrics = run_demo(out=out, n_users=users, progress=step)
+    console.print(_metrics_table(metrics["models"], "kar demo (synthetic, test = last 10% of time)"))
+    lookup = metrics["online_lookup"]
+    console.print(f"online lookup: user {lookup['user']}", highlight=False)
+    console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,61 @@
+"""What every dataset loader returns: typed raw tables that still carry file/line and a reject reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from kar.errors import DataError
+
+# Unix seconds; anything outside is an impossible timestamp for an interaction log.
+MIN_TIMESTAMP = 1  # 1970-01-01T00:00:01Z: zero/negative means "missing" in most exports
+YEAR_PATTERN = r"\((\d{4})\)\s*$"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawTables:
+    """Typed tables before cross-table checks.
+
+    Attributes:
+        users: ``user_id, gender, age, occupation, zip_code`` + ``_reason`` and meta columns.
+        items: ``item_id, title, genres, year, description, brand`` + ``_reason`` and meta columns.
+        interactions: ``user_id, item_id, rating, timestamp`` (unix seconds) + ``_reason`` and meta columns.
+        positive_threshold: A rating above this is a positive label.
+        notes: Facts about the input worth reporting (e.g. which users a partial ratings file covers).
+        id_maps: For datasets with string ids, ``raw id -> int64 id`` tables to persist (``users``, ``items``).
+    """
+
+    users: DataFrame
+    items: DataFrame
+    interactions: DataFrame
+    positive_threshold: float = 3.0
+    notes: dict[str, object] = field(default_factory=dict)
+    id_maps: dict[str, DataFrame] = field(default_factory=dict)
+
+
+def require_dir(path: Path | None, *, dataset: str, expected: str) -> Path:
+    if path is None:
+        raise DataError(f"{dataset}: --path is required (a folder with {expected})")
+    if not path.is_dir():
+        raise DataError(f"{path}: folder not found (expected {expected} for {dataset})")
+    return path
+
+
+def find_one(folder: Path, patterns: tuple[str, ...], *, what: str) -> Path:
+    """The single file in ``folder`` matching the first pattern that matches anything."""
+    for pattern in patterns:
+        matches = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(m.name for m in matches)
+            raise DataError(f"{folder}: several {what} files match {pattern!r} ({names}); keep one")
+    raise DataError(f"{folder}: no {what} file (looked for {', '.join(patterns)})")
+
+
+def year_from_title(title: Column) -> Column:
+    year = F.regexp_extract(title, YEAR_PATTERN, 1)
+    return F.when(year != F.lit(""), year.cast("int"))

@@ -1,0 +1,174 @@
+"""MovieLens 100K and 1M loaders (GroupLens formats, Latin-1 text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from kar.errors import DataError
+from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables, find_one, require_dir, year_from_title
+from spark_jobs.fields import FieldSpec, add_reason, apply_field_specs
+from spark_jobs.records import TextFormat, read_records
+
+ENCODING = "latin-1"
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
+    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
+    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
+    "tradesman/craftsman", "unemployed", "writer",
+)  # fmt: skip
+ML1M_AGES = (1, 18, 25, 35, 45, 50, 56)
+
+
+def _interaction_specs(max_timestamp: int) -> list[FieldSpec]:
+    return [
+        FieldSpec(name="user_id", dtype="bigint", min_value=1),
+        FieldSpec(name="item_id", dtype="bigint", min_value=1),
+        FieldSpec(name="rating", dtype="double", min_value=1, max_value=5),
+        FieldSpec(name="timestamp", dtype="bigint", min_value=MIN_TIMESTAMP, max_value=max_timestamp),
+    ]
+
+
+def _read(spark: SparkSession, path: Path, columns: tuple[str, ...], sep: str) -> DataFrame:
+    return read_records(spark, path, TextFormat(columns=columns, sep=sep, encoding=ENCODING))
+
+
+def _ml100k_genres(folder: Path) -> list[str]:
+    path = folder / "u.genre"
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (movielens-100k needs it to name the genre flags of u.item)")
+    names = []
+    for line_no, line in enumerate(path.read_text(encoding=ENCODING).splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, index = line.partition("|")
+        if not sep or not index.strip().isdigit() or int(index) != len(names):
+            raise DataError(
+                f"{path} line {line_no}: expected 'name|index' with index {len(names)}, got {line!r}"
+            )
+        names.append(name)
+    return names
+
+
+def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
+    """Load ``u.data``, ``u.user``, ``u.item`` (and ``u.genre`` for genre names) from ``path``."""
+    folder = require_dir(path, dataset="movielens-100k", expected="u.data, u.user, u.item, u.genre")
+    genres = _ml100k_genres(folder)
+    flags = tuple(f"g{i}" for i in range(len(genres)))
+
+    interactions = _read(spark, folder / "u.data", ("user_id", "item_id", "rating", "timestamp"), "\t")
+    interactions = apply_field_specs(interactions, _interaction_specs(max_timestamp))
+
+    users = _read(spark, folder / "u.user", ("user_id", "age", "gender", "occupation", "zip_code"), "|")
+    users = apply_field_specs(
+        users,
+        [
+            FieldSpec(name="user_id", dtype="bigint", min_value=1),
+            FieldSpec(name="age", dtype="int", min_value=1, max_value=120),
+            FieldSpec(name="gender"),
+            FieldSpec(name="occupation"),
+            FieldSpec(name="zip_code", required=False),
+        ],
+    )
+    users = add_reason(
+        users, ~F.col("gender").isin("M", "F"), F.concat(F.lit("gender: not M/F ("), "gender", F.lit(")"))
+    )
+
+    item_cols = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *flags)
+    items = _read(spark, folder / "u.item", item_cols, "|")
+    items = apply_field_specs(
+        items,
+        [
+            FieldSpec(name="item_id", dtype="bigint", min_value=1),
+            FieldSpec(name="title"),
+            *[FieldSpec(name=flag, dtype="int", min_value=0, max_value=1) for flag in flags],
+        ],
+    )
+    genre_array = F.filter(
+        F.array(*[F.when(F.col(flag) == 1, F.lit(name)) for flag, name in zip(flags, genres, strict=True)]),
+        lambda g: g.isNotNull(),
+    )
+    release_year = F.regexp_extract("release_date", r"(\d{4})$", 1)
+    items = items.select(
+        "item_id",
+        "title",
+        genre_array.alias("genres"),
+        F.coalesce(
+            year_from_title(F.col("title")), F.when(release_year != "", release_year.cast("int"))
+        ).alias("year"),
+        F.lit(None).cast("string").alias("description"),
+        F.lit(None).cast("string").alias("brand"),
+        "_reason",
+        "_file",
+        "_line",
+        "_raw",
+        "_error",
+    )
+    return RawTables(users=users, items=items, interactions=interactions)
+
+
+def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
+    """Load ``ratings*.dat``, ``users.dat``, ``movies.dat`` (``::``-separated) from ``path``.
+
+    Any ratings file name is accepted (``ratings.dat`` first), since partial copies are common; the prepare
+    summary reports which users it covers.
+    """
+    folder = require_dir(path, dataset="movielens-1m", expected="ratings*.dat, users.dat, movies.dat")
+    ratings_file = find_one(folder, ("ratings.dat", "ratings*.dat"), what="ratings")
+
+    interactions = _read(spark, ratings_file, ("user_id", "item_id", "rating", "timestamp"), "::")
+    interactions = apply_field_specs(interactions, _interaction_specs(max_timestamp))
+
+    users = _read(
+        spark, folder / "users.dat", ("user_id", "gender", "age", "occupation_code", "zip_code"), "::"
+    )
+    users = apply_field_specs(
+        users,
+        [
+            FieldSpec(name="user_id", dtype="bigint", min_value=1),
+            FieldSpec(name="gender"),
+            FieldSpec(name="age", dtype="int"),
+            FieldSpec(name="occupation_code", dtype="int", min_value=0, max_value=len(ML1M_OCCUPATIONS) - 1),
+            FieldSpec(name="zip_code", required=False),
+        ],
+    )
+    users = add_reason(
+        users, ~F.col("gender").isin("M", "F"), F.concat(F.lit("gender: not M/F ("), "gender", F.lit(")"))
+    )
+    users = add_reason(
+        users,
+        F.col("age").isNotNull() & ~F.col("age").isin(*ML1M_AGES),
+        F.concat(F.lit("age: not an ML-1M age bucket ("), F.col("age").cast("string"), F.lit(")")),
+    )
+    occupations = F.array(*[F.lit(name) for name in ML1M_OCCUPATIONS])
+    users = users.withColumn("occupation", F.element_at(occupations, F.col("occupation_code") + 1)).drop(
+        "occupation_code"
+    )
+
+    items = _read(spark, folder / "movies.dat", ("item_id", "title", "genre_list"), "::")
+    items = apply_field_specs(
+        items,
+        [
+            FieldSpec(name="item_id", dtype="bigint", min_value=1),
+            FieldSpec(name="title"),
+            FieldSpec(name="genre_list"),
+        ],
+    )
+    items = items.select(
+        "item_id",
+        "title",
+        F.split("genre_list", r"\|").alias("genres"),
+        year_from_title(F.col("title")).alias("year"),
+        F.lit(None).cast("string").alias("description"),
+        F.lit(None).cast("string").alias("brand"),
+        "_reason",
+        "_file",
+        "_line",
+        "_raw",
+        "_error",
+    )
+    return RawTables(
+        users=users, items=items, interactions=interactions, notes={"ratings_file": ratings_file.name}
+    )

@@ -1,0 +1,186 @@
+"""The prepare job: raw dataset → validated canonical tables → splits, written as parquet.
+
+Layout of the output folder (names in ``spark_jobs.schema``)::
+
+    interactions/ users/ items/          canonical tables (Feast sources for profiles)
+    samples/                             CTR samples with split and behaviour feature (Feast entity rows)
+    knowledge_history/ knowledge_cutoffs/  what later knowledge prompts may see, and as of when
+    quarantine/<table>/                  rejected rows with file, line and reason
+    id_maps/<users|items>/               raw string id -> int64 id (datasets with string ids)
+    summary.json                         counts of everything above
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from kar.errors import DataError
+from spark_jobs import schema
+from spark_jobs.datasets import RawTables, load_dataset
+from spark_jobs.fields import REASON, add_reason
+from spark_jobs.quarantine import QuarantineReport, split_quarantine
+from spark_jobs.splits import SplitConfig, make_splits
+
+Progress = Callable[[str], None]
+
+
+def _dedupe(df: DataFrame, keys: list[str], what: str) -> DataFrame:
+    """Reject every row after the first (by file, line) that repeats ``keys``, naming the line it repeats."""
+    window = Window.partitionBy(*keys).orderBy("_file", "_line")
+    ranked = df.withColumns({"_rank": F.row_number().over(window), "_first": F.first("_line").over(window)})
+    message = F.concat(F.lit(f"duplicate {what}, first at line "), F.col("_first").cast("string"))
+    return add_reason(ranked, F.col("_rank") > 1, message).drop("_rank", "_first")
+
+
+def _reject_unknown(interactions: DataFrame, known: DataFrame, key: str, source: str) -> DataFrame:
+    flagged = interactions.join(F.broadcast(known.select(key).withColumn("_known", F.lit(True))), key, "left")
+    message = F.concat(F.lit(f"{key}: "), F.col(key).cast("string"), F.lit(f" not in {source}"))
+    return add_reason(flagged, F.col("_known").isNull(), message).drop("_known")
+
+
+def _first_file(df: DataFrame) -> str:
+    row = df.select("_file").first()
+    return row["_file"] if row else "?"
+
+
+def _clean_tables(
+    raw: RawTables, quarantine_dir: Path
+) -> tuple[DataFrame, DataFrame, DataFrame, list[QuarantineReport]]:
+    users = _dedupe(raw.users, ["user_id"], "user_id")
+    items = _dedupe(raw.items, ["item_id"], "item_id")
+    users, users_report = split_quarantine(users, table="users", out_dir=quarantine_dir)
+    items, items_report = split_quarantine(items, table="items", out_dir=quarantine_dir)
+    interactions = _dedupe(
+        raw.interactions, ["user_id", "item_id", "timestamp"], "(user_id, item_id, timestamp)"
+    )
+    interactions = _reject_unknown(interactions, users, "user_id", _first_file(raw.users))
+    interactions = _reject_unknown(interactions, items, "item_id", _first_file(raw.items))
+    interactions, inter_report = split_quarantine(interactions, table="interactions", out_dir=quarantine_dir)
+    return users, items, interactions, [users_report, items_report, inter_report]
+
+
+def _write(df: DataFrame, path: Path) -> None:
+    df.write.mode("overwrite").parquet(str(path))
+
+
+def _label_rates(samples: DataFrame) -> dict[str, dict[str, float]]:
+    rows = samples.groupBy("split").agg(
+        F.count("*").alias("samples"),
+        F.avg("label").alias("label_rate"),
+        F.countDistinct("user_id").alias("users"),
+    )
+    return {
+        r["split"]: {"samples": r["samples"], "users": r["users"], "label_rate": round(r["label_rate"], 4)}
+        for r in rows.collect()
+    }
+
+
+def prepare(
+    *,
+    spark: SparkSession,
+    dataset: str,
+    out: Path,
+    path: Path | None = None,
+    split: SplitConfig | None = None,
+    synthetic=None,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> dict[str, object]:
+    """Run the prepare job and return its summary (also written to ``out/summary.json``).
+
+    Args:
+        spark: The session (see ``spark_jobs.session.get_spark``).
+        dataset: One of ``spark_jobs.datasets.DATASETS``.
+        out: Output folder; existing tables in it are overwritten.
+        path: Input folder for file-based datasets.
+        split: Split protocol and its parameters.
+        synthetic: ``SyntheticConfig`` for the synthetic dataset.
+        progress: Called with a short description as each step starts.
+        now: Reference time for "timestamp in the future" checks (tests pin it).
+
+    Raises:
+        DataError: Missing files, or an input so broken that most rows fail (wrong separator/encoding).
+    """
+    split = split or SplitConfig()
+    step = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    max_timestamp = int(((now or datetime.now(UTC)) + timedelta(days=1)).timestamp())
+
+    step("reading raw files")
+    raw = load_dataset(
+        spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic
+    )
+    step("validating rows")
+    users, items, interactions, reports = _clean_tables(raw, out / schema.QUARANTINE_DIR)
+
+    interactions = interactions.select(
+        "user_id",
+        "item_id",
+        "rating",
+        (F.col("rating") > F.lit(raw.positive_threshold)).cast("int").alias("label"),
+        F.timestamp_seconds("timestamp").alias("event_timestamp"),
+    ).persist()
+    n_interactions = interactions.count()
+    if n_interactions == 0:
+        raise DataError(f"{dataset}: no interactions left after validation")
+    stats = interactions.agg(
+        F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
+        F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
+        F.min("user_id").alias("min_user"), F.max("user_id").alias("max_user"),
+    ).first()  # fmt: skip
+    # Profiles are a static snapshot valid from the first logged event, so every sample can join them.
+    valid_from = F.lit(stats["first"]).cast("timestamp")
+
+    step("writing canonical tables")
+    _write(interactions, out / schema.INTERACTIONS_DIR)
+    users_out = users.select(*[c.name for c in schema.USERS.fields if c.name != "event_timestamp"])
+    items_out = items.select(*[c.name for c in schema.ITEMS.fields if c.name != "event_timestamp"], "brand")
+    _write(users_out.withColumn("event_timestamp", valid_from), out / schema.USERS_DIR)
+    _write(items_out.withColumn("event_timestamp", valid_from), out / schema.ITEMS_DIR)
+    for name, id_map in raw.id_maps.items():
+        _write(id_map, out / "id_maps" / name)
+
+    step(f"splitting ({split.protocol} protocol)")
+    splits = make_splits(interactions, split)
+    samples = splits.samples.persist()
+    _write(samples, out / schema.SAMPLES_DIR)
+    _write(splits.history, out / schema.HISTORY_DIR)
+    _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
+
+    summary = {
+        "dataset": dataset,
+        "path": str(path) if path else None,
+        "split": asdict(split),
+        "boundaries": splits.boundaries,
+        "notes": {**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},
+        "rows": {
+            "interactions": n_interactions,
+            "users": users_out.count(),
+            "items": items_out.count(),
+            "samples": samples.count(),
+            "knowledge_history": splits.history.count(),
+            "users_with_knowledge_history": splits.cutoffs.count(),
+            "interacting_users": stats["users"],
+            "interacting_items": stats["items"],
+        },
+        "quarantine": {r.table: r.as_dict() for r in reports},
+        "splits": _label_rates(samples),
+        "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / schema.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    samples.unpersist()
+    interactions.unpersist()
+    return summary
+
+
+__all__ = ["REASON", "prepare"]

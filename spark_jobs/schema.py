@@ -1,0 +1,64 @@
+"""Canonical tables every dataset loader produces, and the prepared-data layout.
+
+All ids are int64 so Feast entities are uniform across datasets; a loader whose source ids are strings
+(Amazon) keeps them in a ``raw_*_id`` column. Timestamps are UTC, microsecond precision (Feast's Spark
+offline store rejects nanosecond parquet).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+INTERACTIONS = StructType(
+    [
+        StructField("user_id", LongType(), False),
+        StructField("item_id", LongType(), False),
+        StructField("rating", DoubleType(), False),
+        StructField("label", IntegerType(), False),
+        StructField("event_timestamp", TimestampType(), False),
+    ]
+)
+
+USERS = StructType(
+    [
+        StructField("user_id", LongType(), False),
+        StructField("gender", StringType(), True),
+        StructField("age", IntegerType(), True),
+        StructField("occupation", StringType(), True),
+        StructField("zip_code", StringType(), True),
+        StructField("event_timestamp", TimestampType(), False),
+    ]
+)
+
+ITEMS = StructType(
+    [
+        StructField("item_id", LongType(), False),
+        StructField("title", StringType(), True),
+        StructField("genres", ArrayType(StringType()), True),
+        StructField("year", IntegerType(), True),
+        StructField("description", StringType(), True),
+        StructField("event_timestamp", TimestampType(), False),
+    ]
+)
+
+# Sub-folders of a prepared-data directory (each a parquet dataset written by Spark).
+INTERACTIONS_DIR = "interactions"
+USERS_DIR = "users"
+ITEMS_DIR = "items"
+SAMPLES_DIR = "samples"
+CUTOFFS_DIR = "knowledge_cutoffs"
+HISTORY_DIR = "knowledge_history"
+QUARANTINE_DIR = "quarantine"
+SUMMARY_FILE = "summary.json"
+
+HISTORY_LEN = 10
+SPLITS = ("train", "val", "test")

@@ -1,0 +1,160 @@
+"""Train/val/test splits and per-user knowledge histories.
+
+Two protocols:
+
+* ``time`` (default): one global time split, train < t1 <= val < t2 <= test, with t1/t2 at timestamp
+  quantiles. A user's knowledge history is taken from their train-period interactions only, so knowledge
+  never sees validation or test behaviour.
+* ``kar``: the protocol of KAR (Xi et al.). Per user, in (timestamp, item_id) order, the first
+  ``min((n + 1) // 2, 30)`` interactions are the knowledge history (prompt input only) and the rest become
+  CTR samples. Users are split 9:1 into train/test with ``numpy.random.RandomState(seed)``, and — unlike KAR,
+  which selected models on test AUC — a validation set is carved from the train users with the same rng.
+
+In both, a sample's behaviour feature is the user's previous ``behaviour_len`` items (knowledge-history
+items included: a production ranker sees all past behaviour), and the knowledge cutoff is the timestamp of
+the last history interaction. Ties in timestamp are common (948 samples on ML-100K share the second of
+their user's cutoff), so "after the cutoff" means later in sequence order and ``ts >= cutoff``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+from kar.errors import DataError
+
+Protocol = Literal["time", "kar"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    """How to split prepared interactions.
+
+    Attributes:
+        protocol: ``time`` or ``kar`` (see module docstring).
+        seed: Seed of the KAR user permutation.
+        history_max: Cap on the knowledge history length.
+        behaviour_len: Length of the previous-items behaviour feature.
+        test_users: Share of users held out for test (``kar``).
+        val_users: Share of train users used for validation (``kar``).
+        t1_quantile: Timestamp quantile that ends train (``time``).
+        t2_quantile: Timestamp quantile that ends validation (``time``).
+    """
+
+    protocol: Protocol = "time"
+    seed: int = 1234
+    history_max: int = 30
+    behaviour_len: int = 10
+    test_users: float = 0.1
+    val_users: float = 0.1
+    t1_quantile: float = 0.8
+    t2_quantile: float = 0.9
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Outputs of a split: CTR samples, the interactions kept for prompts, and per-user cutoffs."""
+
+    samples: DataFrame
+    history: DataFrame
+    cutoffs: DataFrame
+    boundaries: dict[str, object]
+
+
+def kar_user_split(
+    user_ids: Sequence[int], *, seed: int, test_users: float, val_users: float
+) -> dict[int, str]:
+    """Assign each user to train/val/test exactly as the KAR protocol with a carved-out validation set.
+
+    ``perm = rng.permutation(sorted ids)``; the first ``round((1 - test) * n)`` are train, the rest test;
+    then ``perm2 = rng.permutation(sorted(train))`` with the same rng and the first ``round(val * n_train)``
+    of it become validation.
+    """
+    users = np.array(sorted(user_ids), dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    perm = rng.permutation(users)
+    n_train = round((1.0 - test_users) * len(users))
+    train, test = perm[:n_train], perm[n_train:]
+    perm2 = rng.permutation(np.sort(train))
+    val = set(perm2[: round(val_users * n_train)].tolist())
+    assignment = {int(u): "test" for u in test}
+    assignment.update({int(u): ("val" if int(u) in val else "train") for u in train})
+    return assignment
+
+
+def _sequenced(interactions: DataFrame, behaviour_len: int) -> DataFrame:
+    order = Window.partitionBy("user_id").orderBy("event_timestamp", "item_id")
+    previous = order.rowsBetween(-behaviour_len, -1)
+    return interactions.withColumns(
+        {
+            "position": F.row_number().over(order) - 1,
+            "hist_item_ids": F.collect_list("item_id").over(previous),
+        }
+    )
+
+
+def _with_history_flag(seq: DataFrame, eligible: Column, history_max: int) -> DataFrame:
+    """Mark the first ``min((n_eligible + 1) // 2, history_max)`` interactions of each user as history."""
+    n_eligible = F.sum(eligible.cast("int")).over(Window.partitionBy("user_id"))
+    k = F.least(F.floor((n_eligible + 1) / 2), F.lit(history_max)).cast("int")
+    return seq.withColumn("is_history", F.col("position") < k)
+
+
+def _outputs(seq: DataFrame, split_col: Column, boundaries: dict[str, object]) -> Splits:
+    history = seq.where("is_history").select("user_id", "item_id", "rating", "event_timestamp", "position")
+    cutoffs = history.groupBy("user_id").agg(
+        F.max("event_timestamp").alias("knowledge_cutoff"), F.count("*").cast("int").alias("n_history")
+    )
+    samples = seq.where(~F.col("is_history")).select(
+        "user_id", "item_id", "rating", "label", "event_timestamp", split_col.alias("split"), "hist_item_ids"
+    )
+    return Splits(samples=samples, history=history, cutoffs=cutoffs, boundaries=boundaries)
+
+
+def split_kar(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """KAR protocol: per-user history/sample cut, users split train/val/test by a seeded permutation."""
+    spark = interactions.sparkSession
+    user_ids = [row.user_id for row in interactions.select("user_id").distinct().collect()]
+    if len(user_ids) < 3:
+        raise DataError(f"kar protocol needs at least 3 users to split, found {len(user_ids)}")
+    assignment = kar_user_split(
+        user_ids, seed=config.seed, test_users=config.test_users, val_users=config.val_users
+    )
+    schema = StructType(
+        [StructField("user_id", LongType(), False), StructField("user_split", StringType(), False)]
+    )
+    user_split = spark.createDataFrame(sorted(assignment.items()), schema)
+    seq = _sequenced(interactions, config.behaviour_len)
+    seq = _with_history_flag(seq, F.lit(True), config.history_max).join(F.broadcast(user_split), "user_id")
+    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
+    return _outputs(seq, F.col("user_split"), {"protocol": "kar", "seed": config.seed, "users": counts})
+
+
+def split_time(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """Global time split at timestamp quantiles; history only from the train period."""
+    seconds = interactions.select(F.unix_micros("event_timestamp").alias("us"))
+    t1_us, t2_us = seconds.approxQuantile("us", [config.t1_quantile, config.t2_quantile], 0.0)
+    t1, t2 = F.timestamp_micros(F.lit(int(t1_us))), F.timestamp_micros(F.lit(int(t2_us)))
+    ts = F.col("event_timestamp")
+    seq = _sequenced(interactions, config.behaviour_len)
+    seq = _with_history_flag(seq, ts < t1, config.history_max)
+    split_col = F.when(ts < t1, "train").when(ts < t2, "val").otherwise("test")
+    first = interactions.sparkSession.range(1).select(t1.alias("t1"), t2.alias("t2")).first()
+    return _outputs(
+        seq, split_col, {"protocol": "time", "t1": first.t1.isoformat(), "t2": first.t2.isoformat()}
+    )
+
+
+def make_splits(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """Split by ``config.protocol``; ``interactions`` needs user_id, item_id, rating, label, event_timestamp."""
+    if config.protocol == "kar":
+        return split_kar(interactions, config)
+    if config.protocol == "time":
+        return split_time(interactions, config)
+    raise DataError(f"unknown split protocol {config.protocol!r} (use 'time' or 'kar')")
