@@ -81,7 +81,8 @@ def apply_field_specs(df: DataFrame, specs: Iterable[FieldSpec]) -> DataFrame:
     reason = F.when(F.col("_error").isNotNull(), F.col("_error")).otherwise(
         F.when(field_reason != F.lit(""), field_reason)
     )
-    return df.withColumns(typed_cols).withColumn(REASON, reason)
+    # One projection: the reasons must see the raw strings, not the typed columns that replace them.
+    return df.withColumns({**typed_cols, REASON: reason})
 
 
 def add_reason(df: DataFrame, condition: Column, message: Column | str) -> DataFrame:

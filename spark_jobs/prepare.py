@@ -30,6 +30,15 @@ from spark_jobs.quarantine import QuarantineReport, split_quarantine
 from spark_jobs.splits import SplitConfig, make_splits
 
 Progress = Callable[[str], None]
+# Row counts in the summary are read back from what was written (parquet metadata), not recomputed.
+_COUNTED = (
+    schema.INTERACTIONS_DIR,
+    schema.USERS_DIR,
+    schema.ITEMS_DIR,
+    schema.SAMPLES_DIR,
+    schema.HISTORY_DIR,
+    schema.CUTOFFS_DIR,
+)
 
 
 def _dedupe(df: DataFrame, keys: list[str], what: str) -> DataFrame:
@@ -58,9 +67,7 @@ def _clean_tables(
     items = _dedupe(raw.items, ["item_id"], "item_id")
     users, users_report = split_quarantine(users, table="users", out_dir=quarantine_dir)
     items, items_report = split_quarantine(items, table="items", out_dir=quarantine_dir)
-    interactions = _dedupe(
-        raw.interactions, ["user_id", "item_id", "timestamp"], "(user_id, item_id, timestamp)"
-    )
+    interactions = _dedupe(raw.interactions, ["user_id", "item_id", "timestamp"], "(user_id, item_id, timestamp)")
     interactions = _reject_unknown(interactions, users, "user_id", _first_file(raw.users))
     interactions = _reject_unknown(interactions, items, "item_id", _first_file(raw.items))
     interactions, inter_report = split_quarantine(interactions, table="interactions", out_dir=quarantine_dir)
@@ -116,9 +123,7 @@ def prepare(
     max_timestamp = int(((now or datetime.now(UTC)) + timedelta(days=1)).timestamp())
 
     step("reading raw files")
-    raw = load_dataset(
-        spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic
-    )
+    raw = load_dataset(spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic)
     step("validating rows")
     users, items, interactions, reports = _clean_tables(raw, out / schema.QUARANTINE_DIR)
 
@@ -129,14 +134,13 @@ def prepare(
         (F.col("rating") > F.lit(raw.positive_threshold)).cast("int").alias("label"),
         F.timestamp_seconds("timestamp").alias("event_timestamp"),
     ).persist()
-    n_interactions = interactions.count()
-    if n_interactions == 0:
-        raise DataError(f"{dataset}: no interactions left after validation")
     stats = interactions.agg(
-        F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
+        F.count("*").alias("rows"), F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
         F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
         F.min("user_id").alias("min_user"), F.max("user_id").alias("max_user"),
     ).first()  # fmt: skip
+    if stats["rows"] == 0:
+        raise DataError(f"{dataset}: no interactions left after validation")
     # Profiles are a static snapshot valid from the first logged event, so every sample can join them.
     valid_from = F.lit(stats["first"]).cast("timestamp")
 
@@ -151,10 +155,10 @@ def prepare(
 
     step(f"splitting ({split.protocol} protocol)")
     splits = make_splits(interactions, split)
-    samples = splits.samples.persist()
-    _write(samples, out / schema.SAMPLES_DIR)
+    _write(splits.samples, out / schema.SAMPLES_DIR)
     _write(splits.history, out / schema.HISTORY_DIR)
     _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
+    written = {name: spark.read.parquet(str(out / name)) for name in _COUNTED}
 
     summary = {
         "dataset": dataset,
@@ -163,22 +167,16 @@ def prepare(
         "boundaries": splits.boundaries,
         "notes": {**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},
         "rows": {
-            "interactions": n_interactions,
-            "users": users_out.count(),
-            "items": items_out.count(),
-            "samples": samples.count(),
-            "knowledge_history": splits.history.count(),
-            "users_with_knowledge_history": splits.cutoffs.count(),
+            **{name: table.count() for name, table in written.items()},
             "interacting_users": stats["users"],
             "interacting_items": stats["items"],
         },
         "quarantine": {r.table: r.as_dict() for r in reports},
-        "splits": _label_rates(samples),
+        "splits": _label_rates(written[schema.SAMPLES_DIR]),
         "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out / schema.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    samples.unpersist()
     interactions.unpersist()
     return summary
 

@@ -58,27 +58,27 @@ def split_quarantine(
         DataError: Too many rows were rejected; names the first bad file/line and its reason.
     """
     df = df.persist()
-    total = df.count()
-    bad = df.where(F.col(REASON).isNotNull())
-    rejected = bad.count()
+    counts = df.agg(F.count("*").alias("total"), F.count(REASON).alias("rejected")).first()
+    total, rejected = counts["total"], counts["rejected"]
     top: dict[str, int] = {}
     if rejected:
-        first = bad.orderBy("_file", "_line").select("_file", "_line", REASON).first()
-        where = f"{first['_file']} line {first['_line']}"
+        bad = df.where(F.col(REASON).isNotNull())
         if total == 0 or rejected / total > max_reject_fraction:
+            first = bad.orderBy("_file", "_line").select("_file", "_line", REASON).first()
             raise DataError(
-                f"{where}: {first[REASON]} — {rejected:,} of {total:,} {table} rows rejected; "
-                "check the file's separator, encoding and columns"
+                f"{first['_file']} line {first['_line']}: {first[REASON]} — {rejected:,} of {total:,} {table} rows "
+                "rejected; check the file's separator, encoding and columns"
             )
-        quarantined = bad.select(
+        path = out_dir / table
+        bad.select(
             F.lit(table).alias("table"),
             F.col("_file").alias("file"),
             F.col("_line").alias("line"),
             F.col(REASON).alias("reason"),
             F.col("_raw").alias("raw"),
-        )
-        quarantined.write.mode("overwrite").parquet(str(out_dir / table))
-        for row in quarantined.groupBy("reason").count().collect():
+        ).write.mode("overwrite").parquet(str(path))
+        # Counted from the small written table rather than by recomputing the input.
+        for row in df.sparkSession.read.parquet(str(path)).groupBy("reason").count().collect():
             kind = _reason_kind(row["reason"])
             top[kind] = top.get(kind, 0) + row["count"]
     good = df.where(F.col(REASON).isNull()).drop(REASON, *META_COLUMNS)

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.errors import DataError
@@ -90,14 +91,13 @@ def _decode_and_parse(
     return (file, line_no, text, None, *fields)
 
 
-def read_records(spark: SparkSession, path: Path, fmt: TextFormat, *, min_partitions: int = 2) -> DataFrame:
+def read_records(spark: SparkSession, path: Path, fmt: TextFormat) -> DataFrame:
     """Read one text file (plain or compressed) into a DataFrame of string fields plus meta columns.
 
     Args:
         spark: The session.
         path: The file; ``.gz``/``.bz2`` are decompressed by Hadoop.
         fmt: Columns, separator and encoding.
-        min_partitions: Lower bound on input splits.
 
     Returns:
         Columns ``_file, _line, _raw, _error`` then one nullable string column per field. ``_error`` holds the
@@ -112,9 +112,13 @@ def read_records(spark: SparkSession, path: Path, fmt: TextFormat, *, min_partit
         parse: LineParser = partial(split_json, keys=fmt.columns)
     else:
         parse = partial(split_delimited, sep=fmt.sep, n_fields=len(fmt.columns))
-    lines = spark.sparkContext.textFile(str(path), minPartitions=min_partitions, use_unicode=False)
+    # The text source keeps each line's raw bytes (blank lines included, so indexes are line numbers); casting
+    # to binary recovers them for decoding with the declared encoding. RDD.textFile would already have
+    # replaced non-UTF-8 bytes with U+FFFD on the JVM side.
+    lines = spark.read.text(str(path)).select(F.col("value").cast("binary").alias("raw"))
     rows = (
-        lines.zipWithIndex()
+        lines.rdd.zipWithIndex()
+        .map(lambda pair: (bytes(pair[0].raw), pair[1]))
         .filter(lambda pair: pair[0].strip() != b"")
         .map(partial(_decode_and_parse, file=path.name, fmt=fmt, parse=parse))
     )

@@ -68,9 +68,7 @@ def _env_conf() -> dict[str, str]:
     return conf
 
 
-def get_spark(
-    *, app_name: str = "kar-feast", master: str | None = None, conf: Mapping[str, str] | None = None
-):
+def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: Mapping[str, str] | None = None):
     """Return the active SparkSession or build one.
 
     Args:

@@ -67,9 +67,7 @@ class Splits:
     boundaries: dict[str, object]
 
 
-def kar_user_split(
-    user_ids: Sequence[int], *, seed: int, test_users: float, val_users: float
-) -> dict[int, str]:
+def kar_user_split(user_ids: Sequence[int], *, seed: int, test_users: float, val_users: float) -> dict[int, str]:
     """Assign each user to train/val/test exactly as the KAR protocol with a carved-out validation set.
 
     ``perm = rng.permutation(sorted ids)``; the first ``round((1 - test) * n)`` are train, the rest test;
@@ -123,12 +121,8 @@ def split_kar(interactions: DataFrame, config: SplitConfig) -> Splits:
     user_ids = [row.user_id for row in interactions.select("user_id").distinct().collect()]
     if len(user_ids) < 3:
         raise DataError(f"kar protocol needs at least 3 users to split, found {len(user_ids)}")
-    assignment = kar_user_split(
-        user_ids, seed=config.seed, test_users=config.test_users, val_users=config.val_users
-    )
-    schema = StructType(
-        [StructField("user_id", LongType(), False), StructField("user_split", StringType(), False)]
-    )
+    assignment = kar_user_split(user_ids, seed=config.seed, test_users=config.test_users, val_users=config.val_users)
+    schema = StructType([StructField("user_id", LongType(), False), StructField("user_split", StringType(), False)])
     user_split = spark.createDataFrame(sorted(assignment.items()), schema)
     seq = _sequenced(interactions, config.behaviour_len)
     seq = _with_history_flag(seq, F.lit(True), config.history_max).join(F.broadcast(user_split), "user_id")
@@ -146,9 +140,7 @@ def split_time(interactions: DataFrame, config: SplitConfig) -> Splits:
     seq = _with_history_flag(seq, ts < t1, config.history_max)
     split_col = F.when(ts < t1, "train").when(ts < t2, "val").otherwise("test")
     first = interactions.sparkSession.range(1).select(t1.alias("t1"), t2.alias("t2")).first()
-    return _outputs(
-        seq, split_col, {"protocol": "time", "t1": first.t1.isoformat(), "t2": first.t2.isoformat()}
-    )
+    return _outputs(seq, split_col, {"protocol": "time", "t1": first.t1.isoformat(), "t2": first.t2.isoformat()})
 
 
 def make_splits(interactions: DataFrame, config: SplitConfig) -> Splits:

@@ -32,9 +32,7 @@ def dense_ids(df: DataFrame, raw_col: str, id_col: str) -> DataFrame:
 
 def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
     """Load one category's 5-core reviews and metadata from ``path``."""
-    folder = require_dir(
-        path, dataset="amazon", expected="<Category>_5.json[.gz] and meta_<Category>.json[.gz]"
-    )
+    folder = require_dir(path, dataset="amazon", expected="<Category>_5.json[.gz] and meta_<Category>.json[.gz]")
     reviews_file = find_one(folder, ("*_5.json.gz", "*_5.json"), what="5-core reviews")
     meta_file = find_one(folder, ("meta_*.json.gz", "meta_*.json"), what="metadata")
 
@@ -45,9 +43,7 @@ def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -
             FieldSpec(name="reviewerID"),
             FieldSpec(name="asin"),
             FieldSpec(name="overall", dtype="double", min_value=1, max_value=5),
-            FieldSpec(
-                name="unixReviewTime", dtype="bigint", min_value=MIN_TIMESTAMP, max_value=max_timestamp
-            ),
+            FieldSpec(name="unixReviewTime", dtype="bigint", min_value=MIN_TIMESTAMP, max_value=max_timestamp),
         ],
     )
     meta = read_records(spark, meta_file, TextFormat(columns=META_KEYS))

@@ -45,9 +45,7 @@ def _ml100k_genres(folder: Path) -> list[str]:
             continue
         name, sep, index = line.partition("|")
         if not sep or not index.strip().isdigit() or int(index) != len(names):
-            raise DataError(
-                f"{path} line {line_no}: expected 'name|index' with index {len(names)}, got {line!r}"
-            )
+            raise DataError(f"{path} line {line_no}: expected 'name|index' with index {len(names)}, got {line!r}")
         names.append(name)
     return names
 
@@ -83,11 +81,17 @@ def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp
         [
             FieldSpec(name="item_id", dtype="bigint", min_value=1),
             FieldSpec(name="title"),
-            *[FieldSpec(name=flag, dtype="int", min_value=0, max_value=1) for flag in flags],
         ],
     )
+    # One rule over all flags: a spec per flag generates more code than Janino compiles into one method.
+    flag_string = F.concat_ws("", *[F.col(flag) for flag in flags])
+    items = add_reason(
+        items,
+        ~flag_string.rlike(f"^[01]{{{len(flags)}}}$"),
+        F.concat(F.lit(f"genre flags: expected {len(flags)} values of 0/1, got "), flag_string),
+    )
     genre_array = F.filter(
-        F.array(*[F.when(F.col(flag) == 1, F.lit(name)) for flag, name in zip(flags, genres, strict=True)]),
+        F.array(*[F.when(F.col(flag) == "1", F.lit(name)) for flag, name in zip(flags, genres, strict=True)]),
         lambda g: g.isNotNull(),
     )
     release_year = F.regexp_extract("release_date", r"(\d{4})$", 1)
@@ -95,9 +99,7 @@ def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp
         "item_id",
         "title",
         genre_array.alias("genres"),
-        F.coalesce(
-            year_from_title(F.col("title")), F.when(release_year != "", release_year.cast("int"))
-        ).alias("year"),
+        F.coalesce(year_from_title(F.col("title")), F.when(release_year != "", release_year.cast("int"))).alias("year"),
         F.lit(None).cast("string").alias("description"),
         F.lit(None).cast("string").alias("brand"),
         "_reason",
@@ -121,9 +123,7 @@ def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: 
     interactions = _read(spark, ratings_file, ("user_id", "item_id", "rating", "timestamp"), "::")
     interactions = apply_field_specs(interactions, _interaction_specs(max_timestamp))
 
-    users = _read(
-        spark, folder / "users.dat", ("user_id", "gender", "age", "occupation_code", "zip_code"), "::"
-    )
+    users = _read(spark, folder / "users.dat", ("user_id", "gender", "age", "occupation_code", "zip_code"), "::")
     users = apply_field_specs(
         users,
         [
@@ -169,6 +169,4 @@ def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: 
         "_raw",
         "_error",
     )
-    return RawTables(
-        users=users, items=items, interactions=interactions, notes={"ratings_file": ratings_file.name}
-    )
+    return RawTables(users=users, items=items, interactions=interactions, notes={"ratings_file": ratings_file.name})
