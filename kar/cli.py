@@ -41,29 +41,36 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Steps:
+    """Prints a check line per finished step; ``detail`` only refreshes the live line (e.g. per epoch)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("starting", total=None)
+        self._current: str | None = None
+
+    def __call__(self, message: str) -> None:
+        self.finish()
+        self._current = message
+        self._progress.update(self._task, description=message)
+
+    def detail(self, message: str) -> None:
+        self._progress.update(self._task, description=f"{self._current}: {message}")
+
+    def finish(self) -> None:
+        if self._current:
+            self._progress.console.print(f"  [green]✓[/] {self._current}", highlight=False)
+        self._current = None
+
+
 @contextmanager
-def steps() -> Iterator[Callable[[str], None]]:
-    """A spinner line that shows the current step and its elapsed time."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("starting", total=None)
-        current: list[str] = []
-
-        def update(message: str) -> None:
-            if current:
-                progress.console.print(f"  [green]✓[/] {current[-1]}", highlight=False)
-            current.append(message)
-            progress.update(task, description=message)
-
-        yield update
-        if current:
-            progress.console.print(f"  [green]✓[/] {current[-1]}", highlight=False)
-        progress.update(task, description="done", visible=False)
+def steps() -> Iterator[_Steps]:
+    """A spinner line showing the current step and its elapsed time, above a log of finished steps."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
+        tracker = _Steps(bar)
+        yield tracker
+        tracker.finish()
+        bar.update(tracker._task, visible=False)
 
 
 def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
@@ -81,9 +88,7 @@ def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
 @app.command()
 @friendly
 def prepare(
-    dataset: Annotated[
-        str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon")
-    ] = "synthetic",
+    dataset: Annotated[str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon")] = "synthetic",
     out: Annotated[Path, typer.Option(help="Output folder for the prepared tables.")] = Path("runs/prepared"),
     path: Annotated[Path | None, typer.Option(help="Input folder of a file-based dataset.")] = None,
     protocol: Annotated[str, typer.Option(help="Split: 'time' (global time split) or 'kar'.")] = "time",
@@ -145,9 +150,7 @@ def feast_online(
 def train(
     model: Annotated[str, typer.Option(help="deepfm | xgboost")] = "deepfm",
     data: DataDir = Path("runs/prepared"),
-    out: Annotated[Path, typer.Option(help="Output folder for metrics.json and the model.")] = Path(
-        "runs/train"
-    ),
+    out: Annotated[Path, typer.Option(help="Output folder for metrics.json and the model.")] = Path("runs/train"),
     config: Annotated[Path | None, typer.Option(help="Experiment YAML (default: shipped one).")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
 ) -> None:

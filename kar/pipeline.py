@@ -5,16 +5,16 @@ prepare (Spark) → Feast apply → point-in-time training frame → rankers →
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kar.errors import DataError, KarError
+from kar.errors import DataError
 
 Progress = Callable[[str], None]
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "experiments"
 MODELS = ("deepfm", "xgboost")
 
 
@@ -42,9 +42,7 @@ def run_prepare(
     step("starting Spark")
     spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
     split = SplitConfig(protocol=protocol, seed=seed)  # type: ignore[arg-type]
-    return prepare(
-        spark=spark, dataset=dataset, path=path, out=out, split=split, synthetic=synthetic, progress=step
-    )
+    return prepare(spark=spark, dataset=dataset, path=path, out=out, split=split, synthetic=synthetic, progress=step)
 
 
 def read_summary(data_dir: Path) -> dict[str, Any]:
@@ -54,13 +52,16 @@ def read_summary(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def experiment_path(model: str, dataset: str) -> Path:
-    """The shipped YAML for ``model`` on ``dataset`` (FuxiCTR-style: one file per model/dataset)."""
-    path = CONFIG_DIR / f"{model}_{dataset}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise KarError(f"no experiment config {path.name}; pass --config or use one of: {known}")
-    return path
+def _epoch_reporter(step: Progress) -> Callable[[Any], None]:
+    """Show each evaluated epoch on the live line (``step.detail``) without logging every epoch."""
+    detail = getattr(step, "detail", None)
+
+    def report(event: Any) -> None:
+        if event.val and detail is not None:
+            metrics = ", ".join(f"val {k} {v:.4f}" for k, v in event.val.items())
+            detail(f"epoch {event.epoch}/{event.epochs}, {metrics}")
+
+    return report
 
 
 def run_train(
@@ -76,28 +77,27 @@ def run_train(
     """Train one ranker on the Feast training frame of ``data_dir`` and write ``out/metrics.json``.
 
     Args:
-        model: ``deepfm`` or ``xgboost`` (ignored when ``config_path`` names another model).
+        model: ``deepfm`` or ``xgboost``; picks the shipped ``<model>_<dataset>.yaml`` when no config is given.
         data_dir: Prepared and applied data folder.
-        out: Output folder for metrics, model and encoder.
-        config_path: Experiment YAML; defaults to the shipped ``<model>_<dataset>.yaml``.
+        out: Output folder for metrics, config, encoder and model.
+        config_path: Experiment YAML (FuxiCTR-style, one per model and dataset).
         seed: Overrides the config's seed.
         frame: A training frame already retrieved (the demo trains several models on one retrieval).
         progress: Step callback.
     """
-    from ctr import train_experiment
-    from ctr.config import ExperimentConfig
+    from ctr import load_config, train_experiment
     from kar import store
 
     step = progress or _noop
     dataset = read_summary(data_dir)["dataset"]
-    config = ExperimentConfig.from_yaml(config_path or experiment_path(model, dataset))
+    config = load_config(config_path or f"{model}_{dataset}")
     if seed is not None:
-        config = config.with_seed(seed)
+        config = dataclasses.replace(config, seed=seed)
     if frame is None:
         step("point-in-time training frame from Feast")
         frame = store.training_frame(data_dir=data_dir)
     step(f"training {config.model}")
-    return train_experiment(frame, config, out)
+    return train_experiment(frame, config, out, progress=_epoch_reporter(step))
 
 
 def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
@@ -106,9 +106,8 @@ def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None
     Writes ``out/prepared`` (tables + Feast registry and online store), ``out/models/<model>`` and
     ``out/metrics.json``; returns the metrics.
     """
-    from spark_jobs.datasets.synthetic import SyntheticConfig
-
     from kar import store
+    from spark_jobs.datasets.synthetic import SyntheticConfig
 
     step = progress or _noop
     started = time.perf_counter()
@@ -120,9 +119,7 @@ def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None
     step("point-in-time training frame from Feast")
     frame = store.training_frame(data_dir=data_dir)
     results = {
-        model: run_train(
-            model=model, data_dir=data_dir, out=out / "models" / model, frame=frame, progress=step
-        )
+        model: run_train(model=model, data_dir=data_dir, out=out / "models" / model, frame=frame, progress=step)
         for model in MODELS
     }
     step("materializing the online store")

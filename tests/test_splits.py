@@ -1,0 +1,120 @@
+"""Split invariants for both protocols, and the KAR split pinned on the real ML-100K."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spark_jobs.prepare import prepare
+from spark_jobs.splits import SplitConfig, kar_user_split, make_splits
+from tests.conftest import NOW, shared_dataset
+
+
+def test_kar_user_split_is_a_seeded_partition():
+    users = list(range(1, 101))
+    first = kar_user_split(users, seed=1234, test_users=0.1, val_users=0.1)
+    assert first == kar_user_split(list(reversed(users)), seed=1234, test_users=0.1, val_users=0.1)
+    counts = pd.Series(first).value_counts().to_dict()
+    assert counts == {"train": 81, "val": 9, "test": 10}
+    assert first != kar_user_split(users, seed=1, test_users=0.1, val_users=0.1)
+
+
+def _interactions(spark, n_users: int = 12, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for user in range(1, n_users + 1):
+        n = int(rng.integers(3, 70))
+        offsets = np.sort(rng.integers(0, 90 * 86400, size=n))
+        offsets[1] = offsets[0]  # a same-second tie, as in real logs
+        items = rng.choice(500, size=n, replace=False) + 1
+        for offset, item in zip(offsets, items, strict=True):
+            rating = float(rng.integers(1, 6))
+            rows.append((user, int(item), rating, int(rating > 3), start + timedelta(seconds=int(offset))))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "label", "event_timestamp"])
+    return spark.createDataFrame(frame)
+
+
+def _collect(splits):
+    return splits.samples.toPandas(), splits.history.toPandas(), splits.cutoffs.toPandas()
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("protocol", ["kar", "time"])
+def test_split_invariants(spark, protocol):
+    interactions = _interactions(spark)
+    config = SplitConfig(protocol=protocol, test_users=0.25, val_users=0.2)
+    samples, history, cutoffs = _collect(make_splits(interactions, config))
+    everything = interactions.toPandas()
+    # Every interaction is either history or a sample, never both.
+    assert len(samples) + len(history) == len(everything)
+    # Samples come after the cutoff: later in (timestamp, item_id) order, never earlier in time.
+    joined = samples.merge(cutoffs, on="user_id", how="left")
+    with_cutoff = joined.dropna(subset=["knowledge_cutoff"])
+    assert (with_cutoff["event_timestamp"] >= with_cutoff["knowledge_cutoff"]).all()
+    last_hist = history.groupby("user_id")["position"].max()
+    first_sample = (
+        samples.merge(
+            everything.sort_values(["user_id", "event_timestamp", "item_id"]).assign(
+                position=lambda d: d.groupby("user_id").cumcount()
+            ),
+            on=["user_id", "item_id"],
+        )
+        .groupby("user_id")["position"]
+        .min()
+    )
+    common = last_hist.index.intersection(first_sample.index)
+    assert (first_sample[common] > last_hist[common]).all()
+    # History size is min((n_eligible + 1) // 2, 30).
+    assert (cutoffs["n_history"] <= 30).all()
+    # Behaviour feature: at most 10 previous items, all strictly before in the user's sequence.
+    assert samples["hist_item_ids"].map(len).max() <= 10
+    if protocol == "kar":
+        per_user = samples.groupby("user_id")["split"].nunique()
+        assert (per_user == 1).all(), "a user appears in two KAR splits"
+        n = everything.groupby("user_id").size()
+        assert (
+            cutoffs.set_index("user_id")["n_history"] == np.minimum((n + 1) // 2, 30)[cutoffs["user_id"]].values
+        ).all()
+    else:
+        bounds = samples.groupby("split")["event_timestamp"].agg(["min", "max"])
+        assert (
+            bounds.loc["train", "max"]
+            < bounds.loc["val", "min"]
+            <= bounds.loc["val", "max"]
+            < bounds.loc["test", "min"]
+        )
+        # Knowledge history never reaches into the validation or test period.
+        assert history["event_timestamp"].max() < bounds.loc["val", "min"]
+
+
+@pytest.mark.spark
+def test_behaviour_feature_is_previous_items(spark):
+    samples, history, _ = _collect(make_splits(_interactions(spark, n_users=3), SplitConfig(protocol="kar")))
+    seq = pd.concat(
+        [samples[["user_id", "item_id", "event_timestamp"]], history[["user_id", "item_id", "event_timestamp"]]]
+    )
+    seq = seq.sort_values(["user_id", "event_timestamp", "item_id"])
+    for user, group in seq.groupby("user_id"):
+        items = group["item_id"].tolist()
+        for _, row in samples[samples["user_id"] == user].iterrows():
+            pos = items.index(row["item_id"])
+            assert list(row["hist_item_ids"]) == items[max(0, pos - 10) : pos]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_kar_protocol_reproduces_reference_numbers_on_ml100k(spark, tmp_path):
+    src = shared_dataset("ml-100k")
+    summary = prepare(
+        spark=spark, dataset="movielens-100k", path=src, out=tmp_path, split=SplitConfig(protocol="kar"), now=NOW
+    )
+    splits = summary["splits"]
+    assert {s: splits[s]["users"] for s in splits} == {"train": 764, "val": 85, "test": 94}
+    assert {s: splits[s]["samples"] for s in splits} == {"train": 64_073, "val": 6_497, "test": 6_707}
+    assert {s: splits[s]["label_rate"] for s in splits} == {"train": 0.5366, "val": 0.598, "test": 0.5229}
+    assert summary["rows"]["interactions"] == 100_000
+    assert summary["quarantine"]["interactions"]["rejected"] == 0
