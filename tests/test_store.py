@@ -87,3 +87,19 @@ def test_online_lookup_after_materialize(data_dir):
 def test_apply_refuses_a_folder_that_was_not_prepared(tmp_path):
     with pytest.raises(store.DataError, match="not a prepared-data folder"):
         store.apply(data_dir=tmp_path)
+
+
+def test_stock_feast_cli_applies_the_repo(data_dir, tmp_path):
+    """`cd feature_repo && feast apply` works with the plain Feast CLI (on a copy, to keep the checkout clean)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(store.default_repo(), repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    feast = Path(sys.executable).parent / "feast"
+    env = {**os.environ, "KAR_DATA_DIR": str(data_dir)}
+    result = subprocess.run([str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "feature view user_profile" in result.stdout and (repo / "data" / "registry.db").is_file()
