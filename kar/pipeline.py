@@ -85,7 +85,7 @@ def run_train(
         frame: A training frame already retrieved (the demo trains several models on one retrieval).
         progress: Step callback.
     """
-    from ctr import load_config, train_experiment
+    from ctr import check_experiment, load_config, train_experiment
     from kar import store
 
     step = progress or _noop
@@ -93,6 +93,7 @@ def run_train(
     config = load_config(config_path or f"{model}_{dataset}")
     if seed is not None:
         config = dataclasses.replace(config, seed=seed)
+    check_experiment(config)  # a typo in the YAML fails now, not after the slow retrieval
     if frame is None:
         step("point-in-time training frame from Feast")
         frame = store.training_frame(data_dir=data_dir)

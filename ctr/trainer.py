@@ -1,0 +1,235 @@
+"""Training loop for the torch rankers: Adam, early stopping on validation AUC, one final test evaluation."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ctr.config import ExperimentConfig, TrainConfig, load_config
+from ctr.features import Encoder
+from ctr.frame import LABEL, split_frame
+from ctr.metrics import binary_metrics
+from ctr.models import build_model
+from ctr.modules.embedding import Batch
+from ctr.progress import ProgressCallback, ProgressEvent
+from ctr.runs import CONFIG_FILE, ENCODER_FILE, TORCH_MODEL_FILE, prepare_run_dir, write_metrics
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ranker:
+    """A trained torch model with the encoder and config it was trained with.
+
+    Attributes:
+        model: The network, in eval mode.
+        encoder: Encodes frames exactly as in training.
+        config: The experiment it came from.
+    """
+
+    model: nn.Module
+    encoder: Encoder
+    config: ExperimentConfig
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Click probabilities for the rows of ``frame`` (feature columns as in the training frame)."""
+        batch = to_tensors(self.encoder.transform(frame))
+        return predict(self.model, batch, batch_size=self.config.train.eval_batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fit:
+    """Outcome of the epoch loop: the selected epoch, its validation metrics, and the cost."""
+
+    best_epoch: int
+    val: dict[str, float]
+    epochs_run: int
+    train_seconds: float
+
+
+def train_torch(
+    frame: pd.DataFrame, config: ExperimentConfig, out_dir: Path, *, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Train ``config.model`` on the train split, select the epoch by validation AUC, score test once.
+
+    Writes ``config.yaml``, ``encoder.json``, ``model.pt`` (best weights) and ``metrics.json`` to ``out_dir``.
+
+    Args:
+        frame: The training frame (feature columns, ``label``, ``split``).
+        config: The experiment.
+        out_dir: Where the run's files go (created if needed).
+        progress: Called after every batch and after every epoch's validation.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    splits = split_frame(frame)
+    encoder = Encoder.fit(splits["train"], spec=config.features)
+    data = {name: to_tensors(encoder.transform(part), labels=part[LABEL]) for name, part in splits.items()}
+    model = build_model(config.model, layout=encoder.layout, **config.model_params)
+    out_dir = prepare_run_dir(out_dir, config=config, encoder=encoder)
+
+    with torch_threads(config.train.num_threads):
+        fit = _fit(model, data["train"], data["val"], config=config, progress=progress)
+        test = _evaluate(model, data["test"], batch_size=config.train.eval_batch_size)
+
+    torch.save(model.state_dict(), out_dir / TORCH_MODEL_FILE)
+    n_train = len(splits["train"])
+    metrics = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "val": fit.val,
+        "test": test,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "n_train": n_train,
+        "n_val": len(splits["val"]),
+        "n_test": len(splits["test"]),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "seed": config.seed,
+        "seconds": round(time.perf_counter() - started, 3),
+        # Training steps only: validation passes and data preparation are left out.
+        "samples_per_sec": round(n_train * fit.epochs_run / fit.train_seconds, 1),
+    }
+    write_metrics(out_dir, metrics)
+    return metrics
+
+
+def load_ranker(run_dir: Path) -> Ranker:
+    """Load the model, encoder and config a :func:`train_torch` run wrote to ``run_dir``."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    encoder = Encoder.load(run_dir / ENCODER_FILE)
+    model = build_model(config.model, layout=encoder.layout, **config.model_params)
+    model.load_state_dict(torch.load(run_dir / TORCH_MODEL_FILE, weights_only=True))
+    model.eval()
+    return Ranker(model=model, encoder=encoder, config=config)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Use ``count`` torch CPU threads inside the block, then restore the caller's setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_tensors(arrays: dict[str, np.ndarray], *, labels: pd.Series | None = None) -> Batch:
+    """Encoder output (and optional 0/1 labels) as a dict of tensors sharing memory with the arrays."""
+    batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    if labels is not None:
+        batch[LABEL] = torch.as_tensor(labels.to_numpy(dtype=np.float32))
+    return batch
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batch: Batch, *, batch_size: int) -> np.ndarray:
+    """Click probabilities of every example of ``batch``, in eval mode (restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    probs = [torch.sigmoid(model(chunk)) for chunk in _batches(batch, batch_size=batch_size)]
+    model.train(was_training)
+    return torch.cat(probs).numpy()
+
+
+def _evaluate(model: nn.Module, data: Batch, *, batch_size: int) -> dict[str, float]:
+    return binary_metrics(data[LABEL].numpy(), predict(model, data, batch_size=batch_size))
+
+
+def _fit(
+    model: nn.Module, train: Batch, val: Batch, *, config: ExperimentConfig, progress: ProgressCallback | None
+) -> _Fit:
+    """Run epochs until validation AUC stops improving for ``patience`` epochs; keep the best weights."""
+    settings = config.train
+    optimizer = torch.optim.Adam(_param_groups(model, settings), lr=settings.lr)
+    # A generator of its own makes the shuffling order independent of model initialisation and dropout.
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = -(-len(train[LABEL]) // settings.batch_size)
+    best_epoch, best_val, best_state = 0, {"auc": -np.inf}, _snapshot(model)
+    train_seconds, epoch = 0.0, 0
+    for epoch in range(1, settings.epochs + 1):
+        event = ProgressEvent(model=config.model, epoch=epoch, epochs=settings.epochs, step=0, steps=steps)
+        started = time.perf_counter()
+        loss = _train_epoch(
+            model, optimizer, train, settings=settings, generator=generator, event=event, progress=progress
+        )
+        train_seconds += time.perf_counter() - started
+        scores = _evaluate(model, val, batch_size=settings.eval_batch_size)
+        if progress is not None:
+            progress(replace(event, step=steps, loss=loss, val=scores))
+        if scores["auc"] > best_val["auc"]:
+            best_epoch, best_val, best_state = epoch, scores, _snapshot(model)
+        elif epoch - best_epoch >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    return _Fit(best_epoch=best_epoch, val=best_val, epochs_run=epoch, train_seconds=train_seconds)
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Batch,
+    *,
+    settings: TrainConfig,
+    generator: torch.Generator,
+    event: ProgressEvent,
+    progress: ProgressCallback | None,
+) -> float:
+    """One pass over ``train`` in a fresh random order; returns the mean training loss."""
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    order = torch.randperm(len(train[LABEL]), generator=generator)
+    total, step = 0.0, 0
+    for step, batch in enumerate(_batches(train, batch_size=settings.batch_size, order=order), start=1):
+        optimizer.zero_grad()
+        loss = loss_fn(model(batch), batch[LABEL])
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        if progress is not None:
+            progress(replace(event, step=step, loss=total / step))
+    return total / step
+
+
+def _batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
+    size = len(next(iter(data.values())))
+    for start in range(0, size, batch_size):
+        rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        yield {name: tensor[rows] for name, tensor in data.items()}
+
+
+def _param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
+    """Embedding tables get ``embedding_l2`` as weight decay, everything else ``weight_decay``."""
+    tables = {
+        id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()
+    }
+    embedding = [p for p in model.parameters() if id(p) in tables]
+    other = [p for p in model.parameters() if id(p) not in tables]
+    return [
+        {"params": embedding, "weight_decay": settings.embedding_l2},
+        {"params": other, "weight_decay": settings.weight_decay},
+    ]
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}

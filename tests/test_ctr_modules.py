@@ -1,0 +1,130 @@
+"""Forward and backward shapes of every layer and of DeepFM; gradients reach the embedding tables."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ctr.features import Encoder, FeatureSpec, InputLayout
+from ctr.models import DeepFM, build_model
+from ctr.modules import MLP, FactorizationMachine, FeatureEmbedding, LinearTerm
+from ctr.testing import planted_frame
+from ctr.trainer import to_tensors
+
+LAYOUT = InputLayout(
+    tables={"item": 6, "gender": 3, "genres": 5},
+    sparse={"item": "item", "gender": "gender"},
+    sequence={"history": "item", "genres": "genres"},
+    dense={"knowledge": 4},
+)
+DIM = 8
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    return {
+        "item": torch.tensor([1, 2, 0]),
+        "gender": torch.tensor([1, 0, 2]),
+        "history": torch.tensor([[3, 4, 0], [0, 0, 0], [5, 0, 0]]),
+        "genres": torch.tensor([[1, 2], [3, 0], [0, 0]]),
+        "knowledge": torch.randn(3, 4),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_feature_embedding_shapes_and_masked_mean_pooling() -> None:
+    embedding = FeatureEmbedding(layout=LAYOUT, embedding_dim=DIM, init_std=1.0)
+    batch = _batch()
+    fields = embedding(batch)
+
+    assert fields.shape == (3, embedding.num_fields, DIM) == (3, 5, DIM)
+    items = embedding.tables["item"].weight
+    torch.testing.assert_close(fields[0, 0], items[1])
+    torch.testing.assert_close(fields[1, 1], torch.zeros(DIM))  # unknown gender
+    torch.testing.assert_close(fields[0, 2], (items[3] + items[4]) / 2)  # padding left out of the mean
+    torch.testing.assert_close(fields[1, 2], torch.zeros(DIM))  # empty history
+    torch.testing.assert_close(fields[:, 4], embedding.projections["knowledge"](batch["knowledge"]))
+
+
+def test_feature_embedding_backward_reaches_shared_table_but_not_padding_row() -> None:
+    embedding = FeatureEmbedding(layout=LAYOUT, embedding_dim=DIM)
+    embedding(_batch()).sum().backward()
+
+    item_grad = embedding.tables["item"].weight.grad
+    assert item_grad.shape == (6, DIM)
+    assert item_grad[[1, 2, 3, 4, 5]].abs().sum(dim=1).gt(0).all()  # 3-5 only via the shared history
+    assert item_grad[0].abs().sum() == 0
+    assert embedding.projections["knowledge"].weight.grad.shape == (DIM, 4)
+
+
+def test_factorization_machine_equals_sum_of_pairwise_dot_products() -> None:
+    fields = torch.randn(3, 5, DIM, requires_grad=True)
+    out = FactorizationMachine()(fields)
+    expected = sum((fields[:, i] * fields[:, j]).sum(dim=1) for i, j in itertools.combinations(range(5), 2))
+
+    assert out.shape == (3,)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert fields.grad.shape == fields.shape
+
+
+@pytest.mark.parametrize(("batch_norm", "out_features", "width"), [(False, None, 16), (True, 1, 1)])
+def test_mlp_shapes(batch_norm: bool, out_features: int | None, width: int) -> None:
+    mlp = MLP(in_features=10, hidden=[32, 16], dropout=0.1, batch_norm=batch_norm, out_features=out_features)
+    inputs = torch.randn(4, 10, requires_grad=True)
+    out = mlp(inputs)
+
+    assert out.shape == (4, width) and mlp.out_features == width
+    out.sum().backward()
+    assert inputs.grad.shape == (4, 10)
+    assert all(p.grad is not None for p in mlp.parameters())
+
+
+def test_linear_term_is_one_logit_per_example() -> None:
+    linear = LinearTerm(layout=LAYOUT)
+    out = linear(_batch())
+
+    assert out.shape == (3,)
+    out.sum().backward()
+    assert linear.bias.grad.shape == (1,)
+    assert linear.weights.tables["genres"].weight.grad.shape == (5, 1)
+
+
+def test_deepfm_forward_backward_on_encoded_frame() -> None:
+    frame = planted_frame(n_users=20, n_items=15, n_rows=64, dense_dim=4)
+    spec = FeatureSpec.from_dict(
+        {
+            "sparse": [
+                "user_id",
+                "item_id",
+                "gender",
+                "age",
+                "occupation",
+                "zip_code",
+                "year",
+                "has_user_knowledge",
+            ],
+            "sequence": [
+                {"name": "hist_item_ids", "max_len": 10, "share": "item_id"},
+                {"name": "genres", "max_len": 3},
+            ],
+            "dense": ["user_knowledge"],
+        }
+    )
+    encoder = Encoder.fit(frame, spec=spec)
+    model = build_model("deepfm", layout=encoder.layout, embedding_dim=DIM, dnn_hidden=[32, 16])
+    logits = model(to_tensors(encoder.transform(frame)))
+
+    assert isinstance(model, DeepFM)
+    assert logits.shape == (64,)
+    logits.sum().backward()
+    for name, table in model.embedding.tables.items():
+        assert table.weight.grad.abs().sum() > 0, name
+    assert model.embedding.projections["user_knowledge"].weight.grad.abs().sum() > 0
+    # 10 categorical fields and the projected vector, then the raw vector.
+    assert model.dnn.layers[0].in_features == 11 * DIM + 4
