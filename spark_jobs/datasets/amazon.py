@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
 
-from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables, find_one, require_dir
+from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables, canonical_items, find_one, require_dir
 from spark_jobs.fields import FieldSpec, apply_field_specs
 from spark_jobs.records import TextFormat, read_records
 
@@ -82,18 +82,13 @@ def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -
         F.col("reviewerID").alias("_raw"),
         F.lit(None).cast("string").alias("_error"),
     )
-    items = meta.join(item_ids, "asin", "left").select(
-        F.coalesce("item_id", F.lit(-1).cast("bigint")).alias("item_id"),
-        "title",
-        F.from_json("category", _STRINGS).alias("genres"),
-        F.lit(None).cast("int").alias("year"),
-        F.array_join(F.from_json("description", _STRINGS), " ").alias("description"),
-        "brand",
-        "_reason",
-        "_file",
-        "_line",
-        "_raw",
-        "_error",
+    items = canonical_items(
+        meta.join(item_ids, "asin", "left"),
+        item_id=F.coalesce("item_id", F.lit(-1).cast("bigint")),
+        genres=F.from_json("category", _STRINGS),
+        year=F.lit(None).cast("int"),
+        description=F.array_join(F.from_json("description", _STRINGS), " "),
+        brand=F.col("brand"),
     )
     return RawTables(
         users=users,

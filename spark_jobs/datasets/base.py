@@ -9,6 +9,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
+from spark_jobs.fields import add_reason
 
 # Unix seconds; anything outside is an impossible timestamp for an interaction log.
 MIN_TIMESTAMP = 1  # 1970-01-01T00:00:01Z: zero/negative means "missing" in most exports
@@ -54,6 +55,37 @@ def find_one(folder: Path, patterns: tuple[str, ...], *, what: str) -> Path:
             names = ", ".join(m.name for m in matches)
             raise DataError(f"{folder}: several {what} files match {pattern!r} ({names}); keep one")
     raise DataError(f"{folder}: no {what} file (looked for {', '.join(patterns)})")
+
+
+_KEPT_FOR_QUARANTINE = ("_reason", "_file", "_line", "_raw", "_error")
+
+
+def canonical_items(
+    df: DataFrame,
+    *,
+    genres: Column,
+    year: Column,
+    description: Column | None = None,
+    brand: Column | None = None,
+    item_id: Column | str = "item_id",
+) -> DataFrame:
+    """Project a loader's typed item rows onto the canonical item columns, keeping what quarantine needs."""
+    no_text = F.lit(None).cast("string")
+    return df.select(
+        F.col(item_id).alias("item_id") if isinstance(item_id, str) else item_id.alias("item_id"),
+        "title",
+        genres.alias("genres"),
+        year.alias("year"),
+        (no_text if description is None else description).alias("description"),
+        (no_text if brand is None else brand).alias("brand"),
+        *_KEPT_FOR_QUARANTINE,
+    )
+
+
+def require_gender(users: DataFrame) -> DataFrame:
+    """Reject a user whose gender is neither M nor F (both MovieLens releases use exactly these)."""
+    bad = F.concat(F.lit("gender: not M/F ("), F.coalesce("gender", F.lit("")), F.lit(")"))
+    return add_reason(users, F.col("gender").isNotNull() & ~F.col("gender").isin("M", "F"), bad)
 
 
 def year_from_title(title: Column) -> Column:

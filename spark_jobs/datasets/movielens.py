@@ -8,7 +8,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
-from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables, find_one, require_dir, year_from_title
+from spark_jobs.datasets.base import (
+    MIN_TIMESTAMP,
+    RawTables,
+    canonical_items,
+    find_one,
+    require_dir,
+    require_gender,
+    year_from_title,
+)
 from spark_jobs.fields import FieldSpec, add_reason, apply_field_specs
 from spark_jobs.records import TextFormat, read_records
 
@@ -70,9 +78,7 @@ def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp
             FieldSpec(name="zip_code", required=False),
         ],
     )
-    users = add_reason(
-        users, ~F.col("gender").isin("M", "F"), F.concat(F.lit("gender: not M/F ("), "gender", F.lit(")"))
-    )
+    users = require_gender(users)
 
     item_cols = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *flags)
     items = _read(spark, folder / "u.item", item_cols, "|")
@@ -95,18 +101,10 @@ def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp
         lambda g: g.isNotNull(),
     )
     release_year = F.regexp_extract("release_date", r"(\d{4})$", 1)
-    items = items.select(
-        "item_id",
-        "title",
-        genre_array.alias("genres"),
-        F.coalesce(year_from_title(F.col("title")), F.when(release_year != "", release_year.cast("int"))).alias("year"),
-        F.lit(None).cast("string").alias("description"),
-        F.lit(None).cast("string").alias("brand"),
-        "_reason",
-        "_file",
-        "_line",
-        "_raw",
-        "_error",
+    items = canonical_items(
+        items,
+        genres=genre_array,
+        year=F.coalesce(year_from_title(F.col("title")), F.when(release_year != "", release_year.cast("int"))),
     )
     return RawTables(users=users, items=items, interactions=interactions)
 
@@ -134,9 +132,7 @@ def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: 
             FieldSpec(name="zip_code", required=False),
         ],
     )
-    users = add_reason(
-        users, ~F.col("gender").isin("M", "F"), F.concat(F.lit("gender: not M/F ("), "gender", F.lit(")"))
-    )
+    users = require_gender(users)
     users = add_reason(
         users,
         F.col("age").isNotNull() & ~F.col("age").isin(*ML1M_AGES),
@@ -156,17 +152,5 @@ def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: 
             FieldSpec(name="genre_list"),
         ],
     )
-    items = items.select(
-        "item_id",
-        "title",
-        F.split("genre_list", r"\|").alias("genres"),
-        year_from_title(F.col("title")).alias("year"),
-        F.lit(None).cast("string").alias("description"),
-        F.lit(None).cast("string").alias("brand"),
-        "_reason",
-        "_file",
-        "_line",
-        "_raw",
-        "_error",
-    )
+    items = canonical_items(items, genres=F.split("genre_list", r"\|"), year=year_from_title(F.col("title")))
     return RawTables(users=users, items=items, interactions=interactions, notes={"ratings_file": ratings_file.name})
