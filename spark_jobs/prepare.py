@@ -55,11 +55,6 @@ def _reject_unknown(interactions: DataFrame, known: DataFrame, key: str, source:
     return add_reason(flagged, F.col("_known").isNull(), message).drop("_known")
 
 
-def _first_file(df: DataFrame) -> str:
-    row = df.select("_file").first()
-    return row["_file"] if row else "?"
-
-
 def _clean_tables(
     raw: RawTables, quarantine_dir: Path
 ) -> tuple[DataFrame, DataFrame, DataFrame, list[QuarantineReport]]:
@@ -68,8 +63,8 @@ def _clean_tables(
     users, users_report = split_quarantine(users, table="users", out_dir=quarantine_dir)
     items, items_report = split_quarantine(items, table="items", out_dir=quarantine_dir)
     interactions = _dedupe(raw.interactions, ["user_id", "item_id", "timestamp"], "(user_id, item_id, timestamp)")
-    interactions = _reject_unknown(interactions, users, "user_id", _first_file(raw.users))
-    interactions = _reject_unknown(interactions, items, "item_id", _first_file(raw.items))
+    interactions = _reject_unknown(interactions, users, "user_id", ", ".join(users_report.files))
+    interactions = _reject_unknown(interactions, items, "item_id", ", ".join(items_report.files))
     interactions, inter_report = split_quarantine(interactions, table="interactions", out_dir=quarantine_dir)
     return users, items, interactions, [users_report, items_report, inter_report]
 

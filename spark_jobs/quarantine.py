@@ -26,6 +26,7 @@ class QuarantineReport:
     total: int
     rejected: int
     top_reasons: dict[str, int]
+    files: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {"total": self.total, "rejected": self.rejected, "top_reasons": self.top_reasons}
@@ -58,7 +59,11 @@ def split_quarantine(
         DataError: Too many rows were rejected; names the first bad file/line and its reason.
     """
     df = df.persist()
-    counts = df.agg(F.count("*").alias("total"), F.count(REASON).alias("rejected")).first()
+    counts = df.agg(
+        F.count("*").alias("total"),
+        F.count(REASON).alias("rejected"),
+        F.sort_array(F.collect_set("_file")).alias("files"),
+    ).first()
     total, rejected = counts["total"], counts["rejected"]
     top: dict[str, int] = {}
     if rejected:
@@ -82,4 +87,7 @@ def split_quarantine(
             kind = _reason_kind(row["reason"])
             top[kind] = top.get(kind, 0) + row["count"]
     good = df.where(F.col(REASON).isNull()).drop(REASON, *META_COLUMNS)
-    return good, QuarantineReport(table=table, total=total, rejected=rejected, top_reasons=top)
+    report = QuarantineReport(
+        table=table, total=total, rejected=rejected, top_reasons=top, files=tuple(counts["files"])
+    )
+    return good, report
