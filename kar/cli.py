@@ -68,9 +68,12 @@ def steps() -> Iterator[_Steps]:
     """A spinner line showing the current step and its elapsed time, above a log of finished steps."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         tracker = _Steps(bar)
-        yield tracker
-        tracker.finish()
-        bar.update(tracker._task, visible=False)
+        try:
+            yield tracker
+            tracker.finish()
+        finally:
+            # On failure too: the error line should not sit under a frozen spinner.
+            bar.update(tracker._task, visible=False)
 
 
 def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:

@@ -34,11 +34,13 @@ def run_prepare(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the Spark prepare job (see ``spark_jobs.prepare``) and return its summary."""
+    from spark_jobs.datasets import check_input
     from spark_jobs.prepare import prepare
     from spark_jobs.session import get_spark
     from spark_jobs.splits import SplitConfig
 
     step = progress or _noop
+    check_input(dataset, path)  # before Spark starts: a typo should not cost a JVM start-up
     step("starting Spark")
     spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
     split = SplitConfig(protocol=protocol, seed=seed)  # type: ignore[arg-type]

@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from kar.errors import EnvironmentProblem
 
 MIN_JAVA = 17
+_LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"
 _JAVA_FIX = "install it with `apt-get install -y openjdk-17-jre-headless` or point JAVA_HOME at a JDK 17+"
 
 # Defaults that keep small local jobs fast and files readable by pyarrow/Feast.
@@ -93,8 +95,12 @@ def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: M
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     launcher_master = SparkConf().get("spark.master", None)
     resolved_master = master or os.environ.get("KAR_SPARK_MASTER") or launcher_master or "local[*]"
+    if resolved_master.startswith("local"):
+        # A local job needs no network: bind to loopback instead of whatever the hostname resolves to.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name).master(resolved_master)
-    for key, value in {**_DEFAULT_CONF, **_env_conf(), **(conf or {})}.items():
+    quiet_logs = {"spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={_LOG4J_CONFIG}"}
+    for key, value in {**_DEFAULT_CONF, **quiet_logs, **_env_conf(), **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KAR_SPARK_LOG_LEVEL", "ERROR"))

@@ -8,10 +8,18 @@ from pyspark.sql import SparkSession
 
 from kar.errors import DataError
 from spark_jobs.datasets.amazon import load_amazon
-from spark_jobs.datasets.base import RawTables
+from spark_jobs.datasets.base import RawTables, require_dir
 from spark_jobs.datasets.movielens import load_movielens_1m, load_movielens_100k
 
 DATASETS = ("synthetic", "movielens-100k", "movielens-1m", "amazon")
+
+
+def check_input(name: str, path: Path | None) -> None:
+    """Fail fast, before any Spark start-up, on an unknown dataset or a missing input folder."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name != "synthetic":
+        require_dir(path, dataset=name)
 
 
 def load_dataset(
@@ -33,4 +41,4 @@ def load_dataset(
     return loaders[name](spark, path=path, max_timestamp=max_timestamp)
 
 
-__all__ = ["DATASETS", "RawTables", "load_dataset"]
+__all__ = ["DATASETS", "RawTables", "check_input", "load_dataset"]

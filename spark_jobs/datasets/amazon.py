@@ -32,7 +32,7 @@ def dense_ids(df: DataFrame, raw_col: str, id_col: str) -> DataFrame:
 
 def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
     """Load one category's 5-core reviews and metadata from ``path``."""
-    folder = require_dir(path, dataset="amazon", expected="<Category>_5.json[.gz] and meta_<Category>.json[.gz]")
+    folder = require_dir(path, dataset="amazon")
     reviews_file = find_one(folder, ("*_5.json.gz", "*_5.json"), what="5-core reviews")
     meta_file = find_one(folder, ("meta_*.json.gz", "meta_*.json"), what="metadata")
 

@@ -37,7 +37,17 @@ class RawTables:
     id_maps: dict[str, DataFrame] = field(default_factory=dict)
 
 
-def require_dir(path: Path | None, *, dataset: str, expected: str) -> Path:
+# What --path must contain, per file-based dataset (said in every "not found" message).
+EXPECTED_INPUTS = {
+    "movielens-100k": "u.data, u.user, u.item, u.genre",
+    "movielens-1m": "ratings*.dat, users.dat, movies.dat",
+    "amazon": "<Category>_5.json[.gz] and meta_<Category>.json[.gz]",
+}
+
+
+def require_dir(path: Path | None, *, dataset: str) -> Path:
+    """The input folder of a file-based dataset, or a one-line error saying what it should contain."""
+    expected = EXPECTED_INPUTS[dataset]
     if path is None:
         raise DataError(f"{dataset}: --path is required (a folder with {expected})")
     if not path.is_dir():

