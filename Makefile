@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test llm-env lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (e.g. apt-get install python3.11-venv)"; exit 1; }
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The vLLM CPU env and embedded model (~3.5 min once, cached in ~/.cache/kar); tests marked `llm` need it.
+llm-env: $(STAMP)
+	$(VENV)/bin/kar llm setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,8 @@ from kar.errors import KarError
 app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
 feast_app = typer.Typer(help="Register, materialize and read the Feast feature store.", no_args_is_help=True)
 app.add_typer(feast_app, name="feast")
+llm_app = typer.Typer(help="Serve the LLM the knowledge jobs call (vLLM, OpenAI-compatible).", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -180,6 +182,46 @@ def demo(
     lookup = metrics["online_lookup"]
     console.print(f"online lookup: user {lookup['user']}", highlight=False)
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
+
+
+@llm_app.command("serve")
+@friendly
+def llm_serve(
+    model: Annotated[
+        str, typer.Option(help="'embedded' (SmolLM2-135M on vLLM CPU) or an HF model dir/name.")
+    ] = "embedded",
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    compiled: Annotated[
+        bool, typer.Option(help="torch.compile the embedded model: ~100 s slower start, ~25% faster.")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where the vLLM env and model live (default ~/.cache/kar).")
+    ] = None,
+) -> None:
+    """Start a vLLM OpenAI-compatible server on loopback and keep it up until Ctrl-C."""
+    from kar.llm_server import serve_embedded, serve_forever, serve_model
+
+    with steps() as step:
+        if model == "embedded":
+            server = serve_embedded(cache_dir=cache_dir, port=port, compiled=compiled, progress=step)
+        else:
+            server = serve_model(model=model, port=port)
+    serve_forever(server, on_ready=lambda s: console.print(f"serving {s.served_name} at {s.base_url} (Ctrl-C stops)"))
+
+
+@llm_app.command("setup")
+@friendly
+def llm_setup(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where the vLLM env and model live (default ~/.cache/kar).")
+    ] = None,
+) -> None:
+    """Build the vLLM CPU env and the embedded model once (cached), without starting a server."""
+    from kar.llm_server import ensure_embedded_model
+
+    with steps() as step:
+        path = ensure_embedded_model(cache_dir=cache_dir, progress=step)
+    console.print(f"embedded model ready: {path}")
 
 
 def main() -> None:

