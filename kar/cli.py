@@ -64,6 +64,9 @@ class _Steps:
             self._progress.console.print(f"  [green]✓[/] {self._current}", highlight=False)
         self._current = None
 
+    def hide(self) -> None:
+        self._progress.update(self._task, visible=False)
+
 
 @contextmanager
 def steps() -> Iterator[_Steps]:
@@ -75,7 +78,7 @@ def steps() -> Iterator[_Steps]:
             tracker.finish()
         finally:
             # On failure too: the error line should not sit under a frozen spinner.
-            bar.update(tracker._task, visible=False)
+            tracker.hide()
 
 
 def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:

@@ -108,14 +108,15 @@ def apply(*, data_dir: Path, repo: Path | None = None) -> list[str]:
     repo = repo or default_repo()
     if not (data_dir / "users").is_dir():
         raise DataError(f"{data_dir}: not a prepared-data folder (run `kar prepare --out {data_dir}` first)")
-    config = repo_config(data_dir=data_dir, repo=repo)
     store = open_store(data_dir=data_dir, repo=repo)
     with _definitions_context(repo, data_dir):
         contents = parse_repo(repo)
-        apply_total_with_repo_instance(store, config.project, store.registry, contents, skip_source_validation=False)
-    return [
-        obj.name for group in (contents.entities, contents.feature_views, contents.feature_services) for obj in group
-    ]
+        apply_total_with_repo_instance(
+            store, store.config.project, store.registry, contents, skip_source_validation=False
+        )
+    groups = (contents.entities, contents.feature_views, contents.feature_services)
+    # Feast adds a "__dummy" entity for entity-less views; it is not ours to report.
+    return [obj.name for group in groups for obj in group if not obj.name.startswith("__")]
 
 
 def materialize(
@@ -185,23 +186,23 @@ def training_frame(
     return frame
 
 
+def _feature_refs(store: FeatureStore, projections: Sequence[Any], *, entity: str) -> list[str]:
+    """``view:feature`` references of the service's views keyed by ``entity``."""
+    return [
+        f"{projection.name}:{feature.name}"
+        for projection in projections
+        if entity in store.get_feature_view(projection.name).entities
+        for feature in projection.features
+    ]
+
+
 def online_features(
     store: FeatureStore, *, user_id: int, item_ids: Sequence[int], service: str = TRAINING_SERVICE
 ) -> dict[str, pd.DataFrame]:
     """Serving-time lookup: the user's row and one row per candidate item from the online store."""
-    service_obj = store.get_feature_service(service)
-    user_refs = [
-        f"{p.name}:{f.name}"
-        for p in service_obj.feature_view_projections
-        if "user" in store.get_feature_view(p.name).entities
-        for f in p.features
-    ]
-    item_refs = [
-        f"{p.name}:{f.name}"
-        for p in service_obj.feature_view_projections
-        if "item" in store.get_feature_view(p.name).entities
-        for f in p.features
-    ]
+    projections = store.get_feature_service(service).feature_view_projections
+    user_refs = _feature_refs(store, projections, entity="user")
+    item_refs = _feature_refs(store, projections, entity="item")
     user = store.get_online_features(features=user_refs, entity_rows=[{"user_id": int(user_id)}]).to_df()
     items = store.get_online_features(features=item_refs, entity_rows=[{"item_id": int(i)} for i in item_ids]).to_df()
     return {"user": user, "items": items}

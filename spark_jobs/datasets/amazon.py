@@ -12,8 +12,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
 
-from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables, canonical_items, find_one, require_dir
-from spark_jobs.fields import FieldSpec, apply_field_specs
+from spark_jobs.datasets.base import (
+    MIN_TIMESTAMP,
+    QUARANTINE_INPUT,
+    RawTables,
+    canonical_items,
+    find_one,
+    require_dir,
+)
+from spark_jobs.fields import REASON, FieldSpec, apply_field_specs
 from spark_jobs.records import TextFormat, read_records
 
 REVIEW_KEYS = ("reviewerID", "asin", "overall", "unixReviewTime")
@@ -49,8 +56,8 @@ def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -
     meta = read_records(spark, meta_file, TextFormat(columns=META_KEYS))
     meta = apply_field_specs(meta, [FieldSpec(name="asin"), FieldSpec(name="title", required=False)])
 
-    user_ids = dense_ids(reviews.where(F.col("_reason").isNull()), "reviewerID", "user_id").persist()
-    item_ids = dense_ids(meta.where(F.col("_reason").isNull()), "asin", "item_id").persist()
+    user_ids = dense_ids(reviews.where(F.col(REASON).isNull()), "reviewerID", "user_id").persist()
+    item_ids = dense_ids(meta.where(F.col(REASON).isNull()), "asin", "item_id").persist()
 
     # An interaction whose asin has no metadata keeps item_id null and is quarantined as an unknown item later.
     interactions = (
@@ -63,11 +70,7 @@ def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -
             "item_id",
             F.col("overall").alias("rating"),
             F.col("unixReviewTime").alias("timestamp"),
-            "_reason",
-            "_file",
-            "_line",
-            "_raw",
-            "_error",
+            *QUARANTINE_INPUT,
         )
     )
     users = user_ids.select(
@@ -76,7 +79,7 @@ def load_amazon(spark: SparkSession, *, path: Path | None, max_timestamp: int) -
         F.lit(None).cast("int").alias("age"),
         F.lit(None).cast("string").alias("occupation"),
         F.lit(None).cast("string").alias("zip_code"),
-        F.lit(None).cast("string").alias("_reason"),
+        F.lit(None).cast("string").alias(REASON),
         F.lit(reviews_file.name).alias("_file"),
         F.lit(0).cast("bigint").alias("_line"),
         F.col("reviewerID").alias("_raw"),

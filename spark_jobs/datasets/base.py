@@ -9,7 +9,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
-from spark_jobs.fields import add_reason
+from spark_jobs.fields import REASON, add_reason
+from spark_jobs.records import META_COLUMNS
 
 # Unix seconds; anything outside is an impossible timestamp for an interaction log.
 MIN_TIMESTAMP = 1  # 1970-01-01T00:00:01Z: zero/negative means "missing" in most exports
@@ -67,7 +68,8 @@ def find_one(folder: Path, patterns: tuple[str, ...], *, what: str) -> Path:
     raise DataError(f"{folder}: no {what} file (looked for {', '.join(patterns)})")
 
 
-_KEPT_FOR_QUARANTINE = ("_reason", "_file", "_line", "_raw", "_error")
+# Every loader keeps these through its projections so a rejected row can be traced to its file and line.
+QUARANTINE_INPUT = (REASON, *META_COLUMNS)
 
 
 def canonical_items(
@@ -88,7 +90,7 @@ def canonical_items(
         year.alias("year"),
         (no_text if description is None else description).alias("description"),
         (no_text if brand is None else brand).alias("brand"),
-        *_KEPT_FOR_QUARANTINE,
+        *QUARANTINE_INPUT,
     )
 
 
