@@ -187,6 +187,83 @@ def demo(
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
 
 
+def _knowledge_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per prompt kind: counts, status breakdown, tokens, throughput and cost estimate."""
+    lines = []
+    for kind, summary in summaries.items():
+        parts = {f"{kind} {k}": v for k, v in summary.items() if k in ("entity", "pair")} or {kind: summary}
+        for name, s in parts.items():
+            status = ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items()))
+            rate = f"{s['prompts_per_s']:.2f} prompts/s" if s["prompts_per_s"] else "no LLM calls"
+            lines.append(
+                f"[bold]{name}[/]: {s['prompts']} prompts ({s['cached']} cached, {s['calls']} LLM calls) → {status}"
+                f" · tokens {s['answer_tokens_in']} in / {s['answer_tokens_out']} out · {rate}"
+                f" · est. ${s['usd_estimate_all_answers']:.4f}"
+            )
+        if "graph_edges" in summary:
+            lines.append(
+                f"[bold]{kind} graph[/]: {summary['entities']} item entities, {summary['graph_edges']} judged pairs, "
+                f"{summary['complementary_edges']} complementary"
+            )
+    return lines
+
+
+@app.command()
+@friendly
+def knowledge(
+    data: DataDir,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA/knowledge).")] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option(help="user | item | kerec; repeat for several (default: all three).")
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (default: $KAR_LLM_BASE_URL, "
+            "else the embedded vLLM CPU server is started for the job)."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: $KAR_LLM_MODEL or the server's first).")] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="movies | books | products | a YAML path (default: from the dataset).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Answer cache folder (default: OUT/cache).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
+    limit: Annotated[int | None, typer.Option(help="Only the first N prompts of each kind (trials).")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json of the served model, for exact token budgets.")
+    ] = None,
+    compiled: Annotated[bool, typer.Option(help="torch.compile the embedded model (long jobs).")] = False,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Generate LLM knowledge with Spark: user preference reasoning, item facts, LLM-KERec complementary pairs.
+
+    The API key comes from $KAR_LLM_API_KEY or $OPENAI_API_KEY. Answers are cached by (model, params,
+    prompt): a rerun asks only for what is missing, and a killed job resumes where it stopped.
+    """
+    from kar.pipeline import run_knowledge
+
+    with steps() as step:
+        summaries = run_knowledge(
+            kinds=kind or ["user", "item", "kerec"],
+            data_dir=data,
+            out=out or data / "knowledge",
+            base_url=endpoint,
+            model=model,
+            scenario=scenario,
+            cache_dir=cache,
+            concurrency=concurrency,
+            limit=limit,
+            tokenizer=tokenizer,
+            compiled=compiled,
+            master=master,
+            progress=step,
+        )
+    for line in _knowledge_lines(summaries):
+        console.print(line, highlight=False)
+    console.print(f"summary → {(out or data / 'knowledge') / 'summary.json'}")
+
+
 @llm_app.command("serve")
 @friendly
 def llm_serve(

@@ -5,10 +5,12 @@ prepare (Spark) → Feast apply → point-in-time training frame → rankers →
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,88 @@ def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> dict[str
         "user": found["user"].to_dict(orient="records")[0],
         "items": found["items"].to_dict(orient="records"),
     }
+
+
+@contextlib.contextmanager
+def llm_endpoint(
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    tokenizer: Path | None = None,
+    compiled: bool = False,
+    progress: Progress | None = None,
+) -> Iterator[tuple[Any, str, Path | None]]:
+    """Yield ``(Endpoint, model id, tokenizer)`` for the knowledge jobs.
+
+    With no ``base_url`` (and no ``$KAR_LLM_BASE_URL``) the embedded vLLM CPU server is started for the
+    duration of the block and stopped after it; its tokenizer gives exact token budgets.
+    """
+    from kar.llm_server import serve_embedded
+    from spark_jobs.llm.client import Endpoint, resolve_model
+
+    step = progress or _noop
+    base_url = base_url or os.environ.get("KAR_LLM_BASE_URL")
+    model = model or os.environ.get("KAR_LLM_MODEL")
+    if base_url:
+        endpoint = Endpoint(base_url=base_url, model=model, api_key=api_key, max_concurrency=concurrency)
+        yield endpoint, resolve_model(endpoint), tokenizer
+        return
+    step("starting the embedded LLM (vLLM CPU, SmolLM2-135M)")
+    with serve_embedded(compiled=compiled, progress=step) as server:
+        endpoint = Endpoint(base_url=server.base_url, model=server.served_name, max_concurrency=concurrency)
+        yield endpoint, server.served_name, tokenizer or Path(server.model)
+
+
+def run_knowledge(
+    *,
+    kinds: Sequence[str],
+    data_dir: Path,
+    out: Path,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    scenario: str | None = None,
+    cache_dir: Path | None = None,
+    concurrency: int = 8,
+    limit: int | None = None,
+    tokenizer: Path | None = None,
+    compiled: bool = False,
+    master: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Generate LLM knowledge (``user``, ``item``, ``kerec``) for a prepared folder; see ``spark_jobs.knowledge``.
+
+    Returns the summary entries by kind (also in ``out/summary.json``).
+    """
+    from spark_jobs.knowledge.job import JOB_KINDS, KnowledgeJob, generate_knowledge
+    from spark_jobs.session import get_spark
+
+    step = progress or _noop
+    unknown = [k for k in kinds if k not in JOB_KINDS]
+    if unknown:
+        raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
+    read_summary(data_dir)  # fails with the fix before any server or JVM starts
+    with llm_endpoint(
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        concurrency=concurrency,
+        tokenizer=tokenizer,
+        compiled=compiled,
+        progress=step,
+    ) as (endpoint, model_id, tokenizer_path):
+        step("starting Spark")
+        spark = get_spark(app_name="kar-knowledge", master=master)
+        job = KnowledgeJob(
+            data_dir=data_dir,
+            out=out,
+            endpoint=endpoint,
+            model=model_id,
+            scenario=scenario,
+            cache_dir=cache_dir,
+            tokenizer=tokenizer_path,
+            limit=limit,
+        )
+        return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Knowledge generation: prompts from prepared tables → an OpenAI-compatible LLM → knowledge tables."""

@@ -1,0 +1,381 @@
+"""The knowledge job: prompt frames → cache lookup → Spark tasks calling the LLM → knowledge tables.
+
+For one kind (``user``, ``item``) or the two-step LLM-KERec flow (``kerec``: entity extraction per item,
+then complementary judgements per candidate entity pair):
+
+1. prompts are built in Spark and keyed by ``sha256(model, params, prompt hash)``;
+2. keys already answered in the cache are skipped (a rerun makes no LLM call);
+3. the rest is spread over Spark tasks; each task runs an async client with bounded concurrency and
+   appends answers to the cache as they arrive, so ``kill -9`` at any moment loses at most a few seconds;
+4. prompts are joined with the cache: usable answers go to ``OUT/<table>``, the rest (error, empty,
+   refused, truncated, over budget) to ``OUT/quarantine/<table>`` with the reason; ``OUT/summary.json``
+   gets counts by status, tokens, wall time, prompts/s and an estimated cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+from kar.errors import DataError, KarError
+from spark_jobs.knowledge.config import Kind, PromptSpec, Scenario, load_scenario, scenario_for_dataset
+from spark_jobs.llm.cache import ANSWER_SCHEMA, AnswerCache
+from spark_jobs.llm.client import Endpoint, EndpointDown, EndpointRejected, LLMClient, Request, answer_all
+
+JobKind = Literal["user", "item", "kerec"]
+JOB_KINDS: tuple[JobKind, ...] = ("user", "item", "kerec")
+ID_COLUMNS: dict[Kind, list[str]] = {
+    "user": ["user_id"],
+    "item": ["item_id"],
+    "entity": ["item_id"],
+    "pair": ["source", "target"],
+}
+TABLES: dict[Kind, str] = {"user": "user", "item": "item", "entity": "kerec_entity_answers", "pair": "kerec_pairs"}
+SUMMARY_FILE = "summary.json"
+# Prompt text is kept for audit and for the no-LLM control; the fixed system prompt is in the config.
+DROPPED_PROMPT_COLUMNS = ("system", "json_schema", "key", "over_budget")
+TASK_STATS = StructType(
+    [
+        StructField("calls", LongType()),
+        StructField("tokens_in", LongType()),
+        StructField("tokens_out", LongType()),
+        StructField("aborted", StringType()),
+    ]
+)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pricing:
+    """Dollars per million tokens, for the cost estimate (default: a small hosted model's list price)."""
+
+    usd_per_mtok_in: float = 0.15
+    usd_per_mtok_out: float = 0.60
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return round((tokens_in * self.usd_per_mtok_in + tokens_out * self.usd_per_mtok_out) / 1e6, 6)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnowledgeJob:
+    """What to generate and where.
+
+    Attributes:
+        data_dir: Prepared folder (``kar prepare``).
+        out: Output folder for knowledge tables, quarantine and summary.
+        endpoint: The OpenAI-compatible server to call.
+        model: Model id to request (resolved from the server when the endpoint names none).
+        scenario: Scenario name or YAML path; default from the prepared dataset.
+        cache_dir: Answer cache (default ``OUT/cache``); share it between runs and datasets freely.
+        tokenizer: The served model's ``tokenizer.json`` or folder, for exact token budgets.
+        limit: Only the first N prompts of each kind (by id), for trials.
+        pricing: Prices for the cost estimate.
+        tasks: Spark tasks for the LLM step (default: the cluster's parallelism).
+    """
+
+    data_dir: Path
+    out: Path
+    endpoint: Endpoint
+    model: str
+    scenario: str | Path | None = None
+    cache_dir: str | Path | None = None
+    tokenizer: str | Path | None = None
+    limit: int | None = None
+    pricing: Pricing = field(default_factory=Pricing)
+    tasks: int | None = None
+
+    def load_scenario(self) -> Scenario:
+        if self.scenario is not None:
+            return load_scenario(self.scenario)
+        summary = self.data_dir / "summary.json"
+        dataset = json.loads(summary.read_text())["dataset"] if summary.is_file() else "synthetic"
+        return load_scenario(scenario_for_dataset(dataset))
+
+    def cache(self) -> AnswerCache:
+        return AnswerCache(self.cache_dir or self.out / "cache")
+
+
+def with_keys(prompts: DataFrame, *, model: str, spec: PromptSpec) -> DataFrame:
+    """Add ``prompt_hash`` (system, message, schema) and the cache ``key`` (model, params, prompt hash)."""
+    sep = "\x1f"  # unit separator: cannot occur in cleaned prompt text, so fields cannot run together
+    prompt_hash = F.sha2(F.concat_ws(sep, "system", "prompt", F.coalesce("json_schema", F.lit(""))), 256)
+    params = spec.sampling.canonical()
+    return (
+        prompts.withColumn("prompt_hash", prompt_hash)
+        .withColumn("params", F.lit(params))
+        .withColumn("key", F.sha2(F.concat_ws(sep, F.lit(model), F.lit(params), F.col("prompt_hash")), 256))
+    )
+
+
+def cached_answers(spark: SparkSession, cache: AnswerCache) -> DataFrame:
+    """The cache as a Spark DataFrame, one row per key (a usable answer beats an error, newest wins)."""
+    parts = cache.parts()
+    if not parts:
+        return spark.createDataFrame([], _spark_answer_schema(spark))
+    answers = spark.read.schema(_spark_answer_schema(spark)).parquet(*parts)
+    order = Window.partitionBy("key").orderBy((F.col("status") == "error").asc(), F.col("created_at").desc())
+    return answers.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
+
+
+def _spark_answer_schema(spark: SparkSession) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(ANSWER_SCHEMA)
+
+
+def _answer_tasks(
+    *, endpoint: Endpoint, model: str, params: Mapping[str, Any], cache_root: str
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The function each Spark task runs: answer its prompts, append them to the cache, yield task stats."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        requests = (
+            Request(
+                key=row.key,
+                prompt_hash=row.prompt_hash,
+                system=row.system,
+                prompt=row.prompt,
+                params=params,
+                json_schema=row.json_schema,
+            )
+            for batch in batches
+            for row in batch.itertuples(index=False)
+        )
+        stats = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "aborted": None}
+
+        def keep(answer: dict[str, Any]) -> None:
+            writer.add(answer)
+            stats["calls"] += 1
+            stats["tokens_in"] += answer["tokens_in"] or 0
+            stats["tokens_out"] += answer["tokens_out"] or 0
+
+        async def go() -> None:
+            async with LLMClient(endpoint=endpoint, model=model) as client:
+                await answer_all(requests, client=client, on_answer=keep)
+
+        with AnswerCache(cache_root).writer() as writer:
+            try:
+                asyncio.run(go())
+            except (EndpointDown, EndpointRejected) as exc:
+                # Not raised through Spark: the driver turns it into one clear error after the others finish.
+                stats["aborted"] = str(exc)
+        yield pd.DataFrame([stats])
+
+    return run
+
+
+class _CacheWatcher:
+    """Reports answers landing in the cache while Spark tasks run (tasks report nothing until they end)."""
+
+    def __init__(self, cache: AnswerCache, *, total: int, label: str, progress: Progress) -> None:
+        self._cache, self._total, self._label, self._progress = cache, total, label, progress
+        self._before = set(cache.parts())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _CacheWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        detail = getattr(self._progress, "detail", None)
+        while not self._stop.wait(2.0):
+            if detail is None:
+                continue
+            try:
+                done = self._cache.count_rows([p for p in self._cache.parts() if p not in self._before])
+            except OSError:  # a part renamed or compacted under us: try again next tick
+                continue
+            rate = done / max(time.perf_counter() - self._started, 1e-9)
+            detail(f"{done}/{self._total} {self._label} answers, {rate:.2f} prompts/s")
+
+
+def answer_prompts(
+    spark: SparkSession, prompts: DataFrame, *, kind: Kind, spec: PromptSpec, job: KnowledgeJob, progress: Progress
+) -> tuple[DataFrame, dict[str, Any]]:
+    """Answer a prompt frame (cache first, then the LLM) and join every prompt with its answer.
+
+    Returns:
+        The prompt rows with answer columns (``status`` is ``over_budget`` for prompts never sent and
+        ``missing`` for prompts a stopped job did not reach), and the run's LLM statistics.
+    """
+    cache = job.cache()
+    keyed = with_keys(prompts, model=job.model, spec=spec).cache()
+    total = keyed.count()
+    sendable = keyed.filter(~F.col("over_budget"))
+    done = cached_answers(spark, cache).filter(F.col("status") != "error").select("key")
+    todo = sendable.join(done, "key", "left_anti").select("key", "prompt_hash", "system", "prompt", "json_schema")
+    n_todo = todo.count()
+    tasks = max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
+    started = time.perf_counter()
+    stats = {"prompts": total, "cached": total - n_todo, "calls": 0, "tokens_in": 0, "tokens_out": 0}
+    if n_todo:
+        progress(f"asking the LLM for {n_todo} {kind} answers ({total - n_todo} cached)")
+        runner = _answer_tasks(
+            endpoint=job.endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
+        )
+        with _CacheWatcher(cache, total=n_todo, label=kind, progress=progress):
+            task_stats = todo.repartition(tasks, "key").mapInPandas(runner, TASK_STATS).collect()
+        for row in task_stats:
+            for name in ("calls", "tokens_in", "tokens_out"):
+                stats[name] += row[name]
+        aborted = [row["aborted"] for row in task_stats if row["aborted"]]
+        if aborted:
+            kept = cache.count_rows()
+            raise KarError(
+                f"LLM at {job.endpoint.base_url} failed: {aborted[0]}. {stats['calls']} answers of this run are "
+                f"kept in {cache.root} ({kept} cached in all); rerun the same command to resume"
+            )
+    stats["llm_seconds"] = round(time.perf_counter() - started, 2)
+    stats["prompts_per_s"] = round(stats["calls"] / stats["llm_seconds"], 3) if stats["calls"] else None
+    answers = cached_answers(spark, cache).drop("prompt_hash", "params")
+    joined = keyed.join(answers, "key", "left").withColumn(
+        "status",
+        F.when(F.col("over_budget"), F.lit("over_budget")).otherwise(F.coalesce("status", F.lit("missing"))),
+    )
+    return joined, stats
+
+
+def _reason() -> F.Column:
+    return F.concat_ws(": ", F.col("status"), F.coalesce(F.col("error"), F.col("finish_reason")))
+
+
+def write_answers(joined: DataFrame, *, kind: Kind, out: Path) -> dict[str, int]:
+    """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``; returns counts by status."""
+    table = TABLES[kind]
+    kept = joined.drop(*DROPPED_PROMPT_COLUMNS)
+    ok = kept.filter(F.col("status") == "ok").orderBy(*ID_COLUMNS[kind])
+    ok.write.mode("overwrite").parquet(str(out / table))
+    bad = kept.filter(F.col("status") != "ok").withColumn("reason", _reason())
+    bad.write.mode("overwrite").parquet(str(out / "quarantine" / table))
+    return {r["status"]: r["n"] for r in joined.groupBy("status").agg(F.count("*").alias("n")).collect()}
+
+
+def _limited(prompts: DataFrame, kind: Kind, limit: int | None) -> DataFrame:
+    return prompts.orderBy(*ID_COLUMNS[kind]).limit(limit) if limit else prompts
+
+
+def _run_kind(
+    spark: SparkSession, prompts: DataFrame, *, kind: Kind, scenario: Scenario, job: KnowledgeJob, progress: Progress
+) -> tuple[DataFrame, dict[str, Any]]:
+    progress(f"building {kind} prompts")
+    joined, stats = answer_prompts(
+        spark, _limited(prompts, kind, job.limit), kind=kind, spec=scenario.spec(kind), job=job, progress=progress
+    )
+    joined = joined.cache()
+    stats["status"] = write_answers(joined, kind=kind, out=job.out)
+    tokens = joined.filter(F.col("status") != "over_budget").agg(
+        F.sum("tokens_in").alias("i"), F.sum("tokens_out").alias("o"), F.sum("n_flagged").alias("f")
+    )
+    row = tokens.first()
+    stats["answer_tokens_in"], stats["answer_tokens_out"] = int(row["i"] or 0), int(row["o"] or 0)
+    stats["prompts_flagged_injection"] = int(row["f"] or 0)
+    stats["usd_estimate_this_run"] = job.pricing.cost(stats["tokens_in"], stats["tokens_out"])
+    stats["usd_estimate_all_answers"] = job.pricing.cost(stats["answer_tokens_in"], stats["answer_tokens_out"])
+    return joined, stats
+
+
+def generate_knowledge(
+    spark: SparkSession, *, kind: JobKind, job: KnowledgeJob, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Generate one kind of knowledge (see module docstring) and return its summary entry.
+
+    Raises:
+        DataError: Missing prepared tables or a bad scenario config.
+        KarError: The LLM endpoint failed past retries (answers so far are kept; rerun resumes).
+    """
+    from spark_jobs.knowledge import kerec, prompts
+
+    step = progress or (lambda _m: None)
+    if kind not in JOB_KINDS:
+        raise DataError(f"unknown knowledge kind {kind!r}; use one of {', '.join(JOB_KINDS)}")
+    started = time.perf_counter()
+    scenario = job.load_scenario()
+    _require_prepared(job.data_dir)
+    if kind == "user":
+        frame = prompts.user_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
+        _, summary = _run_kind(spark, frame, kind="user", scenario=scenario, job=job, progress=step)
+    elif kind == "item":
+        frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
+        _, summary = _run_kind(spark, frame, kind="item", scenario=scenario, job=job, progress=step)
+    else:
+        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step, kerec=kerec, prompts=prompts)
+    summary.update(
+        kind=kind,
+        scenario=scenario.name,
+        model=job.model,
+        endpoint=job.endpoint.base_url,
+        wall_seconds=round(time.perf_counter() - started, 2),
+    )
+    _write_summary(job.out, kind, summary)
+    return summary
+
+
+def _run_kerec(
+    spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress, kerec: Any, prompts: Any
+) -> dict[str, Any]:
+    from spark_jobs import schema
+
+    entity_frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, kind="entity", tokenizer=job.tokenizer)
+    entity_answers, entity_stats = _run_kind(
+        spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress
+    )
+    progress("LLM-KERec: entities and candidate pairs")
+    items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR))
+    entities = kerec.item_entities(entity_answers, items).cache()
+    entities.write.mode("overwrite").parquet(str(job.out / "kerec_entities"))
+    history = spark.read.parquet(str(job.data_dir / schema.HISTORY_DIR))
+    candidates = kerec.pair_candidates(history, entities)
+    pair_frame = kerec.pair_prompts(candidates, scenario=scenario, tokenizer=job.tokenizer)
+    pair_answers, pair_stats = _run_kind(spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress)
+    graph = kerec.complementary_graph(pair_answers).cache()
+    graph.write.mode("overwrite").parquet(str(job.out / "kerec_graph"))
+    edges = graph.agg(F.count("*").alias("n"), F.sum(F.col("complementary").cast("int")).alias("yes")).first()
+    return {
+        "entity": entity_stats,
+        "pair": pair_stats,
+        "entities": entities.count(),
+        "graph_edges": int(edges["n"] or 0),
+        "complementary_edges": int(edges["yes"] or 0),
+    }
+
+
+def _require_prepared(data_dir: Path) -> None:
+    from spark_jobs import schema
+
+    missing = [
+        d
+        for d in (schema.USERS_DIR, schema.ITEMS_DIR, schema.HISTORY_DIR, schema.CUTOFFS_DIR)
+        if not (data_dir / d).is_dir()
+    ]
+    if missing:
+        raise DataError(
+            f"{data_dir}: missing prepared table(s) {', '.join(missing)}; run `kar prepare --out {data_dir}` first"
+        )
+
+
+def _write_summary(out: Path, kind: str, entry: Mapping[str, Any]) -> None:
+    path = out / SUMMARY_FILE
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary[kind] = entry
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,419 @@
+"""Prompt tables built from a prepared folder: one row per user (KAR preference reasoning) or per item.
+
+User prompts reason over the user's knowledge history as of their knowledge cutoff (KAR, Xi et al.); item
+prompts ask for factual knowledge (KAR) or, with ``kind="entity"``, for entities (LLM-KERec step 1). Each row
+holds the kind's fixed system instruction, the rendered user message and its token count, so the knowledge
+job can send it as-is and hash it into a cache key. Rendering is pure and ordered (history by position), so
+the same input gives the same prompts byte for byte.
+
+Every inserted value passes through ``text.clean`` (length cap, no ``<data>`` fence tags) and is counted in
+``n_flagged`` when it looks like a prompt injection. User histories that exceed the kind's token budget are
+cut oldest-first; item fields are only capped, and an item still over budget is flagged ``over_budget``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
+
+from kar.errors import DataError
+from spark_jobs import schema
+from spark_jobs.knowledge.config import PromptSpec, Scenario
+from spark_jobs.knowledge.text import (
+    CHAT_OVERHEAD_TOKENS,
+    UNKNOWN,
+    TokenCounter,
+    clean,
+    fit_history,
+    looks_like_injection,
+    token_counter,
+)
+
+ItemKind = Literal["item", "entity"]
+
+# Fields templates may reference; anything else renders as "unknown". User templates also get {history};
+# history lines get the item fields but description, plus {rating}.
+USER_FIELDS = ("gender", "age", "occupation", "zip_code")
+ITEM_FIELDS = ("title", "year", "genres", "description", "brand")
+EMPTY_HISTORY = "none"
+# Both MovieLens releases store gender as M/F; a word reads better in "The user is {gender}".
+GENDER_WORDS = {"M": "male", "F": "female"}
+
+# What the Python workers return; kind, system and json_schema are added afterwards as literal columns.
+_USER_ROWS = StructType(
+    [
+        StructField("user_id", LongType(), False),
+        StructField("as_of", TimestampType(), False),
+        StructField("prompt", StringType(), False),
+        StructField("prompt_tokens", IntegerType(), False),
+        StructField("n_history", IntegerType(), False),
+        StructField("n_history_cut", IntegerType(), False),
+        StructField("n_flagged", IntegerType(), False),
+        StructField("over_budget", BooleanType(), False),
+    ]
+)
+_ITEM_ROWS = StructType(
+    [
+        StructField("item_id", LongType(), False),
+        StructField("as_of", TimestampType(), False),
+        StructField("prompt", StringType(), False),
+        StructField("prompt_tokens", IntegerType(), False),
+        StructField("n_flagged", IntegerType(), False),
+        StructField("over_budget", BooleanType(), False),
+    ]
+)
+USER_COLUMNS = (
+    "kind",
+    "user_id",
+    "as_of",
+    "system",
+    "prompt",
+    "json_schema",
+    "prompt_tokens",
+    "n_history",
+    "n_history_cut",
+    "n_flagged",
+    "over_budget",
+)
+ITEM_COLUMNS = (
+    "kind",
+    "item_id",
+    "as_of",
+    "system",
+    "prompt",
+    "json_schema",
+    "prompt_tokens",
+    "n_flagged",
+    "over_budget",
+)
+
+
+class _Fields(dict):
+    """Template values where a field the table does not offer renders as ``unknown``."""
+
+    def __missing__(self, key: str) -> str:
+        return UNKNOWN
+
+
+# ---------------------------------------------------------------------------------------------- pure helpers
+
+
+def template_fields(template: str) -> frozenset[str]:
+    """Names of the fields a ``str.format`` template references (only those count as inserted)."""
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
+def format_number(value: object) -> object:
+    """An integral number without a trailing ``.0`` (4.0 → 4); missing stays ``None`` for ``clean``."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return int(value) if value.is_integer() else round(value, 2)
+    return value
+
+
+def _sequence(value: object) -> object:
+    """Arrow hands array columns to pandas as numpy arrays; ``clean`` comma-joins lists and tuples only."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def item_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
+    """Cleaned item fields (title, year, genres, description, brand) from a row; missing ones are ``unknown``."""
+    return {
+        "title": clean(row.get("title"), max_chars=max_chars),
+        "year": clean(format_number(row.get("year")), max_chars=max_chars),
+        "genres": clean(_sequence(row.get("genres")), max_chars=max_chars),
+        "description": clean(row.get("description"), max_chars=max_chars),
+        "brand": clean(row.get("brand"), max_chars=max_chars),
+    }
+
+
+def user_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
+    """Cleaned profile fields (gender as a word, age, occupation, zip code); a missing profile is ``unknown``."""
+    gender = row.get("gender")
+    return {
+        "gender": clean(GENDER_WORDS.get(gender, gender) if isinstance(gender, str) else None, max_chars=max_chars),
+        "age": clean(format_number(row.get("age")), max_chars=max_chars),
+        "occupation": clean(row.get("occupation"), max_chars=max_chars),
+        "zip_code": clean(row.get("zip_code"), max_chars=max_chars),
+    }
+
+
+def history_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
+    """Cleaned fields of one history line: the item's title, genres, year and brand, and the rating."""
+    item = item_values(row, max_chars=max_chars)
+    del item["description"]  # a description per history line would crowd out the history itself
+    return {**item, "rating": clean(format_number(row.get("rating")), max_chars=max_chars)}
+
+
+def count_flagged(values: Mapping[str, str], *, fields: frozenset[str]) -> int:
+    """How many of the values a template inserts look like prompt injections."""
+    return sum(looks_like_injection(values[name]) for name in fields if name in values)
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill a template; fields the values lack render as ``unknown``."""
+    return template.format_map(_Fields(values))
+
+
+def render_user(*, template: str, profile: Mapping[str, str], lines: Sequence[str]) -> str:
+    """The user message: profile fields plus the history lines (oldest first), or ``none`` without any."""
+    return render(template, {**profile, "history": "\n".join(lines) if lines else EMPTY_HISTORY})
+
+
+def check_spec(spec: PromptSpec, *, kind: str, scenario: str) -> None:
+    """Render the templates with placeholder values so a broken template fails on the driver in one line.
+
+    Raises:
+        DataError: A template that ``str.format`` rejects, or a user prompt without ``history_line``.
+    """
+    if kind == "user" and spec.history_line is None:
+        raise DataError(f"scenario {scenario}: {kind}.history_line is required for user prompts")
+    templates = {"template": spec.template, "history_line": spec.history_line}
+    for name, template in templates.items():
+        if template is None:
+            continue
+        try:
+            render(template, {})
+        except (ValueError, IndexError, AttributeError, TypeError, KeyError) as exc:
+            raise DataError(f"scenario {scenario}: {kind}.{name} is not a valid format template ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------- per-row builders
+
+
+def build_user_prompt(
+    *,
+    spec: PromptSpec,
+    profile_row: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    max_chars: int,
+    count: TokenCounter,
+    system_tokens: int,
+) -> dict[str, Any]:
+    """One user's message and its bookkeeping.
+
+    Args:
+        spec: The user prompt spec (``template`` and ``history_line``).
+        profile_row: Profile fields (gender, age, occupation, zip_code); absent or null ones are ``unknown``.
+        history: Rated items with ``position`` (0 = oldest), ``item_id``, item fields and ``rating``, any order.
+        max_chars: Cap on each inserted value.
+        count: Token counter.
+        system_tokens: Tokens of the system instruction.
+
+    Returns:
+        ``prompt``, ``prompt_tokens``, ``n_history``, ``n_history_cut``, ``n_flagged`` and ``over_budget``.
+    """
+    profile = user_values(profile_row, max_chars=max_chars)
+    line_template = spec.history_line or ""
+    line_fields = template_fields(line_template)
+    ordered = sorted(history, key=lambda h: (h["position"], h["item_id"]))
+    values = [history_values(h, max_chars=max_chars) for h in ordered]
+    lines = [render(line_template, v) for v in values]
+    message, n_cut = fit_history(
+        lines=lines,
+        render=lambda kept: render_user(template=spec.template, profile=profile, lines=kept),
+        budget=spec.max_prompt_tokens - system_tokens,
+        count=count,
+    )
+    flagged = count_flagged(profile, fields=template_fields(spec.template))
+    flagged += sum(count_flagged(v, fields=line_fields) for v in values[n_cut:])
+    tokens = system_tokens + count(message) + CHAT_OVERHEAD_TOKENS
+    return {
+        "prompt": message,
+        "prompt_tokens": tokens,
+        "n_history": len(lines),
+        "n_history_cut": n_cut,
+        "n_flagged": flagged,
+        "over_budget": tokens > spec.max_prompt_tokens,
+    }
+
+
+def build_item_prompt(
+    *, spec: PromptSpec, row: Mapping[str, Any], max_chars: int, count: TokenCounter, system_tokens: int
+) -> dict[str, Any]:
+    """One item's message (fields capped, never cut) with ``prompt_tokens``, ``n_flagged`` and ``over_budget``."""
+    values = item_values(row, max_chars=max_chars)
+    message = render(spec.template, values)
+    tokens = system_tokens + count(message) + CHAT_OVERHEAD_TOKENS
+    return {
+        "prompt": message,
+        "prompt_tokens": tokens,
+        "n_flagged": count_flagged(values, fields=template_fields(spec.template)),
+        "over_budget": tokens > spec.max_prompt_tokens,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- Spark jobs
+
+
+def _read(spark: SparkSession, data_dir: Path, name: str) -> DataFrame:
+    path = Path(data_dir) / name
+    if not path.is_dir():
+        raise DataError(f"{path}: table not found; run `kar prepare --out {data_dir}` first")
+    return spark.read.parquet(str(path))
+
+
+def _select(df: DataFrame, names: Sequence[str]) -> DataFrame:
+    """Select columns, adding absent optional ones as nulls (folders prepared before ``brand`` existed)."""
+    present = set(df.columns)
+    return df.select(*[F.col(n) if n in present else F.lit(None).cast("string").alias(n) for n in names])
+
+
+def _constant_columns(*, kind: str, spec: PromptSpec) -> dict[str, Any]:
+    schema_text = json.dumps(spec.json_schema, sort_keys=True) if spec.json_schema is not None else None
+    return {
+        "kind": F.lit(kind),
+        "system": F.lit(spec.system),
+        "json_schema": F.lit(schema_text).cast("string"),
+    }
+
+
+def _records(frame: pd.DataFrame, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows as dicts; nulls arrive as None or NaN, which ``format_number`` and ``clean`` both treat as missing."""
+    return frame[list(names)].to_dict("records")
+
+
+def _user_mapper(
+    *, spec: PromptSpec, max_chars: int, tokenizer: str | None
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    def build(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # Resolved in the worker: the counter (and a loaded tokenizer) is cached per process and path.
+        count = token_counter(tokenizer)
+        system_tokens = count(spec.system)
+        for batch in batches:
+            rows = []
+            for record in _records(batch, ["user_id", "as_of", "history", *USER_FIELDS]):
+                history = [] if record["history"] is None else list(record["history"])
+                built = build_user_prompt(
+                    spec=spec,
+                    profile_row=record,
+                    history=history,
+                    max_chars=max_chars,
+                    count=count,
+                    system_tokens=system_tokens,
+                )
+                rows.append({"user_id": record["user_id"], "as_of": record["as_of"], **built})
+            yield pd.DataFrame(rows, columns=_USER_ROWS.fieldNames())
+
+    return build
+
+
+def _item_mapper(
+    *, spec: PromptSpec, max_chars: int, tokenizer: str | None
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    def build(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        count = token_counter(tokenizer)
+        system_tokens = count(spec.system)
+        for batch in batches:
+            rows = []
+            for record in _records(batch, ["item_id", "as_of", *ITEM_FIELDS]):
+                built = build_item_prompt(
+                    spec=spec, row=record, max_chars=max_chars, count=count, system_tokens=system_tokens
+                )
+                rows.append({"item_id": record["item_id"], "as_of": record["as_of"], **built})
+            yield pd.DataFrame(rows, columns=_ITEM_ROWS.fieldNames())
+
+    return build
+
+
+def _tokenizer_arg(tokenizer: str | Path | None) -> str | None:
+    # A plain string pickles into the workers; they resolve file vs. folder themselves.
+    return None if tokenizer is None else str(tokenizer)
+
+
+def user_prompts(
+    spark: SparkSession, data_dir: Path, *, scenario: Scenario, tokenizer: str | Path | None = None
+) -> DataFrame:
+    """Per-user preference-reasoning prompts over each user's knowledge history as of their cutoff.
+
+    Every user in ``knowledge_cutoffs`` gets one row; a user missing from ``users`` has ``unknown``
+    profile fields, and a history item missing from ``items`` has ``unknown`` item fields.
+
+    Args:
+        spark: The session.
+        data_dir: A prepared folder (``users``, ``items``, ``knowledge_history``, ``knowledge_cutoffs``).
+        scenario: Prompts and caps (see ``spark_jobs.knowledge.config``).
+        tokenizer: The served model's ``tokenizer.json`` or its folder; ``None`` (or a missing file) uses the
+            conservative character heuristic.
+
+    Returns:
+        Columns ``USER_COLUMNS``: kind, user_id, as_of (= knowledge_cutoff), system, prompt, json_schema,
+        prompt_tokens, n_history, n_history_cut, n_flagged, over_budget.
+
+    Raises:
+        DataError: A missing table or a broken template.
+    """
+    spec = scenario.user
+    check_spec(spec, kind="user", scenario=scenario.name)
+    items = _select(_read(spark, data_dir, schema.ITEMS_DIR), ["item_id", *ITEM_FIELDS])
+    history = _read(spark, data_dir, schema.HISTORY_DIR).select("user_id", "item_id", "position", "rating")
+    line = F.struct("position", "item_id", "title", "genres", "year", "rating", "brand")
+    histories = (
+        history.join(items.drop("description"), "item_id", "left")
+        .groupBy("user_id")
+        .agg(F.collect_list(line).alias("history"))
+    )
+    cutoffs = _read(spark, data_dir, schema.CUTOFFS_DIR).select("user_id", F.col("knowledge_cutoff").alias("as_of"))
+    users = _select(_read(spark, data_dir, schema.USERS_DIR), ["user_id", *USER_FIELDS])
+    inputs = cutoffs.join(users, "user_id", "left").join(histories, "user_id", "left")
+    mapper = _user_mapper(spec=spec, max_chars=scenario.field_max_chars, tokenizer=_tokenizer_arg(tokenizer))
+    built = inputs.mapInPandas(mapper, _USER_ROWS)
+    return built.withColumns(_constant_columns(kind="user", spec=spec)).select(*USER_COLUMNS)
+
+
+def item_prompts(
+    spark: SparkSession,
+    data_dir: Path,
+    *,
+    scenario: Scenario,
+    kind: ItemKind = "item",
+    tokenizer: str | Path | None = None,
+) -> DataFrame:
+    """Per-item prompts: factual knowledge (``kind="item"``, KAR) or entity extraction (``"entity"``, LLM-KERec).
+
+    Args:
+        spark: The session.
+        data_dir: A prepared folder (``items``).
+        scenario: Prompts and caps.
+        kind: Which item spec to render.
+        tokenizer: As for ``user_prompts``.
+
+    Returns:
+        Columns ``ITEM_COLUMNS``: kind, item_id, as_of (= the item's event_timestamp), system, prompt,
+        json_schema, prompt_tokens, n_flagged, over_budget.
+
+    Raises:
+        DataError: An unknown kind, a missing table or a broken template.
+    """
+    if kind not in ("item", "entity"):
+        raise DataError(f"item prompts: kind must be 'item' or 'entity', got {kind!r}")
+    spec = scenario.spec(kind)
+    check_spec(spec, kind=kind, scenario=scenario.name)
+    items = _read(spark, data_dir, schema.ITEMS_DIR).withColumnRenamed("event_timestamp", "as_of")
+    inputs = _select(items, ["item_id", "as_of", *ITEM_FIELDS])
+    mapper = _item_mapper(spec=spec, max_chars=scenario.field_max_chars, tokenizer=_tokenizer_arg(tokenizer))
+    built = inputs.mapInPandas(mapper, _ITEM_ROWS)
+    return built.withColumns(_constant_columns(kind=kind, spec=spec)).select(*ITEM_COLUMNS)
+
+
+__all__ = [
+    "ITEM_COLUMNS",
+    "USER_COLUMNS",
+    "build_item_prompt",
+    "build_user_prompt",
+    "item_prompts",
+    "user_prompts",
+]
