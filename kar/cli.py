@@ -174,13 +174,22 @@ def train(
 @friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
-    users: Annotated[int | None, typer.Option(help="Synthetic users (default: generator's).")] = None,
+    users: Annotated[int | None, typer.Option(help="Synthetic users (default 120).")] = None,
+    items: Annotated[int | None, typer.Option(help="Synthetic items (default 120).")] = None,
+    knowledge: Annotated[
+        bool, typer.Option(help="Generate LLM knowledge with the embedded vLLM CPU server (or $KAR_LLM_BASE_URL).")
+    ] = True,
 ) -> None:
-    """The main job on embedded defaults: synthetic data → Spark → Feast → DeepFM + XGBoost."""
+    """The main job on embedded defaults: synthetic data → Spark → LLM knowledge → Feast → DeepFM + XGBoost."""
     from kar.pipeline import run_demo
 
     with steps() as step:
-        metrics = run_demo(out=out, n_users=users, progress=step)
+        metrics = run_demo(out=out, n_users=users, n_items=items, knowledge=knowledge, progress=step)
+    for line in _knowledge_lines(metrics["knowledge"]):
+        console.print(line, highlight=False)
+    if sample := metrics["knowledge_sample"]:
+        text = sample["text"] if len(sample["text"]) <= 300 else sample["text"][:300] + "…"
+        console.print(f"user {sample['user_id']} as of {sample['as_of']}: [italic]{text}[/]", highlight=False)
     console.print(_metrics_table(metrics["models"], "kar demo (synthetic, test = last 10% of time)"))
     lookup = metrics["online_lookup"]
     console.print(f"online lookup: user {lookup['user']}", highlight=False)
@@ -302,6 +311,59 @@ def llm_setup(
     with steps() as step:
         path = ensure_embedded_model(cache_dir=cache_dir, progress=step)
     console.print(f"embedded model ready: {path}")
+
+
+bench_app = typer.Typer(help="Benchmarks: each writes a JSON result and a plot next to it.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("llm")
+@friendly
+def bench_llm_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared folder (default: a small synthetic one, made and removed).")
+    ] = None,
+    prompts: Annotated[int, typer.Option(help="Item prompts per run.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
+    rounds: Annotated[int, typer.Option(help="Measured rounds per side, after a warm-up.")] = 2,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL (default: $KAR_LLM_BASE_URL, else embedded).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: the server's first).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Override the scenario's max_tokens (shorter runs).")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """The knowledge job's LLM step vs a bare async load generator: same server, prompts and requests in flight."""
+    from kar.bench.llm import bench_llm
+
+    with steps() as step:
+        result = bench_llm(
+            out=out,
+            data_dir=data,
+            prompts=prompts,
+            concurrency=concurrency,
+            rounds=rounds,
+            base_url=endpoint,
+            model=model,
+            max_tokens=max_tokens,
+            master=master,
+            progress=step,
+        )
+    bare, ours, cached = result["bare"], result["ours"], result["cached_rerun"]
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    console.print(f"[bold]ratio ours/bare[/] {result['ratio']} (goal ≥ {result['goal']}: {verdict})", highlight=False)
+    console.print(
+        f"bare {bare['prompts_per_s']:.3f} prompts/s, {bare['tokens_per_s']:.1f} tokens/s · ours "
+        f"{ours['prompts_per_s']:.3f} prompts/s, {ours['tokens_per_s']:.1f} tokens/s · cached rerun "
+        f"{cached['prompts_per_s']:.2f} prompts/s ({cached['calls']} LLM calls)",
+        highlight=False,
+    )
+    console.print(
+        f"{result['prompts']} prompts, {result['tasks']} tasks × {result['concurrency_per_task']} = "
+        f"{result['in_flight']} in flight → {out} ({result['plot']})",
+        highlight=False,
+    )
 
 
 def main() -> None:

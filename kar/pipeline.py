@@ -105,11 +105,27 @@ def run_train(
     return train_experiment(frame, config, out, progress=_epoch_reporter(step))
 
 
-def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """The main job on embedded defaults: synthetic data → Spark → Feast → DeepFM and XGBoost.
+# The demo's synthetic population is sized so the embedded 135M model on 2 CPU cores answers every prompt in
+# a few minutes (~400 prompts); `kar demo --users/--items` scales it.
+DEMO_USERS = 120
+DEMO_ITEMS = 120
+DEMO_PAIRS = 40
+DEMO_KNOWLEDGE = ("user", "item", "kerec")
 
-    Writes ``out/prepared`` (tables + Feast registry and online store), ``out/models/<model>`` and
-    ``out/metrics.json``; returns the metrics.
+
+def run_demo(
+    *,
+    out: Path,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    knowledge: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The main job on embedded defaults: synthetic data → Spark → LLM knowledge → Feast → DeepFM and XGBoost.
+
+    Writes ``out/prepared`` (tables, Feast registry and online store, and ``knowledge/``: LLM answers from the
+    embedded vLLM CPU server, their cache and summary), ``out/models/<model>`` and ``out/metrics.json``;
+    returns the metrics.
     """
     from kar import store
     from spark_jobs.datasets.synthetic import SyntheticConfig
@@ -117,8 +133,19 @@ def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None
     step = progress or _noop
     started = time.perf_counter()
     data_dir = out / "prepared"
-    synthetic = SyntheticConfig(n_users=n_users) if n_users else SyntheticConfig()
+    synthetic = SyntheticConfig(n_users=n_users or DEMO_USERS, n_items=n_items or DEMO_ITEMS)
     summary = run_prepare(dataset="synthetic", out=data_dir, synthetic=synthetic, progress=step)
+    knowledge_summary = (
+        run_knowledge(
+            kinds=DEMO_KNOWLEDGE,
+            data_dir=data_dir,
+            out=data_dir / "knowledge",
+            kerec_max_pairs=DEMO_PAIRS,
+            progress=step,
+        )
+        if knowledge
+        else {}
+    )
     step("feast apply")
     store.apply(data_dir=data_dir)
     step("point-in-time training frame from Feast")
@@ -133,12 +160,29 @@ def run_demo(*, out: Path, n_users: int | None = None, progress: Progress | None
     metrics = {
         "dataset": "synthetic",
         "samples": summary["splits"],
+        "knowledge": knowledge_summary,
+        "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup["user"].get("user_id")),
         "models": results,
         "online_lookup": lookup,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def _knowledge_sample(knowledge_dir: Path, *, user_id: Any) -> dict[str, Any] | None:
+    """One user's generated knowledge (the looked-up user's when it has one) for the demo printout."""
+    import pandas as pd
+
+    path = knowledge_dir / "user"
+    if not path.is_dir():
+        return None
+    users = pd.read_parquet(path, columns=["user_id", "as_of", "text"])
+    if users.empty:
+        return None
+    match = users[users["user_id"] == user_id]
+    row = (match if len(match) else users).iloc[0]
+    return {"user_id": int(row["user_id"]), "as_of": str(row["as_of"]), "text": row["text"]}
 
 
 def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> dict[str, Any]:
@@ -200,6 +244,7 @@ def run_knowledge(
     limit: int | None = None,
     tokenizer: Path | None = None,
     compiled: bool = False,
+    kerec_max_pairs: int = 500,
     master: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -235,5 +280,6 @@ def run_knowledge(
             cache_dir=cache_dir,
             tokenizer=tokenizer_path,
             limit=limit,
+            kerec_max_pairs=kerec_max_pairs,
         )
         return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]

@@ -26,3 +26,38 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not available (real MovieLens copies live in ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def llm_base_url(tmp_path_factory):
+    """One real embedded vLLM CPU server for every `llm` test of the session (start-up costs ~40 s).
+
+    ``KAR_TEST_LLM_BASE_URL`` points the tests at a server already running instead.
+    """
+    import os
+
+    if url := os.environ.get("KAR_TEST_LLM_BASE_URL"):
+        yield url
+        return
+    from kar.llm_server import serve_embedded
+
+    server = serve_embedded(log_path=tmp_path_factory.mktemp("llm") / "vllm.log")
+    with server:
+        yield server.base_url
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(spark, tmp_path_factory) -> Path:
+    """A prepared synthetic folder small enough for real-LLM tests (16 users, 12 items, ~5 ratings each)."""
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+    from spark_jobs.prepare import prepare
+
+    out = tmp_path_factory.mktemp("tiny") / "prepared"
+    prepare(
+        spark=spark,
+        dataset="synthetic",
+        out=out,
+        synthetic=SyntheticConfig(n_users=16, n_items=12, min_interactions=3, mean_interactions=5),
+        now=NOW,
+    )
+    return out

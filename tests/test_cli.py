@@ -64,12 +64,19 @@ def test_missing_java_gets_one_clear_sentence(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_demo_end_to_end(tmp_path):
-    """What `make demo` runs, on a smaller synthetic population: every stage, real Spark and Feast."""
-    env = {**os.environ, "KAR_SPARK_MASTER": "local[2]"}
-    result = _run("demo", "--out", str(tmp_path), "--users", "300", env=env)
+@pytest.mark.llm
+def test_demo_end_to_end(tmp_path, llm_base_url):
+    """What `make demo` runs, defaults included: every stage, real Spark, vLLM and Feast."""
+    env = {**os.environ, "KAR_SPARK_MASTER": "local[2]", "KAR_LLM_BASE_URL": llm_base_url}
+    result = _run("demo", "--out", str(tmp_path), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for kind in ("user", "item"):
+        answered = metrics["knowledge"][kind]["status"]
+        assert sum(answered.values()) == metrics["knowledge"][kind]["prompts"] > 0
+        assert answered.get("ok", 0) > 0, answered
+    assert metrics["knowledge"]["kerec"]["graph_edges"] > 0
+    assert metrics["knowledge_sample"]["text"]
     for model in ("deepfm", "xgboost"):
         assert metrics["models"][model]["test"]["auc"] > 0.55, metrics["models"][model]
     assert metrics["online_lookup"]["user"]["occupation"]

@@ -83,6 +83,7 @@ class KnowledgeJob:
         limit: Only the first N prompts of each kind (by id), for trials.
         pricing: Prices for the cost estimate.
         tasks: Spark tasks for the LLM step (default: the cluster's parallelism).
+        kerec_max_pairs: Candidate entity pairs LLM-KERec sends for judgement.
     """
 
     data_dir: Path
@@ -95,6 +96,7 @@ class KnowledgeJob:
     limit: int | None = None
     pricing: Pricing = field(default_factory=Pricing)
     tasks: int | None = None
+    kerec_max_pairs: int = 500
 
     def load_scenario(self) -> Scenario:
         if self.scenario is not None:
@@ -342,7 +344,7 @@ def _run_kerec(
     entities = kerec.item_entities(entity_answers, items).cache()
     entities.write.mode("overwrite").parquet(str(job.out / "kerec_entities"))
     history = spark.read.parquet(str(job.data_dir / schema.HISTORY_DIR))
-    candidates = kerec.pair_candidates(history, entities)
+    candidates = kerec.pair_candidates(history, entities, max_pairs=job.kerec_max_pairs)
     pair_frame = kerec.pair_prompts(candidates, scenario=scenario, tokenizer=job.tokenizer)
     pair_answers, pair_stats = _run_kind(spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress)
     graph = kerec.complementary_graph(pair_answers).cache()
