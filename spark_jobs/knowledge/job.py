@@ -234,7 +234,8 @@ def answer_prompts(
             endpoint=job.endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
         )
         with _CacheWatcher(cache, total=n_todo, label=kind, progress=progress):
-            task_stats = todo.repartition(tasks, "key").mapInPandas(runner, TASK_STATS).collect()
+            # Round-robin, not by key: equal task sizes, so no task idles its slots while another still queues.
+            task_stats = todo.repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
         for row in task_stats:
             for name in ("calls", "tokens_in", "tokens_out"):
                 stats[name] += row[name]
