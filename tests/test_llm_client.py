@@ -98,7 +98,11 @@ def test_persistent_failure_becomes_an_error_row_after_bounded_retries() -> None
 
 
 def test_bad_request_is_not_retried() -> None:
-    with FaultInjectingLLMServer(script=[Status(code=400)]) as srv:
+    def reject_prompt_0(body: dict) -> Status | None:
+        # By content, not by arrival order: the two requests race.
+        return Status(code=400) if body["messages"][-1]["content"] == "prompt 0" else None
+
+    with FaultInjectingLLMServer(rules=reject_prompt_0) as srv:
         rows = ask(srv.base_url, [request(0), request(1)])
     by_key = {r["key"]: r for r in rows}
     assert by_key["k0"]["status"] == "error" and "HTTP 400" in by_key["k0"]["error"]
@@ -121,7 +125,14 @@ def test_server_down_is_a_clear_error_within_bounded_time() -> None:
 def test_breaker_waits_out_an_outage_instead_of_failing_rows() -> None:
     outage = [Status(code=503)] * 6
     with FaultInjectingLLMServer(script=outage) as srv:
-        rows = ask(srv.base_url, [request(n) for n in range(10)], max_concurrency=2, breaker_failures=3)
+        rows = ask(
+            srv.base_url,
+            [request(n) for n in range(10)],
+            max_concurrency=2,
+            breaker_failures=3,
+            breaker_trips=7,  # any split of the 6 failures between in-flight attempts and probes stays below it
+            max_retries=7,
+        )
     assert len(rows) == 10
     assert all(r["status"] == "ok" for r in rows)
 
