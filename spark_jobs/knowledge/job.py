@@ -26,9 +26,12 @@ from typing import Any, Literal
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.errors import DataError, KarError
+from spark_jobs import schema
+from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import Kind, PromptSpec, Scenario, load_scenario, scenario_for_dataset
 from spark_jobs.llm.cache import ANSWER_SCHEMA, AnswerCache
 from spark_jobs.llm.client import Endpoint, EndpointDown, EndpointRejected, LLMClient, Request, answer_all
@@ -124,17 +127,12 @@ def with_keys(prompts: DataFrame, *, model: str, spec: PromptSpec) -> DataFrame:
 def cached_answers(spark: SparkSession, cache: AnswerCache) -> DataFrame:
     """The cache as a Spark DataFrame, one row per key (a usable answer beats an error, newest wins)."""
     parts = cache.parts()
+    answer_schema = from_arrow_schema(ANSWER_SCHEMA)
     if not parts:
-        return spark.createDataFrame([], _spark_answer_schema(spark))
-    answers = spark.read.schema(_spark_answer_schema(spark)).parquet(*parts)
+        return spark.createDataFrame([], answer_schema)
+    answers = spark.read.schema(answer_schema).parquet(*parts)
     order = Window.partitionBy("key").orderBy((F.col("status") == "error").asc(), F.col("created_at").desc())
     return answers.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
-
-
-def _spark_answer_schema(spark: SparkSession) -> StructType:
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(ANSWER_SCHEMA)
 
 
 def _answer_tasks(
@@ -304,8 +302,6 @@ def generate_knowledge(
         DataError: Missing prepared tables or a bad scenario config.
         KarError: The LLM endpoint failed past retries (answers so far are kept; rerun resumes).
     """
-    from spark_jobs.knowledge import kerec, prompts
-
     step = progress or (lambda _m: None)
     if kind not in JOB_KINDS:
         raise DataError(f"unknown knowledge kind {kind!r}; use one of {', '.join(JOB_KINDS)}")
@@ -319,7 +315,7 @@ def generate_knowledge(
         frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
         _, summary = _run_kind(spark, frame, kind="item", scenario=scenario, job=job, progress=step)
     else:
-        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step, kerec=kerec, prompts=prompts)
+        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step)
     summary.update(
         kind=kind,
         scenario=scenario.name,
@@ -331,11 +327,7 @@ def generate_knowledge(
     return summary
 
 
-def _run_kerec(
-    spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress, kerec: Any, prompts: Any
-) -> dict[str, Any]:
-    from spark_jobs import schema
-
+def _run_kerec(spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress) -> dict[str, Any]:
     entity_frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, kind="entity", tokenizer=job.tokenizer)
     entity_answers, entity_stats = _run_kind(
         spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress
@@ -361,8 +353,6 @@ def _run_kerec(
 
 
 def _require_prepared(data_dir: Path) -> None:
-    from spark_jobs import schema
-
     missing = [
         d
         for d in (schema.USERS_DIR, schema.ITEMS_DIR, schema.HISTORY_DIR, schema.CUTOFFS_DIR)
