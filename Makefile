@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test llm-env lint clean
+.PHONY: install demo test llm-env redis lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (e.g. apt-get install python3.11-venv)"; exit 1; }
@@ -22,8 +22,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kar demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) redis
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Tests marked `redis` start their own redis-server (Debian's package) on a loopback port.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; } || \
+	  echo "warning: could not install redis-server; tests marked redis will skip"; }
 
 # The vLLM CPU env and embedded model (~3.5 min once, cached in ~/.cache/kar); tests marked `llm` need it.
 llm-env: $(STAMP)

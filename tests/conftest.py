@@ -61,3 +61,24 @@ def tiny_prepared(spark, tmp_path_factory) -> Path:
         now=NOW,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server (from apt) on a free loopback port, stopped by its pid at the end of the session.
+
+    Without ``redis-server`` the tests skip with the install hint, except where ``KAR_REQUIRE_REDIS=1`` (CI):
+    there a missing server fails them, so the Redis path is never silently untested.
+    """
+    import os
+    import shutil
+
+    from kar.redis_server import INSTALL_HINT, RedisServer
+
+    if shutil.which("redis-server") is None:
+        message = f"redis-server not found: {INSTALL_HINT}"
+        if os.environ.get("KAR_REQUIRE_REDIS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with RedisServer() as server:
+        yield server

@@ -1,0 +1,224 @@
+"""Serving-time reads of one user and N candidate items, straight from Feast's online store.
+
+``FeatureStore.get_online_features`` re-resolves the feature service, validates references and builds a
+response proto on every call; for one user and 100 items that orchestration costs more than the store read
+itself (~35 ms against a few ms). :class:`OnlineLookup` resolves the service once and then, per request:
+
+* on Redis, sends **one** pipeline of HMGETs for the user and every candidate, each asking for the fields of
+  all that entity's views at once. Feast keeps all views of one entity in one hash, but its own
+  ``online_read`` goes view by view, one round trip each. Keys and field names come from Feast's Redis store
+  itself (same serialization, same hashes), so Feast stays the source of truth and writes via ``materialize``.
+* on any other online store (SQLite by default), calls the store's own ``online_read`` per view.
+
+It returns numpy columns: knowledge vectors as an ``(N, dim)`` float32 matrix, ready for a ranker. Missing
+entities never raise: their features are None, their knowledge vectors zeros and ``has_<view>`` False,
+exactly as :func:`kar.store.fill_missing_knowledge` does for training frames.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from kar.store import TRAINING_SERVICE, is_knowledge_view
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+    from feast.protos.feast.types.Value_pb2 import Value
+
+Rows = list[dict[str, "Value"] | None]
+KEY_CACHE_SIZE = 200_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ViewRead:
+    """What to read from one feature view and how to decode it."""
+
+    view: FeatureView
+    join_key: str
+    features: tuple[str, ...]
+    vector: str | None  # the knowledge vector feature, decoded to a float32 matrix
+    dim: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineFeatures:
+    """One request's features: the user's as scalars, the items' as columns aligned with ``item_ids``."""
+
+    user: dict[str, Any]
+    items: dict[str, Any]
+
+    def items_frame(self) -> pd.DataFrame:
+        """The items as a DataFrame (a vector column holds one float32 array per row)."""
+        return pd.DataFrame({k: list(v) if getattr(v, "ndim", 1) == 2 else v for k, v in self.items.items()})
+
+
+class OnlineLookup:
+    """Reads a feature service's user and item features from the online store of ``store``.
+
+    Args:
+        store: An applied and materialized ``FeatureStore`` (SQLite, Redis or any online store Feast supports).
+        service: The feature service whose views to read (``ranking_serving`` at serving time).
+    """
+
+    def __init__(self, store: FeatureStore, *, service: str = TRAINING_SERVICE) -> None:
+        self._config = store.config
+        # online_read is Feast's store interface; reaching it skips only get_online_features' per-call
+        # registry lookups and response building.
+        self._provider = store._get_provider()
+        self._reads: dict[str, list[_ViewRead]] = {}
+        for projection in store.get_feature_service(service).feature_view_projections:
+            read = _plan(store.get_feature_view(projection.name), [f.name for f in projection.features])
+            self._reads.setdefault(read.join_key, []).append(read)
+        self._redis = _RedisReader(self._provider.online_store, self._config) if self._is_redis() else None
+
+    def _is_redis(self) -> bool:
+        return getattr(self._config.online_store, "type", None) == "redis"
+
+    def fetch(self, *, user_id: int, item_ids: Sequence[int]) -> OnlineFeatures:
+        """The user's and the candidates' features, in the order of ``item_ids``."""
+        requests = {"user_id": [int(user_id)], "item_id": [int(i) for i in item_ids]}
+        columns = self.read(requests)
+        return OnlineFeatures(user={k: v[0] for k, v in columns["user_id"].items()}, items=columns["item_id"])
+
+    def read(self, requests: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
+        """Columns of every view keyed by each join key, for that key's ids (the key column included)."""
+        plans = {key: self._reads.get(key, []) for key in requests}
+        if self._redis is not None:
+            rows = self._redis.read({key: (ids, plans[key]) for key, ids in requests.items()})
+        else:
+            rows = {key: [self._online_read(read, key, ids) for read in plans[key]] for key, ids in requests.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for key, ids in requests.items():
+            columns: dict[str, Any] = {key: np.asarray(ids, dtype=np.int64)}
+            for read, view_rows in zip(plans[key], rows[key], strict=True):
+                columns.update(_decode(read, view_rows))
+            out[key] = columns
+        return out
+
+    def _online_read(self, read: _ViewRead, join_key: str, ids: list[int]) -> Rows:
+        result = self._provider.online_read(
+            config=self._config,
+            table=read.view,
+            entity_keys=_entity_keys(join_key, ids),
+            requested_features=list(read.features),
+        )
+        return [values for _ts, values in result]
+
+
+def _plan(view: FeatureView, features: list[str]) -> _ViewRead:
+    (join_key,) = [column.name for column in view.entity_columns]
+    vector = view.name if is_knowledge_view(view) and view.name in features else None
+    dim = next((f.vector_length for f in view.features if f.name == view.name), 0) if vector else 0
+    return _ViewRead(view=view, join_key=join_key, features=tuple(features), vector=vector, dim=dim)
+
+
+def _entity_keys(join_key: str, ids: Sequence[int]) -> list[Any]:
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=i)]) for i in ids]
+
+
+class _RedisReader:
+    """All views of all requested entities in one Redis pipeline, with Feast's own keys and field hashes."""
+
+    def __init__(self, online_store: Any, config: Any) -> None:
+        from feast.infra.online_stores.redis import _versioned_fv_name
+
+        self._store = online_store
+        self._config = config
+        self._client = online_store._get_client(config.online_store)
+        self._fields: dict[str, list[bytes | str]] = {}
+        self._versioned_name = lambda view: _versioned_fv_name(view, config)
+        # Serializing an entity key costs more than fetching it; candidate ids repeat across requests.
+        self.redis_key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._redis_key)
+
+    def _redis_key(self, join_key: str, entity_id: int) -> bytes:
+        (key,) = self._store._generate_redis_keys_for_entities(self._config, _entity_keys(join_key, [entity_id]))
+        return key
+
+    def _fields_for(self, reads: list[_ViewRead]) -> list[bytes | str]:
+        cache_key = ",".join(r.view.name for r in reads)
+        if cache_key not in self._fields:
+            fields: list[bytes | str] = []
+            for read in reads:
+                _names, hashes = self._store._generate_hset_keys_for_features(
+                    read.view, list(read.features), fv_name_override=self._versioned_name(read.view)
+                )
+                fields.extend(hashes[:-1])  # the last one is the view's timestamp field: not needed here
+            self._fields[cache_key] = fields
+        return self._fields[cache_key]
+
+    def read(self, requests: dict[str, tuple[list[int], list[_ViewRead]]]) -> dict[str, list[Rows]]:
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        commands = []
+        for join_key, (ids, reads) in requests.items():
+            keys = [self.redis_key(join_key, i) for i in ids]
+            commands.append((keys, self._fields_for(reads)))
+        with self._client.pipeline(transaction=False) as pipe:
+            for keys, fields in commands:
+                for key in keys:
+                    pipe.hmget(key, fields)
+            replies = iter(pipe.execute())
+        out: dict[str, list[Rows]] = {}
+        for join_key, (ids, reads) in requests.items():
+            per_entity = [next(replies) for _ in ids]
+            views: list[Rows] = []
+            offset = 0
+            for read in reads:
+                rows: Rows = []
+                for values in per_entity:
+                    chunk = values[offset : offset + len(read.features)]
+                    if all(v is None for v in chunk):
+                        rows.append(None)
+                        continue
+                    row = {}
+                    for name, raw in zip(read.features, chunk, strict=True):
+                        value = Value()
+                        if raw:
+                            value.ParseFromString(raw)
+                        row[name] = value
+                    rows.append(row)
+                views.append(rows)
+                offset += len(read.features)
+            out[join_key] = views
+        return out
+
+
+def _python_value(value: Value | None) -> Any:
+    """A ``Value`` proto as a Python value: None when unset, a list for ``*_list_val``."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    field = getattr(value, kind)
+    return list(field.val) if kind.endswith("_list_val") else field
+
+
+def _decode(read: _ViewRead, rows: Rows) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        feature: [_python_value(row.get(feature)) if row else None for row in rows]
+        for feature in read.features
+        if feature != read.vector
+    }
+    if read.vector:
+        flag = f"has_{read.vector}"
+        matrix = np.zeros((len(rows), read.dim), dtype=np.float32)
+        present = np.zeros(len(rows), dtype=bool)
+        for i, row in enumerate(rows):
+            value = row.get(read.vector) if row else None
+            if value is not None and value.HasField("float_list_val"):
+                matrix[i] = value.float_list_val.val
+                present[i] = True
+        out[read.vector] = matrix
+        # A stored false flag stays false; a service that omits the flag still gets one.
+        out[flag] = present & np.array([bool(f) for f in out[flag]]) if flag in out else present
+    return out

@@ -1,0 +1,223 @@
+"""Knowledge vectors in Feast: point-in-time joins, no lost samples, online round trips, dimension checks."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kar import store
+from kar.errors import DataError
+from kar.online import OnlineLookup
+
+T = [datetime(2024, 1, d, tzinfo=UTC) for d in range(1, 9)]
+DIM, ADAPTED = 384, 32
+
+
+def _vectors(rows: list[tuple[int, datetime, datetime]], *, dim: int, seed: int) -> pa.Table:
+    """Rows of ``(entity_id, as_of, created_at)`` with random vectors of ``dim``."""
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    return pa.table(
+        {
+            "entity_id": [r[0] for r in rows],
+            "kind": ["test"] * n,
+            "as_of": [r[1] for r in rows],
+            "model": [f"test-{dim}d"] * n,
+            "dim": [dim] * n,
+            "vector": list(rng.standard_normal((n, dim)).astype(np.float32)),
+            "n_chunks": [1] * n,
+            "text_hash": [f"h{i}" for i in range(n)],
+            "has_knowledge": [True] * n,
+            "created_at": [r[2] for r in rows],
+        },
+        schema=store.VECTOR_SCHEMA,
+    )
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path / "part-0.parquet")
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> None:
+    path.mkdir(parents=True)
+    frame.to_parquet(path / "part-0.parquet", index=False, coerce_timestamps="us")
+
+
+def _vector(table: pa.Table, row: int) -> np.ndarray:
+    return np.asarray(table.column("vector")[row].as_py(), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def knowledge(tmp_path_factory) -> dict:
+    """Users 1-3, items 10-12. User 1 has knowledge as of T[2] and T[4] (the T[4] one regenerated: two rows,
+    the later ``created_at`` must win); user 2 only from T[6]; user 3 none. Item 10 and 11 have knowledge."""
+    root = tmp_path_factory.mktemp("knowledge") / "prepared"
+    _write_frame(
+        pd.DataFrame(
+            {
+                "user_id": [1, 2, 3],
+                "gender": ["F", "M", "F"],
+                "age": pd.array([30, 40, 50], dtype="int32"),
+                "occupation": ["writer", "artist", "lawyer"],
+                "zip_code": ["1", "2", "3"],
+                "event_timestamp": [T[0]] * 3,
+            }
+        ),
+        root / "users",
+    )
+    _write_frame(
+        pd.DataFrame(
+            {
+                "item_id": [10, 11, 12],
+                "title": ["A (1999)", "B (2001)", "C (2003)"],
+                "genres": [["Drama"], ["Comedy"], ["Horror"]],
+                "year": pd.array([1999, 2001, 2003], dtype="int32"),
+                "description": [None, None, None],
+                "brand": [None, None, None],
+                "event_timestamp": [T[0]] * 3,
+            }
+        ),
+        root / "items",
+    )
+    tables = {
+        "vectors/user": _vectors([(1, T[2], T[7]), (1, T[4], T[5]), (1, T[4], T[6]), (2, T[6], T[7])], dim=DIM, seed=1),
+        "vectors/item": _vectors([(10, T[0], T[7]), (11, T[0], T[7])], dim=DIM, seed=2),
+        "adapted/user": _vectors([(1, T[4], T[7]), (2, T[6], T[7])], dim=ADAPTED, seed=3),
+        "adapted/item": _vectors([(10, T[0], T[7]), (11, T[0], T[7])], dim=ADAPTED, seed=4),
+    }
+    for name, table in tables.items():
+        _write_table(table, root / name)
+    store.apply(data_dir=root)
+    return {"root": root, **tables}
+
+
+SAMPLES = pd.DataFrame(
+    {
+        "user_id": [1, 1, 1, 1, 2, 3],
+        "item_id": [10, 11, 12, 10, 10, 11],
+        "event_timestamp": [T[1], T[3], T[3], T[5], T[3], T[5]],
+        "label": [1, 0, 1, 0, 1, 1],
+    }
+)
+
+
+def test_training_set_joins_only_knowledge_from_before_each_sample(knowledge):
+    frame = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES)
+    users = knowledge["vectors/user"]
+    assert frame[["user_id", "item_id", "label"]].equals(SAMPLES[["user_id", "item_id", "label"]])
+    # T[1]: before user 1's first cutoff (T[2]) -> nothing; T[3] -> the T[2] answer, not the later T[4] one.
+    assert frame["has_user_knowledge"].tolist() == [False, True, True, True, False, False]
+    assert not frame.loc[0, "user_knowledge"].any()
+    np.testing.assert_array_equal(frame.loc[1, "user_knowledge"], _vector(users, 0))
+    np.testing.assert_array_equal(frame.loc[2, "user_knowledge"], _vector(users, 0))
+    # T[5]: the T[4] cutoff, and of its two encodings the one created last.
+    np.testing.assert_array_equal(frame.loc[3, "user_knowledge"], _vector(users, 2))
+
+
+def test_training_set_keeps_samples_that_precede_all_knowledge(knowledge):
+    """Row count in = out: user 2's sample at T[3] precedes their only vector (T[6]), user 3 has none."""
+    frame = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES)
+    assert len(frame) == len(SAMPLES)
+    for row in (4, 5):
+        assert not frame.loc[row, "has_user_knowledge"]
+        assert frame.loc[row, "user_knowledge"].shape == (DIM,) and not frame.loc[row, "user_knowledge"].any()
+    assert frame["has_item_knowledge"].tolist() == [True, True, False, True, True, True]
+    assert frame.loc[2, "item_knowledge"].dtype == np.float32 and not frame.loc[2, "item_knowledge"].any()
+
+
+def _check_online(feature_store, knowledge: dict) -> None:
+    """Online values equal the newest offline rows; unknown ids fall back to zeros + False."""
+    users, items = knowledge["vectors/user"], knowledge["vectors/item"]
+    lookup = OnlineLookup(feature_store, service=store.TRAINING_SERVICE)
+    found = lookup.fetch(user_id=1, item_ids=[11, 10, 12, 999])
+    assert found.user["has_user_knowledge"] and found.user["occupation"] == "writer"
+    np.testing.assert_array_equal(found.user["user_knowledge"], _vector(users, 2))
+    assert found.items["has_item_knowledge"].tolist() == [True, True, False, False]
+    np.testing.assert_array_equal(found.items["item_knowledge"][0], _vector(items, 1))
+    np.testing.assert_array_equal(found.items["item_knowledge"][1], _vector(items, 0))
+    assert not found.items["item_knowledge"][2:].any() and found.items["title"][3] is None
+
+    # The same as Feast's own get_online_features path, for both services.
+    for service in (store.TRAINING_SERVICE, store.SERVING_SERVICE):
+        reference = store.online_features(feature_store, user_id=3, item_ids=[10, 12, 11], service=service)
+        fast = OnlineLookup(feature_store, service=service).fetch(user_id=3, item_ids=[10, 12, 11])
+        ref_items = reference["items"].set_index("item_id").loc[[10, 12, 11]]
+        for column, values in fast.items.items():
+            if column == "item_id":
+                continue
+            expected = ref_items[column].tolist()
+            if getattr(values, "ndim", 1) == 2:
+                np.testing.assert_array_equal(values, np.stack(expected))
+            else:
+                assert [None if v is None else v for v in values] == [_plain(v) for v in expected], column
+        ref_user = reference["user"].iloc[0]
+        for column, value in fast.user.items():
+            assert np.array_equal(value, ref_user[column]) if isinstance(value, np.ndarray) else value == _plain(
+                ref_user[column]
+            ), column
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def test_sqlite_online_store_round_trip_equals_offline(knowledge):
+    _check_online(store.materialize(data_dir=knowledge["root"]), knowledge)
+
+
+@pytest.mark.redis
+def test_redis_online_store_round_trip_equals_offline(knowledge, redis_server):
+    online = redis_server.feast_config()
+    _check_online(store.materialize(data_dir=knowledge["root"], online_store=online), knowledge)
+
+
+def test_folder_without_vectors_registers_empty_views(tmp_path, knowledge):
+    root = tmp_path / "prepared"
+    shutil.copytree(knowledge["root"], root, ignore=shutil.ignore_patterns("vectors", "adapted", "feast"))
+    store.apply(data_dir=root)
+    frame = store.training_frame(data_dir=root, samples=SAMPLES)
+    assert len(frame) == len(SAMPLES) and not frame["has_user_knowledge"].any()
+    assert frame["item_knowledge"].map(len).eq(DIM).all()
+
+
+def test_vectors_of_another_dimension_fail_at_apply_and_materialize(tmp_path, knowledge):
+    root = tmp_path / "prepared"
+    shutil.copytree(knowledge["root"], root, ignore=shutil.ignore_patterns("feast"))
+    store.apply(data_dir=root)
+    shutil.rmtree(root / "vectors" / "item")
+    _write_table(_vectors([(10, T[0], T[7])], dim=768, seed=5), root / "vectors" / "item")
+    message = r"vectors/item: 768-d from model 'test-768d', but feature view 'item_knowledge' declares 384-d"
+    with pytest.raises(DataError, match=message):
+        store.materialize(data_dir=root)
+    with pytest.raises(DataError, match=message):
+        store.apply(data_dir=root)
+
+
+def test_unknown_profile_is_a_clear_error(knowledge):
+    with pytest.raises(store.KarError, match="no such Feast profile.*feature_store.spark.yaml"):
+        store.open_store(data_dir=knowledge["root"], profile="nope")
+
+
+@pytest.mark.spark
+def test_spark_offline_store_profile_gives_the_same_training_set(knowledge, spark):
+    """feature_store.spark.yaml: joins run on Feast's Spark offline store, same rows and vectors."""
+    store.apply(data_dir=knowledge["root"], profile="spark")
+    on_spark = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES, profile="spark")
+    on_files = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES)
+    assert len(on_spark) == len(SAMPLES)
+    for column in ("has_user_knowledge", "has_item_knowledge", "occupation", "title"):
+        assert on_spark[column].tolist() == on_files[column].tolist(), column
+    for column in ("user_knowledge", "item_knowledge"):
+        np.testing.assert_array_equal(np.stack(on_spark[column]), np.stack(on_files[column]))
