@@ -116,24 +116,38 @@ def prepare(
     console.print(f"quarantined: {json.dumps(rejected) if rejected else 'none'} → {out / 'summary.json'}")
 
 
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(help="Feast profile: feature_store.<profile>.yaml, e.g. 'spark' (default: $KAR_FEAST_PROFILE)."),
+]
+RedisOpt = Annotated[
+    str | None, typer.Option("--redis", help="Online store in Redis at HOST:PORT instead of the SQLite file.")
+]
+
+
+def _online_store(redis: str | None) -> dict[str, str] | None:
+    return {"type": "redis", "connection_string": redis} if redis else None
+
+
 @feast_app.command("apply")
 @friendly
-def feast_apply(data: DataDir, repo: RepoOpt = None) -> None:
+def feast_apply(data: DataDir, repo: RepoOpt = None, profile: ProfileOpt = None) -> None:
     """Register entities, feature views and services over a prepared folder (like `feast apply`)."""
     from kar import store
 
-    names = store.apply(data_dir=data, repo=repo)
+    names = store.apply(data_dir=data, repo=repo, profile=profile)
     console.print(f"applied {len(names)} objects: {', '.join(names)}")
 
 
 @feast_app.command("materialize")
 @friendly
-def feast_materialize(data: DataDir, repo: RepoOpt = None) -> None:
-    """Load the latest feature values into the online store (SQLite by default)."""
+def feast_materialize(data: DataDir, repo: RepoOpt = None, profile: ProfileOpt = None, redis: RedisOpt = None) -> None:
+    """Load the latest feature values into the online store (SQLite by default, Redis with --redis)."""
     from kar import store
 
-    store.materialize(data_dir=data, repo=repo)
-    console.print(f"materialized into {store.feast_dir(data)}")
+    store.materialize(data_dir=data, repo=repo, profile=profile, online_store=_online_store(redis))
+    target = f"redis://{redis}" if redis else store.feast_dir(data)
+    console.print(f"materialized into {target}")
 
 
 @feast_app.command("online")
@@ -143,14 +157,32 @@ def feast_online(
     user: Annotated[int, typer.Option(help="User id.")],
     items: Annotated[str, typer.Option(help="Comma-separated item ids.")],
     repo: RepoOpt = None,
+    redis: RedisOpt = None,
+    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranking_serving",
 ) -> None:
-    """Serving-time lookup of one user's and N items' features from the online store."""
+    """Serving-time lookup of one user's and N items' features from the online store (kar.online)."""
     from kar import store
+    from kar.online import OnlineLookup
 
     item_ids = [int(i) for i in items.split(",") if i.strip()]
-    found = store.online_features(store.open_store(data_dir=data, repo=repo), user_id=user, item_ids=item_ids)
-    console.print(found["user"].to_string(index=False))
-    console.print(found["items"].to_string(index=False))
+    feature_store = store.open_store(data_dir=data, repo=repo, online_store=_online_store(redis))
+    found = OnlineLookup(feature_store, service=service).fetch(user_id=user, item_ids=item_ids)
+    for line in online_lines(found):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def online_lines(found: Any) -> list[str]:
+    """One line for the user and one per item: scalar features, and vectors as ``dim-d [first values…]``."""
+
+    def show(value: Any) -> str:
+        if getattr(value, "ndim", 0) == 1 and value.dtype.kind == "f":
+            return f"{len(value)}-d [{', '.join(f'{v:.3f}' for v in value[:3])}, …]"
+        return str(value)
+
+    lines = ["user: " + ", ".join(f"{k}={show(v)}" for k, v in found.user.items())]
+    for i in range(len(found.items["item_id"])):
+        lines.append("item: " + ", ".join(f"{k}={show(v[i])}" for k, v in found.items.items()))
+    return lines
 
 
 @app.command()
@@ -364,6 +396,51 @@ def bench_llm_command(
         f"{result['in_flight']} in flight → {out} ({result['plot']})",
         highlight=False,
     )
+
+
+@bench_app.command("online")
+@friendly
+def bench_online_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared folder with vectors (default: a generated store).")
+    ] = None,
+    items: Annotated[int, typer.Option(help="Candidate items per request.")] = 100,
+    requests: Annotated[int, typer.Option(help="Requests per round and way.")] = 300,
+    rounds: Annotated[int, typer.Option(help="Rounds per way, alternating order.")] = 3,
+    backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or redis (repeatable; default both).")] = None,
+) -> None:
+    """p50/p99 of reading one user + N items (profiles and knowledge vectors): Feast SDK vs kar.online."""
+    from kar.bench.online import BACKENDS, GOAL_REDIS_P99_MS, bench_online
+
+    with steps() as step:
+        result = bench_online(
+            out=out,
+            data_dir=data,
+            items=items,
+            requests=requests,
+            rounds=rounds,
+            backends=backend or BACKENDS,
+            progress=step,
+        )
+    table = Table(title=f"1 user + {items} items, ms per request")
+    for column in ("store", "service", "feast p50", "feast p99", "kar p50", "kar p99", "speedup"):
+        table.add_column(column, justify="left" if column in ("store", "service") else "right")
+    for row in result["results"]:
+        feast, kar = row["feast"], row["kar"]
+        table.add_row(
+            row["backend"],
+            row["service"],
+            f"{feast['p50_ms']:.2f}",
+            f"{feast['p99_ms']:.2f}",
+            f"{kar['p50_ms']:.2f}",
+            f"{kar['p99_ms']:.2f}",
+            f"{row['speedup_p50']:.1f}×",
+        )
+    console.print(table)
+    verdict = "met" if result["goal_met"] else "NOT met"
+    worst = result["goal"]["worst_redis_p99_ms"]
+    console.print(f"goal Redis p99 ≤ {GOAL_REDIS_P99_MS:g} ms: {verdict} (worst {worst} ms) → {out}", highlight=False)
 
 
 def main() -> None:
