@@ -323,7 +323,7 @@ def generate_knowledge(
         endpoint=job.endpoint.base_url,
         wall_seconds=round(time.perf_counter() - started, 2),
     )
-    _write_summary(job.out, kind, summary)
+    write_summary(job.out, kind, summary)
     return summary
 
 
@@ -364,7 +364,8 @@ def _require_prepared(data_dir: Path) -> None:
         )
 
 
-def _write_summary(out: Path, kind: str, entry: Mapping[str, Any]) -> None:
+def write_summary(out: Path, kind: str, entry: Mapping[str, Any]) -> None:
+    """Set ``kind``'s entry in ``out/summary.json``, keeping the other kinds' entries."""
     path = out / SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary[kind] = entry

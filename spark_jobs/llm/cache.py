@@ -48,7 +48,8 @@ PART_PREFIX = "part-"
 TMP_PREFIX = "_tmp-"
 
 
-def _filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
+def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path for a local folder or a URI (``s3://``, ``hdfs://``...)."""
     text = str(root)
     if "://" in text:
         return pafs.FileSystem.from_uri(text)
@@ -64,7 +65,7 @@ class AnswerCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = str(root)
-        self._fs, self._path = _filesystem(root)
+        self._fs, self._path = filesystem(root)
 
     @property
     def uri(self) -> str:

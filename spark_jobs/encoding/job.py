@@ -1,0 +1,524 @@
+"""The encoding job: knowledge tables (``kar knowledge``) → one vector per answer in ``OUT/<kind>``.
+
+For each kind (``user``, ``item``):
+
+1. the knowledge rows are read in Spark; rows whose status is not ``ok`` or whose text is empty, blank or
+   missing go to ``OUT/quarantine/<kind>`` with the reason (rewritten every run, so it tells the truth about
+   the current knowledge);
+2. a text's identity is ``(entity_id, as_of, sha256(text))``; identities already encoded with the same model
+   are skipped by an anti-join against the vector table, so an unchanged rerun encodes nothing;
+3. the rest is spread round-robin over one Spark task per core; each task loads the model once per Python
+   worker, encodes in batches (long texts chunked, never truncated) and appends whole parquet parts as it
+   goes, so ``kill -9`` loses at most the batch in flight and a rerun picks up the rest; NaN/inf vectors are
+   quarantined instead of written;
+4. after the new parts are complete: parts of another model are deleted (a model change re-encodes
+   everything first), and older parts are rewritten without rows whose knowledge changed or went away,
+   so the table holds exactly one vector per current text;
+5. ``OUT/summary.json`` gets the counts, model, dimension, time and sentences/s per kind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
+
+from kar.errors import DataError, EnvironmentProblem, KarError
+from spark_jobs.encoding.model import (
+    DEFAULT_BATCH_SIZE,
+    ModelRef,
+    SentenceEncoder,
+    finite_rows,
+    load_model,
+    resolve_model,
+    set_threads,
+)
+from spark_jobs.encoding.parts import PartTable
+from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA
+from spark_jobs.knowledge.job import write_summary
+
+KINDS: tuple[str, ...] = ("user", "item")
+ID_COLUMNS = {"user": "user_id", "item": "item_id"}
+# Rows per written part: ~25 s of encoding per task here, the most a kill -9 can cost.
+DEFAULT_FLUSH_ROWS = 1024
+EMPTY_TEXT = "empty text"
+NON_FINITE = "non-finite vector"
+TASK_STATS = StructType(
+    [
+        StructField("encoded", LongType()),
+        StructField("non_finite", LongType()),
+        StructField("chunked", LongType()),
+        StructField("windows", LongType()),
+        StructField("model_loads", LongType()),
+        StructField("load_seconds", DoubleType()),
+        StructField("encode_seconds", DoubleType()),
+        StructField("dim", IntegerType()),
+        StructField("aborted", StringType()),
+    ]
+)
+PRUNE_STATS = StructType([StructField("dropped", LongType()), StructField("deleted", BooleanType())])
+
+Progress = Callable[[str], None]
+
+
+def _noop(_message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeJob:
+    """What to encode, with which model, and where.
+
+    Attributes:
+        knowledge_dir: Folder written by ``kar knowledge`` (holds ``user/`` and ``item/``).
+        out: Output folder: ``OUT/<kind>`` vectors, ``OUT/quarantine/<kind>``, ``OUT/summary.json``.
+        model: sentence-transformers model name or folder (default: the shipped all-MiniLM-L6-v2).
+        kinds: Which knowledge tables to encode (``user``, ``item``).
+        batch_size: Texts (chunks) per forward pass.
+        tasks: Spark tasks that encode (default: the cluster's parallelism).
+        threads: Torch threads per task (default: ``spark.task.cpus``, i.e. one per core a task holds).
+        flush_rows: Rows per written part: the most work a crash can lose per task.
+        fault_nan_entity_ids: Fault injection for tests only: these entities' vectors are replaced by NaN
+            after encoding, to exercise the non-finite quarantine with a real model.
+    """
+
+    knowledge_dir: Path
+    out: Path
+    model: str | None = None
+    kinds: tuple[str, ...] = KINDS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tasks: int | None = None
+    threads: int | None = None
+    flush_rows: int = DEFAULT_FLUSH_ROWS
+    fault_nan_entity_ids: frozenset[int] = frozenset()
+
+    def vectors(self, kind: str) -> PartTable:
+        return PartTable(self.out / kind, schema=VECTOR_SCHEMA)
+
+    def quarantine(self, kind: str) -> PartTable:
+        return PartTable(self.out / "quarantine" / kind, schema=QUARANTINE_SCHEMA)
+
+    def check(self) -> None:
+        """Fail before any Spark work on bad settings or missing input, with the command that fixes it."""
+        for name, value in (("batch_size", self.batch_size), ("flush_rows", self.flush_rows)):
+            if value < 1:
+                raise DataError(f"encode: {name} must be at least 1, got {value}")
+        for name, value in (("tasks", self.tasks), ("threads", self.threads)):
+            if value is not None and value < 1:
+                raise DataError(f"encode: {name} must be at least 1, got {value}")
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise DataError(f"encode: unknown kind(s) {', '.join(unknown)}; use {' or '.join(KINDS)}")
+        if not self.knowledge_dir.is_dir():
+            raise DataError(f"{self.knowledge_dir}: no knowledge folder; {knowledge_fix(self.knowledge_dir)}")
+        for kind in self.kinds:
+            _require_table(self.knowledge_dir, kind)
+
+
+def knowledge_fix(knowledge_dir: Path, kind: str | None = None) -> str:
+    """The ``kar knowledge`` command that writes ``knowledge_dir`` (or one kind of it)."""
+    # `kar knowledge --data DATA` writes DATA/knowledge unless told otherwise.
+    default = knowledge_dir.name == "knowledge"
+    where = f"--data {knowledge_dir.parent}" if default else f"--data DATA --out {knowledge_dir}"
+    return f"run `kar knowledge {where}{f' --kind {kind}' if kind else ''}` first"
+
+
+def _require_table(knowledge_dir: Path, kind: str) -> Path:
+    path = knowledge_dir / kind
+    files = list(path.iterdir()) if path.is_dir() else []
+    if not any(p.suffix == ".parquet" and not p.name.startswith(("_", ".")) for p in files):
+        raise DataError(f"{path}: no {kind} knowledge table; {knowledge_fix(knowledge_dir, kind)}")
+    return path
+
+
+def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str) -> DataFrame:
+    """One kind's knowledge rows with ``entity_id``, ``text_hash`` and ``reason`` (null = encodable).
+
+    Raises:
+        DataError: The table is missing, empty of files, or lacks a column the job needs.
+    """
+    path = _require_table(knowledge_dir, kind)
+    rows = spark.read.parquet(str(path))
+    id_column = ID_COLUMNS[kind]
+    missing = [c for c in (id_column, "as_of", "status", "text") if c not in rows.columns]
+    if missing:
+        fix = knowledge_fix(knowledge_dir, kind)
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
+    status, text = F.col("status"), F.col("text")
+    reason = (
+        F.when(F.col(id_column).isNull(), F.lit(f"missing {id_column}"))
+        .when(F.col("as_of").isNull(), F.lit("missing as_of"))
+        .when(status.isNull() | (status != "ok"), F.concat(F.lit("status: "), F.coalesce(status, F.lit("null"))))
+        # (?U): Unicode whitespace too, as Python's str.strip sees it; a blank answer carries no knowledge.
+        .when(text.isNull() | ~text.rlike(r"(?U)\S"), F.lit(EMPTY_TEXT))
+    )
+    return rows.select(
+        F.col(id_column).cast("long").alias("entity_id"),
+        F.lit(kind).alias("kind"),
+        F.col("as_of").cast("timestamp").alias("as_of"),
+        status.cast("string").alias("status"),
+        text.cast("string").alias("text"),
+        F.sha2(text.cast("string"), 256).alias("text_hash"),
+        reason.alias("reason"),
+    )
+
+
+def _now(n: int) -> pa.Array:
+    return pa.array(np.full(n, time.time_ns() // 1000, dtype=np.int64)).cast(UTC_MICROS)
+
+
+def _vector_rows(frame: pd.DataFrame, vectors: np.ndarray, n_chunks: np.ndarray, *, kind: str, model: str) -> pa.Table:
+    n, dim = vectors.shape
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    columns = {
+        "entity_id": pa.array(frame["entity_id"].to_numpy(), pa.int64()),
+        "kind": pa.array([kind] * n, pa.string()),
+        "as_of": pa.array(frame["as_of_us"].to_numpy(), pa.int64()).cast(UTC_MICROS),
+        "model": pa.array([model] * n, pa.string()),
+        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
+        "vector": pa.ListArray.from_arrays(offsets, values),
+        "n_chunks": pa.array(n_chunks, pa.int32()),
+        "text_hash": pa.array(frame["text_hash"].to_numpy(), pa.string()),
+        "has_knowledge": pa.array(np.ones(n, dtype=bool)),
+        "created_at": _now(n),
+    }
+    return pa.table(columns, schema=VECTOR_SCHEMA)
+
+
+def _non_finite_rows(frame: pd.DataFrame, *, kind: str, model: str) -> pa.Table:
+    n = len(frame)
+    return pa.table(
+        {
+            "entity_id": pa.array(frame["entity_id"].to_numpy(), pa.int64()),
+            "kind": pa.array([kind] * n, pa.string()),
+            "as_of": pa.array(frame["as_of_us"].to_numpy(), pa.int64()).cast(UTC_MICROS),
+            "status": pa.array(["ok"] * n, pa.string()),
+            "text": pa.array(frame["text"].tolist(), pa.string()),
+            "text_hash": pa.array(frame["text_hash"].to_numpy(), pa.string()),
+            "model": pa.array([model] * n, pa.string()),
+            "reason": pa.array([NON_FINITE] * n, pa.string()),
+            "created_at": _now(n),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _encode_tasks(
+    job: EncodeJob, *, kind: str, ref: ModelRef, threads: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The function each Spark task runs: encode its rows, append vector parts, yield one row of task stats."""
+    vectors_root, quarantine_root = job.vectors(kind).uri, job.quarantine(kind).uri
+    batch_size, flush_rows, faulty = job.batch_size, job.flush_rows, job.fault_nan_entity_ids
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        stats: dict[str, Any] = dict.fromkeys(("encoded", "non_finite", "chunked", "windows", "model_loads"), 0)
+        stats.update(load_seconds=0.0, encode_seconds=0.0, dim=None, aborted=None)
+        try:
+            model, load_seconds = load_model(ref)
+        except EnvironmentProblem as exc:
+            # Not raised through Spark (a JVM stack trace): the driver turns it into one clear error.
+            stats["aborted"] = str(exc)
+            yield pd.DataFrame([stats])
+            return
+        if load_seconds is not None:
+            stats.update(model_loads=1, load_seconds=load_seconds)
+        set_threads(threads)
+        encoder = SentenceEncoder(model=model, batch_size=batch_size)
+        stats["dim"] = encoder.dim
+        vectors_table = PartTable(vectors_root, schema=VECTOR_SCHEMA)
+        quarantine = PartTable(quarantine_root, schema=QUARANTINE_SCHEMA)
+        for batch in batches:
+            for start in range(0, len(batch), flush_rows):
+                frame = batch.iloc[start : start + flush_rows]
+                started = time.perf_counter()
+                encoded = encoder.encode(frame["text"].tolist())
+                stats["encode_seconds"] += time.perf_counter() - started
+                if faulty:
+                    encoded.vectors[frame["entity_id"].isin(faulty).to_numpy()] = np.nan
+                ok = finite_rows(encoded.vectors)
+                if ok.any():
+                    rows = _vector_rows(frame[ok], encoded.vectors[ok], encoded.n_chunks[ok], kind=kind, model=ref.name)
+                    vectors_table.append(rows, tag=ref.tag)
+                if not ok.all():
+                    quarantine.append(_non_finite_rows(frame[~ok], kind=kind, model=ref.name), tag=ref.tag)
+                stats["encoded"] += int(ok.sum())
+                stats["non_finite"] += int((~ok).sum())
+                stats["chunked"] += int((encoded.n_chunks[ok] > 1).sum())
+                stats["windows"] += int(encoded.n_chunks.sum())
+        yield pd.DataFrame([stats])
+
+    return run
+
+
+class _PartWatcher:
+    """Reports rows landing in new parts while the Spark tasks run (tasks report nothing until they end)."""
+
+    def __init__(self, table: PartTable, *, tag: str, total: int, label: str, progress: Progress) -> None:
+        self._table, self._tag, self._total, self._label = table, tag, total, label
+        self._detail = getattr(progress, "detail", None)
+        self._before = set(table.parts(tag))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _PartWatcher:
+        if self._detail is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                done = self._table.count_rows(p for p in self._table.parts(self._tag) if p not in self._before)
+            except OSError:  # a part renamed under us: try again next tick
+                continue
+            rate = done / max(time.perf_counter() - self._started, 1e-9)
+            self._detail(f"{done}/{self._total} {self._label} texts, {rate:.1f} sentences/s")  # type: ignore[misc]
+
+
+def _row_key() -> Column:
+    """A row's identity as one string, built the same way here and by ``_prune_tasks`` from a part."""
+    return F.concat_ws("|", F.col("entity_id").cast("string"), F.unix_micros("as_of").cast("string"), "text_hash")
+
+
+def _prune_tasks(table_root: str, tag: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Each task rewrites its parts without the listed rows: new part first, then the old one is deleted."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        table = PartTable(table_root, schema=VECTOR_SCHEMA)
+        for batch in batches:
+            for path, drop in zip(batch["_file"], batch["_drop"], strict=True):
+                part = table.read(path)
+                keys = pc.binary_join_element_wise(
+                    pc.cast(part["entity_id"], pa.string()),
+                    pc.cast(pc.cast(part["as_of"], pa.int64()), pa.string()),
+                    part["text_hash"],
+                    "|",
+                )
+                keep = pc.invert(pc.is_in(keys, value_set=pa.array(list(drop), pa.string())))
+                kept = part.filter(keep)
+                if kept.num_rows:
+                    table.append(kept, tag=tag)
+                # A crash between the append and this delete leaves duplicates; the next run drops them.
+                table.delete([path])
+                yield pd.DataFrame({"dropped": [part.num_rows - kept.num_rows], "deleted": [True]})
+
+    return run
+
+
+def prune(spark: SparkSession, *, table: PartTable, parts: Sequence[str], current: DataFrame, tag: str) -> int:
+    """Rewrite ``parts`` without stale rows (not in ``current`` keys any more) or duplicates; returns rows dropped.
+
+    Duplicates only arise when a crash hits a rewrite between writing the new part and deleting the old one.
+    """
+    if not parts:
+        return 0
+    schema = from_arrow_schema(VECTOR_SCHEMA)
+    existing = (
+        spark.read.schema(schema).parquet(*parts).select(*KEY_COLUMNS, "created_at", F.input_file_name().alias("_file"))
+    )
+    newest_first = Window.partitionBy(*KEY_COLUMNS).orderBy(F.col("created_at").desc(), F.col("_file"))
+    marked = current.select(*KEY_COLUMNS).distinct().withColumn("_current", F.lit(True))
+    drop = (
+        existing.withColumn("_n", F.row_number().over(newest_first))
+        .join(marked, list(KEY_COLUMNS), "left")
+        .filter(F.col("_current").isNull() | (F.col("_n") > 1))
+        .groupBy("_file")
+        .agg(F.collect_list(_row_key()).alias("_drop"))
+    )
+    n_files = drop.count()
+    if not n_files:
+        return 0
+    tasks = max(1, min(n_files, spark.sparkContext.defaultParallelism))
+    done = drop.repartition(tasks).mapInPandas(_prune_tasks(table.uri, tag), PRUNE_STATS).collect()
+    return sum(r["dropped"] for r in done)
+
+
+def _first_dim(table: PartTable, parts: Sequence[str]) -> int | None:
+    for path in parts:
+        dims = table.read(path, columns=["dim"]).column("dim")
+        if len(dims):
+            return int(dims[0].as_py())
+    return None
+
+
+def _other_models(table: PartTable, parts: Sequence[str]) -> list[str]:
+    names: set[str] = set()
+    for path in parts:
+        names.update(v for v in table.read(path, columns=["model"]).column("model").unique().to_pylist() if v)
+    return sorted(names)
+
+
+def encode_kind(
+    spark: SparkSession, *, kind: str, job: EncodeJob, ref: ModelRef, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Encode one kind (see the module docstring) and return its summary entry.
+
+    Raises:
+        DataError: The kind's knowledge table is missing or malformed.
+        KarError: The model could not be loaded in the Spark tasks (parts written so far are kept).
+    """
+    step = progress or _noop
+    started = time.perf_counter()
+    rows = read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind).cache()
+    by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    n_input = sum(by_reason.values())
+    rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
+    # Rewritten every run: it lists what the current knowledge lacks; the tasks add non-finite vectors to it.
+    quarantine = job.quarantine(kind)
+    bad = rows.filter(F.col("reason").isNotNull()).withColumns(
+        {"model": F.lit(ref.name), "created_at": F.current_timestamp()}
+    )
+    bad.select(*QUARANTINE_SCHEMA.names).write.mode("overwrite").parquet(quarantine.uri)
+
+    table = job.vectors(kind)
+    mine = table.parts(ref.tag)
+    others = [p for p in table.parts() if p not in set(mine)]
+    encodable = rows.filter(F.col("reason").isNull()).dropDuplicates(list(KEY_COLUMNS))
+    if mine:
+        done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
+        marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
+    else:
+        marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
+    counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
+    n_distinct, n_cached = int(counts["n"]), int(counts["cached"])
+    n_todo = n_distinct - n_cached
+    replaced = _other_models(table, others) if others else []
+    if replaced:
+        step(
+            f"{kind}: the vector table holds {', '.join(replaced)} vectors; re-encoding all with {ref.name} "
+            "(old parts are removed once the new ones are complete)"
+        )
+    stats = {"encoded": 0, "non_finite": 0, "chunked": 0, "windows": 0, "model_loads": 0, "load_seconds": 0.0}
+    dims: set[int] = set()
+    task_seconds: list[float] = []
+    tasks = max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
+    threads = job.threads or int(spark.conf.get("spark.task.cpus", "1") or 1)
+    encode_started = time.perf_counter()
+    if n_todo:
+        step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name}")
+        todo = marked.filter(F.col("_done").isNull()).select(
+            "entity_id", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash"
+        )
+        runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
+        with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
+            # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
+            task_stats = todo.repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
+        aborted = [r["aborted"] for r in task_stats if r["aborted"]]
+        if aborted:
+            raise KarError(f"encode {kind}: {aborted[0]}")
+        for row in task_stats:
+            for name in ("encoded", "non_finite", "chunked", "windows", "model_loads"):
+                stats[name] += row[name]
+            # Tasks load in parallel: the wall clock pays the slowest load, not their sum.
+            stats["load_seconds"] = max(stats["load_seconds"], row["load_seconds"])
+            task_seconds.append(round(row["encode_seconds"], 2))
+            dims.add(row["dim"])
+    encode_seconds = time.perf_counter() - encode_started
+    # Only now, with every new vector written, may older data go.
+    removed_parts = table.delete(others)
+    if replaced:
+        step(f"{kind}: removed {removed_parts} parts of {', '.join(replaced)}")
+    pruned = prune(spark, table=table, parts=mine, current=encodable, tag=ref.tag)
+    table.remove_leftovers()
+    parts = table.parts(ref.tag)
+    if not parts:
+        # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
+        table.append(VECTOR_SCHEMA.empty_table(), tag=ref.tag)
+    rows.unpersist()
+    seconds = time.perf_counter() - started
+    return {
+        "input": n_input,
+        "encoded": stats["encoded"],
+        "skipped_cached": n_cached,
+        "empty": rejected.get(EMPTY_TEXT, 0),
+        "not_ok": sum(n for reason, n in rejected.items() if reason.startswith("status: ")),
+        "rejected": rejected,
+        "duplicate": by_reason.get(None, 0) - n_distinct,
+        "non_finite": stats["non_finite"],
+        "chunked": stats["chunked"],
+        "windows": stats["windows"],
+        "rows": table.count_rows(table.parts(ref.tag)),
+        "model": ref.name,
+        "dim": dims.pop() if len(dims) == 1 else _first_dim(table, parts),
+        "batch_size": job.batch_size,
+        "tasks": tasks if n_todo else 0,
+        "threads_per_task": threads,
+        "model_loads": stats["model_loads"],
+        "model_load_seconds": round(stats["load_seconds"], 2),
+        "replaced_models": replaced,
+        "removed_parts": removed_parts,
+        "pruned_rows": pruned,
+        "encode_seconds": round(encode_seconds, 2),
+        # Model time per task: unequal values mean a core idled while the slowest task finished.
+        "task_encode_seconds": sorted(task_seconds),
+        "seconds": round(seconds, 2),
+        # End to end (reading, anti-join, model loads, writes); encode_* is the encoding stage alone.
+        "sentences_per_s": round(stats["encoded"] / seconds, 2) if stats["encoded"] else None,
+        "encode_sentences_per_s": round(stats["encoded"] / encode_seconds, 2) if stats["encoded"] else None,
+    }
+
+
+def encode_knowledge(
+    spark: SparkSession,
+    *,
+    knowledge_dir: Path,
+    out: Path,
+    model: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    kinds: Sequence[str] = KINDS,
+    tasks: int | None = None,
+    threads: int | None = None,
+    flush_rows: int = DEFAULT_FLUSH_ROWS,
+    fault_nan_entity_ids: Sequence[int] = (),
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
+
+    Returns:
+        The summary entry of each kind (also written to ``out/summary.json``).
+
+    Raises:
+        DataError: Unknown kind, bad setting, or a missing/malformed knowledge folder or table (checked for
+            every kind before any is encoded).
+        KarError: The model could not be loaded.
+    """
+    job = EncodeJob(
+        knowledge_dir=Path(knowledge_dir),
+        out=Path(out),
+        model=model,
+        kinds=tuple(kinds),
+        batch_size=batch_size,
+        tasks=tasks,
+        threads=threads,
+        flush_rows=flush_rows,
+        fault_nan_entity_ids=frozenset(int(i) for i in fault_nan_entity_ids),
+    )
+    job.check()
+    ref = resolve_model(model)
+    for kind in job.kinds:
+        read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind)  # every table's columns, before any work
+    summaries = {}
+    for kind in job.kinds:
+        summary = encode_kind(spark, kind=kind, job=job, ref=ref, progress=progress)
+        write_summary(job.out, kind, summary)
+        summaries[kind] = summary
+    return summaries
