@@ -167,21 +167,14 @@ def feast_online(
     item_ids = [int(i) for i in items.split(",") if i.strip()]
     feature_store = store.open_store(data_dir=data, repo=repo, online_store=_online_store(redis))
     found = OnlineLookup(feature_store, service=service).fetch(user_id=user, item_ids=item_ids)
-    for line in online_lines(found):
+    for line in online_lines(found.describe()):
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def online_lines(found: Any) -> list[str]:
-    """One line for the user and one per item: scalar features, and vectors as ``dim-d [first values…]``."""
-
-    def show(value: Any) -> str:
-        if getattr(value, "ndim", 0) == 1 and value.dtype.kind == "f":
-            return f"{len(value)}-d [{', '.join(f'{v:.3f}' for v in value[:3])}, …]"
-        return str(value)
-
-    lines = ["user: " + ", ".join(f"{k}={show(v)}" for k, v in found.user.items())]
-    for i in range(len(found.items["item_id"])):
-        lines.append("item: " + ", ".join(f"{k}={show(v[i])}" for k, v in found.items.items()))
+def online_lines(described: dict[str, Any]) -> list[str]:
+    """One line for the user and one per item, from ``OnlineFeatures.describe()``."""
+    lines = ["user: " + ", ".join(f"{k}={v}" for k, v in described["user"].items())]
+    lines += ["item: " + ", ".join(f"{k}={v}" for k, v in item.items()) for item in described["items"]]
     return lines
 
 
@@ -223,8 +216,13 @@ def demo(
         text = sample["text"] if len(sample["text"]) <= 300 else sample["text"][:300] + "…"
         console.print(f"user {sample['user_id']} as of {sample['as_of']}: [italic]{text}[/]", highlight=False)
     console.print(_metrics_table(metrics["models"], "kar demo (synthetic, test = last 10% of time)"))
-    lookup = metrics["online_lookup"]
-    console.print(f"online lookup: user {lookup['user']}", highlight=False)
+    for line in _encode_lines(metrics["encode"]):
+        console.print(line, highlight=False)
+    coverage = ", ".join(f"{view} {share:.0%}" for view, share in metrics["knowledge_coverage"].items())
+    console.print(f"training rows with knowledge (point-in-time): {coverage}", highlight=False)
+    console.print("online lookup (kar.online, SQLite):", highlight=False)
+    for line in online_lines(metrics["online_lookup"]):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
 
 
@@ -303,6 +301,61 @@ def knowledge(
     for line in _knowledge_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"summary → {(out or data / 'knowledge') / 'summary.json'}")
+
+
+def _encode_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per kind: what was encoded, skipped and quarantined, the model and the throughput."""
+    lines = []
+    for kind, s in summaries.items():
+        rate = f"{s['sentences_per_s']:.1f} sentences/s" if s["sentences_per_s"] else "nothing to encode"
+        other = s["input"] - s["empty"] - s["encoded"] - s["skipped_cached"] - s["non_finite"] - s["duplicate"]
+        rejected = f", {other} not ok" if other else ""
+        lines.append(
+            f"[bold]{kind}[/]: {s['input']} answers → {s['encoded']} encoded, {s['skipped_cached']} already encoded, "
+            f"{s['empty']} empty{rejected}, {s['non_finite']} non-finite · {s['chunked']} chunked · "
+            f"{s['rows']} vectors of {s['dim']}-d {s['model']} · {s['seconds']} s, {rate}"
+        )
+    return lines
+
+
+@app.command()
+@friendly
+def encode(
+    data: DataDir,
+    knowledge: Annotated[
+        Path | None, typer.Option("--knowledge", help="`kar knowledge` output (default: DATA/knowledge).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder for vector tables (default: DATA/vectors).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="sentence-transformers model name or folder (default: the shipped all-MiniLM-L6-v2)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    kind: Annotated[list[str] | None, typer.Option(help="user | item; repeat for both (default: both).")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Encode LLM knowledge into vectors with sentence-transformers in Spark (long answers chunked, not cut).
+
+    A rerun encodes only answers not yet encoded with the same model; a killed run resumes where it stopped;
+    a different model re-encodes everything and then replaces the old vectors.
+    """
+    from kar.pipeline import run_encode
+
+    out = out or data / "vectors"
+    with steps() as step:
+        summaries = run_encode(
+            data_dir=data,
+            knowledge_dir=knowledge,
+            out=out,
+            model=model,
+            batch_size=batch_size,
+            kinds=kind or ["user", "item"],
+            master=master,
+            progress=step,
+        )
+    for line in _encode_lines(summaries):
+        console.print(line, highlight=False)
+    console.print(f"vectors → {out} (summary: {out / 'summary.json'})", highlight=False)
 
 
 @llm_app.command("serve")
@@ -394,6 +447,43 @@ def bench_llm_command(
     console.print(
         f"{result['prompts']} prompts, {result['tasks']} tasks × {result['concurrency_per_task']} = "
         f"{result['in_flight']} in flight → {out} ({result['plot']})",
+        highlight=False,
+    )
+
+
+@bench_app.command("encode")
+@friendly
+def bench_encode_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Knowledge folder, or a prepared folder with knowledge/ (default: generated)."),
+    ] = None,
+    texts: Annotated[int | None, typer.Option(help="Only the first N texts (default: all, or 512 generated).")] = None,
+    rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass, both sides.")] = 64,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """The Spark encoding job vs bare SentenceTransformer.encode on the same texts: sentences/s and start-up."""
+    from kar.bench.encode import bench_encode
+
+    with steps() as step:
+        result = bench_encode(
+            out=out, data_dir=data, texts=texts, rounds=rounds, batch_size=batch_size, master=master, progress=step
+        )
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    bare, ours, start, load = result["bare"], result["ours"], result["start_up"], result["model_load"]
+    console.print(f"[bold]ratio ours/bare[/] {result['ratio']} (goal ≥ {result['goal']}: {verdict})", highlight=False)
+    console.print(
+        f"bare {bare['sentences_per_s']:.1f} sentences/s ({result['bare_threads']} threads) · ours "
+        f"{ours['sentences_per_s']:.1f} sentences/s ({result['tasks']} tasks × {result['threads_per_task']} thread) · "
+        f"{result['texts']} texts, {result['chunked']} chunked",
+        highlight=False,
+    )
+    console.print(
+        f"start-up: model import {load['import_seconds']:.1f} s + load {load['load_seconds']:.1f} s; JVM "
+        f"{start['jvm_seconds']:.1f} s; first job {start['first_run_seconds']:.1f} s "
+        f"({start['sentences_per_s_including_jvm']:.1f} sentences/s including JVM and workers) → {out}",
         highlight=False,
     )
 

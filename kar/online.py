@@ -57,6 +57,20 @@ class OnlineFeatures:
         """The items as a DataFrame (a vector column holds one float32 array per row)."""
         return pd.DataFrame({k: list(v) if getattr(v, "ndim", 1) == 2 else v for k, v in self.items.items()})
 
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary: scalars as they are, vectors as ``"384-d [0.012, -0.034, 0.101, …]"``."""
+        n_items = len(self.items.get("item_id", ()))
+        return {
+            "user": {k: _show(v) for k, v in self.user.items()},
+            "items": [{k: _show(v[i]) for k, v in self.items.items()} for i in range(n_items)],
+        }
+
+
+def _show(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "f":
+        return f"{len(value)}-d [{', '.join(f'{v:.3f}' for v in value[:3])}, …]"
+    return value.item() if isinstance(value, np.generic) else value
+
 
 class OnlineLookup:
     """Reads a feature service's user and item features from the online store of ``store``.

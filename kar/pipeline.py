@@ -146,6 +146,7 @@ def run_demo(
         if knowledge
         else {}
     )
+    encode_summary = run_encode(data_dir=data_dir, progress=step) if knowledge else {}
     step("feast apply")
     store.apply(data_dir=data_dir)
     step("point-in-time training frame from Feast")
@@ -161,9 +162,11 @@ def run_demo(
         "dataset": "synthetic",
         "samples": summary["splits"],
         "knowledge": knowledge_summary,
-        "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup["user"].get("user_id")),
+        "encode": encode_summary,
+        "knowledge_coverage": _coverage(frame),
+        "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
         "models": results,
-        "online_lookup": lookup,
+        "online_lookup": lookup.describe(),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -185,17 +188,23 @@ def _knowledge_sample(knowledge_dir: Path, *, user_id: Any) -> dict[str, Any] | 
     return {"user_id": int(row["user_id"]), "as_of": str(row["as_of"]), "text": row["text"]}
 
 
-def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> dict[str, Any]:
-    from kar.store import online_features
+def _coverage(frame: Any) -> dict[str, float]:
+    """Share of training-frame rows that joined a knowledge vector, per knowledge view."""
+    flags = [c for c in frame.columns if c.startswith("has_")]
+    return {flag.removeprefix("has_"): round(float(frame[flag].mean()), 4) for flag in flags}
+
+
+def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> Any:
+    """Serving-time read of one test user (with knowledge when one has it) and ``n_items`` candidates."""
+    from kar.online import OnlineLookup
 
     test = frame[frame["split"] == "test"]
-    row = (test if len(test) else frame).iloc[0]
+    rows = test if len(test) else frame
+    with_knowledge = rows[rows["has_user_knowledge"]] if "has_user_knowledge" in rows else rows
+    row = (with_knowledge if len(with_knowledge) else rows).iloc[0]
     item_ids: Sequence[int] = frame["item_id"].drop_duplicates().head(n_items).tolist()
-    found = online_features(feature_store, user_id=int(row["user_id"]), item_ids=item_ids)
-    return {
-        "user": found["user"].to_dict(orient="records")[0],
-        "items": found["items"].to_dict(orient="records"),
-    }
+    # Raw knowledge until the adaptor issue fills the adapted views that ranking_serving reads.
+    return OnlineLookup(feature_store).fetch(user_id=int(row["user_id"]), item_ids=item_ids)
 
 
 @contextlib.contextmanager
@@ -283,3 +292,44 @@ def run_knowledge(
             kerec_max_pairs=kerec_max_pairs,
         )
         return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]
+
+
+def run_encode(
+    *,
+    data_dir: Path,
+    knowledge_dir: Path | None = None,
+    out: Path | None = None,
+    model: str | None = None,
+    batch_size: int = 64,
+    kinds: Sequence[str] = ("user", "item"),
+    master: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Encode knowledge answers into vectors with sentence-transformers; see ``spark_jobs.encoding``.
+
+    Args:
+        data_dir: Prepared folder; the defaults below live in it.
+        knowledge_dir: ``kar knowledge`` output (default ``data_dir/knowledge``).
+        out: Vector tables, quarantine and summary (default ``data_dir/vectors``, where Feast reads them).
+        model: sentence-transformers name or folder (default: the shipped all-MiniLM-L6-v2).
+        batch_size: Texts per forward pass.
+        kinds: ``user`` and/or ``item``.
+        master: Spark master (default: env or ``local[*]``).
+        progress: Step callback.
+
+    Returns:
+        The summary entries by kind (also in ``out/summary.json``).
+    """
+    from spark_jobs.encoding.job import EncodeJob, encode_knowledge
+    from spark_jobs.session import get_spark
+
+    step = progress or _noop
+    knowledge_dir = knowledge_dir or data_dir / "knowledge"
+    out = out or data_dir / "vectors"
+    # Fails with the fix before the JVM starts (a typo should not cost ~10 s).
+    EncodeJob(knowledge_dir=knowledge_dir, out=out, model=model, kinds=tuple(kinds), batch_size=batch_size).check()
+    step("starting Spark")
+    spark = get_spark(app_name="kar-encode", master=master)
+    return encode_knowledge(
+        spark, knowledge_dir=knowledge_dir, out=out, model=model, batch_size=batch_size, kinds=kinds, progress=step
+    )

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kar.errors import DataError, KarError
+from spark_jobs.encoding.schema import VECTOR_SCHEMA
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -42,20 +42,6 @@ KNOWLEDGE_TAG = ("kar.kind", "knowledge")
 
 # The vector tables under a prepared folder (``kar encode`` writes vectors/, ``kar adapt export`` adapted/).
 VECTOR_TABLES = ("vectors/user", "vectors/item", "adapted/user", "adapted/item")
-VECTOR_SCHEMA = pa.schema(
-    [
-        ("entity_id", pa.int64()),
-        ("kind", pa.string()),
-        ("as_of", pa.timestamp("us", tz="UTC")),
-        ("model", pa.string()),
-        ("dim", pa.int32()),
-        ("vector", pa.list_(pa.float32())),
-        ("n_chunks", pa.int32()),
-        ("text_hash", pa.string()),
-        ("has_knowledge", pa.bool_()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 def default_repo() -> Path:

@@ -79,5 +79,11 @@ def test_demo_end_to_end(tmp_path, llm_base_url):
     assert metrics["knowledge_sample"]["text"]
     for model in ("deepfm", "xgboost"):
         assert metrics["models"][model]["test"]["auc"] > 0.55, metrics["models"][model]
-    assert metrics["online_lookup"]["user"]["occupation"]
-    assert "test AUC" in result.stdout
+    for kind in ("user", "item"):
+        encoded = metrics["encode"][kind]
+        assert encoded["rows"] == metrics["knowledge"][kind]["status"]["ok"] and encoded["dim"] == 384, encoded
+    assert 0 < metrics["knowledge_coverage"]["user_knowledge"] <= 1
+    lookup = metrics["online_lookup"]
+    assert lookup["user"]["occupation"] and lookup["user"]["has_user_knowledge"] is True
+    assert lookup["user"]["user_knowledge"].startswith("384-d [") and len(lookup["items"]) == 3
+    assert "test AUC" in result.stdout and "user: user_id=" in result.stdout

@@ -160,8 +160,10 @@ def _check_online(feature_store, knowledge: dict) -> None:
                 assert [None if v is None else v for v in values] == [_plain(v) for v in expected], column
         ref_user = reference["user"].iloc[0]
         for column, value in fast.user.items():
-            assert np.array_equal(value, ref_user[column]) if isinstance(value, np.ndarray) else value == _plain(
-                ref_user[column]
+            assert (
+                np.array_equal(value, ref_user[column])
+                if isinstance(value, np.ndarray)
+                else value == _plain(ref_user[column])
             ), column
 
 
@@ -206,7 +208,7 @@ def test_vectors_of_another_dimension_fail_at_apply_and_materialize(tmp_path, kn
 
 
 def test_unknown_profile_is_a_clear_error(knowledge):
-    with pytest.raises(store.KarError, match="no such Feast profile.*feature_store.spark.yaml"):
+    with pytest.raises(store.KarError, match=r"no such Feast profile.*feature_store\.spark\.yaml"):
         store.open_store(data_dir=knowledge["root"], profile="nope")
 
 
