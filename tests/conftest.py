@@ -64,8 +64,8 @@ def tiny_prepared(spark, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_server():
-    """A private redis-server (from apt) on a free loopback port, stopped by its pid at the end of the session.
+def _redis_process():
+    """One private redis-server (from apt) on a free loopback port for the session, stopped by its pid.
 
     Without ``redis-server`` the tests skip with the install hint, except where ``KAR_REQUIRE_REDIS=1`` (CI):
     there a missing server fails them, so the Redis path is never silently untested.
@@ -82,3 +82,13 @@ def redis_server():
         pytest.skip(message)
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def redis_server(_redis_process):
+    """The session's redis-server, emptied first: Feast skips writes not newer than what a key holds, so rows
+    another test materialized under the same project and ids would otherwise survive."""
+    import redis
+
+    redis.Redis(host=_redis_process.host, port=_redis_process.port).flushall()
+    return _redis_process
