@@ -223,3 +223,18 @@ def test_spark_offline_store_profile_gives_the_same_training_set(knowledge, spar
         assert on_spark[column].tolist() == on_files[column].tolist(), column
     for column in ("user_knowledge", "item_knowledge"):
         np.testing.assert_array_equal(np.stack(on_spark[column]), np.stack(on_files[column]))
+
+
+@pytest.mark.parametrize("dim", [1, 32, 384, 1000])
+def test_packed_floats_reads_feast_vector_bytes_exactly(dim):
+    """The Redis fast path reads vectors from Feast's serialized Value without the proto; other shapes → None."""
+    from feast.protos.feast.types.Value_pb2 import FloatList, Value
+
+    from kar.online import packed_floats
+
+    vector = np.random.default_rng(dim).standard_normal(dim).astype(np.float32)
+    raw = Value(float_list_val=FloatList(val=vector.tolist())).SerializeToString()
+    np.testing.assert_array_equal(packed_floats(raw, dim), vector)
+    assert packed_floats(raw, dim + 1) is None  # a view of another dimension
+    assert packed_floats(Value(double_list_val={"val": [1.0] * dim}).SerializeToString(), dim) is None
+    assert packed_floats(Value(string_val="x").SerializeToString(), 1) is None
