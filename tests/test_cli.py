@@ -17,8 +17,8 @@ from spark_jobs import session
 KAR = [sys.executable, "-m", "kar"]
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KAR, *args], capture_output=True, text=True, timeout=600, env=env)
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KAR, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_bad_path_is_one_line_without_traceback(tmp_path):
@@ -65,10 +65,14 @@ def test_missing_java_gets_one_clear_sentence(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.llm
+@pytest.mark.timeout(1500)
 def test_demo_end_to_end(tmp_path, llm_base_url):
-    """What `make demo` runs, defaults included: every stage, real Spark, vLLM and Feast."""
+    """What `make demo` runs, defaults included: every stage, real Spark, vLLM and Feast.
+
+    ~10 min alone on 2 cores (the LLM stage is most of it); the limit leaves room for a loaded machine.
+    """
     env = {**os.environ, "KAR_SPARK_MASTER": "local[2]", "KAR_LLM_BASE_URL": llm_base_url}
-    result = _run("demo", "--out", str(tmp_path), env=env)
+    result = _run("demo", "--out", str(tmp_path), env=env, timeout=1400)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for kind in ("user", "item"):
