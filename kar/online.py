@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kar.store import TRAINING_SERVICE, is_knowledge_view
+from kar.store import TRAINING_SERVICE, is_knowledge_view, vector_dim
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -89,7 +89,7 @@ class OnlineLookup:
         for projection in store.get_feature_service(service).feature_view_projections:
             read = _plan(store.get_feature_view(projection.name), [f.name for f in projection.features])
             self._reads.setdefault(read.join_key, []).append(read)
-        self._redis = _RedisReader(self._provider.online_store, self._config) if self._is_redis() else None
+        self._redis = _RedisReader(self._provider.online_store, self._config, self._reads) if self._is_redis() else None
 
     def _is_redis(self) -> bool:
         return getattr(self._config.online_store, "type", None) == "redis"
@@ -104,7 +104,7 @@ class OnlineLookup:
         """Columns of every view keyed by each join key, for that key's ids (the key column included)."""
         plans = {key: self._reads.get(key, []) for key in requests}
         if self._redis is not None:
-            rows = self._redis.read({key: (ids, plans[key]) for key, ids in requests.items()})
+            rows = self._redis.read(requests)
         else:
             rows = {key: [self._online_read(read, key, ids) for read in plans[key]] for key, ids in requests.items()}
         out: dict[str, dict[str, Any]] = {}
@@ -128,7 +128,7 @@ class OnlineLookup:
 def _plan(view: FeatureView, features: list[str]) -> _ViewRead:
     (join_key,) = [column.name for column in view.entity_columns]
     vector = view.name if is_knowledge_view(view) and view.name in features else None
-    dim = next((f.vector_length for f in view.features if f.name == view.name), 0) if vector else 0
+    dim = vector_dim(view) if vector else 0
     return _ViewRead(view=view, join_key=join_key, features=tuple(features), vector=vector, dim=dim)
 
 
@@ -142,14 +142,13 @@ def _entity_keys(join_key: str, ids: Sequence[int]) -> list[Any]:
 class _RedisReader:
     """All views of all requested entities in one Redis pipeline, with Feast's own keys and field hashes."""
 
-    def __init__(self, online_store: Any, config: Any) -> None:
-        from feast.infra.online_stores.redis import _versioned_fv_name
-
+    def __init__(self, online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> None:
         self._store = online_store
         self._config = config
         self._client = online_store._get_client(config.online_store)
-        self._fields: dict[str, list[bytes | str]] = {}
-        self._versioned_name = lambda view: _versioned_fv_name(view, config)
+        self._reads = reads
+        # One HMGET per entity asks for the fields of all that entity's views, in plan order.
+        self._fields = {key: [f for read in plan for f in self._hash_fields(read)] for key, plan in reads.items()}
         # Serializing an entity key costs more than fetching it; candidate ids repeat across requests.
         self.redis_key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._redis_key)
 
@@ -157,56 +156,51 @@ class _RedisReader:
         (key,) = self._store._generate_redis_keys_for_entities(self._config, _entity_keys(join_key, [entity_id]))
         return key
 
-    def _fields_for(self, reads: list[_ViewRead]) -> list[bytes | str]:
-        cache_key = ",".join(r.view.name for r in reads)
-        if cache_key not in self._fields:
-            fields: list[bytes | str] = []
-            for read in reads:
-                _names, hashes = self._store._generate_hset_keys_for_features(
-                    read.view, list(read.features), fv_name_override=self._versioned_name(read.view)
-                )
-                fields.extend(hashes[:-1])  # the last one is the view's timestamp field: not needed here
-            self._fields[cache_key] = fields
-        return self._fields[cache_key]
+    def _hash_fields(self, read: _ViewRead) -> list[bytes | str]:
+        from feast.infra.online_stores.redis import _versioned_fv_name
 
-    def read(self, requests: dict[str, tuple[list[int], list[_ViewRead]]]) -> dict[str, list[Rows]]:
-        from feast.protos.feast.types.Value_pb2 import Value
+        _names, hashes = self._store._generate_hset_keys_for_features(
+            read.view, list(read.features), fv_name_override=_versioned_fv_name(read.view, self._config)
+        )
+        return hashes[:-1]  # the last one is the view's timestamp field: not needed here
 
-        commands = []
-        for join_key, (ids, reads) in requests.items():
-            keys = [self.redis_key(join_key, i) for i in ids]
-            commands.append((keys, self._fields_for(reads)))
+    def read(self, requests: dict[str, list[int]]) -> dict[str, list[Rows]]:
+        """Per join key, one list of rows per planned view, for that key's ids."""
         with self._client.pipeline(transaction=False) as pipe:
-            for keys, fields in commands:
-                for key in keys:
-                    pipe.hmget(key, fields)
+            for join_key, ids in requests.items():
+                fields = self._fields.get(join_key, [])
+                for entity_id in ids:
+                    pipe.hmget(self.redis_key(join_key, entity_id), fields)
             replies = iter(pipe.execute())
         out: dict[str, list[Rows]] = {}
-        for join_key, (ids, reads) in requests.items():
+        for join_key, ids in requests.items():
             per_entity = [next(replies) for _ in ids]
             views: list[Rows] = []
             offset = 0
-            for read in reads:
-                rows: Rows = []
-                for values in per_entity:
-                    chunk = values[offset : offset + len(read.features)]
-                    if all(v is None for v in chunk):
-                        rows.append(None)
-                        continue
-                    row: dict[str, Any] = {}
-                    for name, raw in zip(read.features, chunk, strict=True):
-                        if name == read.vector and raw and (floats := packed_floats(raw, read.dim)) is not None:
-                            row[name] = floats
-                            continue
-                        value = Value()
-                        if raw:
-                            value.ParseFromString(raw)
-                        row[name] = value
-                    rows.append(row)
-                views.append(rows)
-                offset += len(read.features)
+            for read in self._reads.get(join_key, []):
+                width = len(read.features)
+                views.append([_row(read, values[offset : offset + width]) for values in per_entity])
+                offset += width
             out[join_key] = views
         return out
+
+
+def _row(read: _ViewRead, raws: list[bytes | None]) -> dict[str, Any] | None:
+    """One entity's raw hash values for one view, decoded; None when the entity has none of them."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    if all(raw is None for raw in raws):
+        return None
+    row: dict[str, Any] = {}
+    for name, raw in zip(read.features, raws, strict=True):
+        if name == read.vector and raw and (floats := packed_floats(raw, read.dim)) is not None:
+            row[name] = floats
+            continue
+        value = Value()
+        if raw:
+            value.ParseFromString(raw)
+        row[name] = value
+    return row
 
 
 # Value.float_list_val is field 16, length-delimited: tag bytes 0x82 0x01; FloatList.val is field 1, packed (0x0A).

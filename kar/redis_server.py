@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,15 +23,9 @@ from pathlib import Path
 from types import TracebackType
 
 from kar.errors import EnvironmentProblem
+from kar.llm_server import free_port
 
 INSTALL_HINT = "install it with `apt-get install -y redis-server` (`make redis` does it)"
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
@@ -46,7 +39,7 @@ class RedisServer:
 
     def __init__(self, *, port: int | None = None, executable: str | None = None, start_timeout: float = 20.0) -> None:
         self.host = "127.0.0.1"
-        self.port = port or free_port()
+        self.port = port or free_port(self.host)
         self._executable = executable or shutil.which("redis-server")
         self._start_timeout = start_timeout
         self._dir: tempfile.TemporaryDirectory[str] | None = None

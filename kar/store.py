@@ -90,7 +90,6 @@ def _definitions_context(repo: Path, data_dir: Path, offline_store: str) -> Iter
 
 def profile_path(repo: Path, profile: str | None = None) -> Path:
     """``feature_store.yaml``, or ``feature_store.<profile>.yaml`` for a named profile (e.g. ``spark``)."""
-    profile = profile or os.environ.get(PROFILE_ENV)
     path = repo / (f"feature_store.{profile}.yaml" if profile else "feature_store.yaml")
     if not path.is_file():
         known = sorted(p.name for p in repo.glob("feature_store*.yaml"))
@@ -167,8 +166,9 @@ def is_knowledge_view(view: Any) -> bool:
     return view.tags.get(key) == value
 
 
-def _vector_field(view: Any) -> Any:
-    return next(field for field in view.features if field.name == view.name)
+def vector_dim(view: Any) -> int:
+    """The declared ``vector_length`` of a knowledge view's vector feature (named like the view)."""
+    return next(field.vector_length for field in view.features if field.name == view.name)
 
 
 def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
@@ -180,7 +180,7 @@ def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
     for view in store.list_feature_views():
         if not is_knowledge_view(view):
             continue
-        expected = _vector_field(view).vector_length
+        expected = vector_dim(view)
         path = Path(view.batch_source.path)
         if not path.is_dir():
             raise DataError(f"{path}: table of feature view {view.name!r} is missing; run `kar encode` or apply again")
@@ -298,17 +298,20 @@ def _same_timestamps(joined: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 def knowledge_dims(store: FeatureStore, projections: Sequence[Any]) -> dict[str, int]:
     """``{vector feature: dimension}`` of the knowledge views among ``projections``."""
     views = (store.get_feature_view(projection.name) for projection in projections)
-    return {view.name: _vector_field(view).vector_length for view in views if is_knowledge_view(view)}
+    return {view.name: vector_dim(view) for view in views if is_knowledge_view(view)}
 
 
 def fill_missing_knowledge(frame: pd.DataFrame, dims: dict[str, int]) -> pd.DataFrame:
     """Zeros and ``has_<view> = False`` where an entity has no knowledge vector (yet); vectors as float32 arrays.
 
     The same rule serves training frames and online lookups, so a ranker sees an unknown entity identically
-    offline and online.
+    offline and online. Views whose vector column ``frame`` does not hold (e.g. the item views in a user
+    lookup) are skipped.
     """
     frame = frame.copy()
     for name, dim in dims.items():
+        if name not in frame.columns:
+            continue
         flag = f"has_{name}"
         present = frame[name].map(lambda v: v is not None and not (np.isscalar(v) and pd.isna(v)))
         zeros = np.zeros(dim, dtype=np.float32)
@@ -318,7 +321,7 @@ def fill_missing_knowledge(frame: pd.DataFrame, dims: dict[str, int]) -> pd.Data
     return frame
 
 
-def _feature_refs(store: FeatureStore, projections: Sequence[Any], *, entity: str) -> list[str]:
+def feature_refs(store: FeatureStore, projections: Sequence[Any], *, entity: str) -> list[str]:
     """``view:feature`` references of the service's views keyed by ``entity``."""
     return [
         f"{projection.name}:{feature.name}"
@@ -333,12 +336,9 @@ def online_features(
 ) -> dict[str, pd.DataFrame]:
     """Serving-time lookup: the user's row and one row per candidate item from the online store."""
     projections = store.get_feature_service(service).feature_view_projections
-    user_refs = _feature_refs(store, projections, entity="user")
-    item_refs = _feature_refs(store, projections, entity="item")
+    user_refs = feature_refs(store, projections, entity="user")
+    item_refs = feature_refs(store, projections, entity="item")
     user = store.get_online_features(features=user_refs, entity_rows=[{"user_id": int(user_id)}]).to_df()
     items = store.get_online_features(features=item_refs, entity_rows=[{"item_id": int(i)} for i in item_ids]).to_df()
     dims = knowledge_dims(store, projections)
-    return {
-        "user": fill_missing_knowledge(user, {k: v for k, v in dims.items() if k in user.columns}),
-        "items": fill_missing_knowledge(items, {k: v for k, v in dims.items() if k in items.columns}),
-    }
+    return {"user": fill_missing_knowledge(user, dims), "items": fill_missing_knowledge(items, dims)}

@@ -116,11 +116,11 @@ def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
 
 def _ways(feature_store: Any, service: str) -> dict[str, Callable[[int, list[int]], Any]]:
     from kar.online import OnlineLookup
-    from kar.store import _feature_refs
+    from kar.store import feature_refs
 
     projections = feature_store.get_feature_service(service).feature_view_projections
-    user_refs = _feature_refs(feature_store, projections, entity="user")
-    item_refs = _feature_refs(feature_store, projections, entity="item")
+    user_refs = feature_refs(feature_store, projections, entity="user")
+    item_refs = feature_refs(feature_store, projections, entity="item")
 
     def feast(user_id: int, item_ids: list[int]) -> Any:
         user = feature_store.get_online_features(features=user_refs, entity_rows=[{"user_id": user_id}])
