@@ -8,7 +8,9 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test llm-env redis lint clean
 
-$(STAMP): pyproject.toml
+# Top-level __init__ files too: the editable install records which packages exist (a folder that gains an
+# __init__.py after install stays a namespace package and its imports fail).
+$(STAMP): pyproject.toml $(wildcard */__init__.py)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (e.g. apt-get install python3.11-venv)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -20,9 +20,7 @@ T = TypeVar("T")
 NestedBuilder = Callable[[Any, str], Any]
 
 
-def from_mapping(
-    cls: type[T], raw: object, *, where: str, nested: Mapping[str, NestedBuilder] | None = None
-) -> T:
+def from_mapping(cls: type[T], raw: object, *, where: str, nested: Mapping[str, NestedBuilder] | None = None) -> T:
     """Build dataclass ``cls`` from ``raw``, rejecting unknown or missing keys and wrongly typed values.
 
     Args:
@@ -45,9 +43,7 @@ def from_mapping(
     hints = typing.get_type_hints(cls)
     builders = nested or {}
     values = {
-        key: builders[key](value, f"{where}.{key}")
-        if key in builders
-        else coerce(value, hints[key], f"{where}.{key}")
+        key: builders[key](value, f"{where}.{key}") if key in builders else coerce(value, hints[key], f"{where}.{key}")
         for key, value in raw.items()
     }
     return cls(**values)

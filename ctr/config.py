@@ -17,13 +17,15 @@ Example (``deepfm_movielens-1m.yaml``)::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from adaptors import AdaptorConfig
 from ctr._mapping import from_mapping
 from ctr.features import FeatureSpec
 from kar.errors import DataError
@@ -78,6 +80,8 @@ class ExperimentConfig:
         train: Optimisation settings.
         seed: Seeds Python, numpy, torch and XGBoost; equal seeds give equal metrics.
         dataset: Name of the prepared dataset the experiment is meant for (informational for ``ctr``).
+        knowledge: Which dense fields are knowledge vectors and the adaptor that projects them before the
+            model reads them (None: dense fields go to the model as they are).
     """
 
     model: str
@@ -86,6 +90,46 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 2024
     dataset: str | None = None
+    knowledge: AdaptorConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.knowledge is None:
+            return
+        dense = {f.name for f in self.features.dense}
+        for name in self.knowledge.fields:
+            if name not in dense:
+                raise DataError(f"knowledge.fields: {name!r} is not a dense field of the feature spec")
+
+    @property
+    def knowledge_fields(self) -> tuple[str, ...]:
+        """The dense fields holding knowledge: the adaptor's, else those named ``*_knowledge`` (XGBoost)."""
+        if self.knowledge is not None:
+            return self.knowledge.fields
+        return tuple(f.name for f in self.features.dense if f.name.endswith("_knowledge"))
+
+    def with_knowledge(self, fields: Sequence[str] = (), *, adaptor: str | None = None) -> ExperimentConfig:
+        """This experiment reading only the knowledge ``fields`` (none: no knowledge), for ablations.
+
+        Args:
+            fields: Knowledge fields to keep (a subset of :attr:`knowledge_fields`).
+            adaptor: ``hea``, ``moe`` or ``mlp`` to adapt them, or None to feed the raw vectors (XGBoost). Sizes
+                and dropout are kept; expert counts are the variant's defaults when the variant changes.
+
+        Raises:
+            DataError: If a field is not one of this experiment's knowledge fields.
+        """
+        unknown = [name for name in fields if name not in self.knowledge_fields]
+        if unknown:
+            raise DataError(f"{unknown[0]!r} is not a knowledge field ({', '.join(self.knowledge_fields)})")
+        dense = tuple(f for f in self.features.dense if f.name in fields or f.name not in self.knowledge_fields)
+        knowledge = None
+        if fields and adaptor is not None:
+            base = self.knowledge or AdaptorConfig(fields=tuple(fields))
+            if adaptor != base.adaptor:
+                # Counts set for one variant (2 + 2 for hea) would turn mlp or moe back into it.
+                base = replace(base, shared_experts=None, specific_experts=None)
+            knowledge = replace(base, fields=tuple(fields), adaptor=adaptor)
+        return replace(self, features=replace(self.features, dense=dense), knowledge=knowledge)
 
     @classmethod
     def from_dict(cls, raw: Any, *, where: str = "config") -> ExperimentConfig:
@@ -101,6 +145,9 @@ class ExperimentConfig:
             nested={
                 "features": lambda value, path: FeatureSpec.from_dict(value, where=path),
                 "train": lambda value, path: from_mapping(TrainConfig, value, where=path),
+                "knowledge": lambda value, path: (
+                    None if value is None else from_mapping(AdaptorConfig, value, where=path)
+                ),
             },
         )
 
@@ -113,11 +160,17 @@ class ExperimentConfig:
             "features": self.features.to_dict(),
             "model_params": self.model_params,
             "train": asdict(self.train),
+            "knowledge": None if self.knowledge is None else _yaml_ready(asdict(self.knowledge)),
         }
 
     def save(self, path: Path) -> None:
         """Write the config as YAML."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _yaml_ready(value: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists: ``yaml.safe_dump`` cannot write tuples."""
+    return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
 
 
 def load_config(source: str | Path) -> ExperimentConfig:
@@ -130,9 +183,7 @@ def load_config(source: str | Path) -> ExperimentConfig:
     if not path.exists() and (BUNDLED_DIR / f"{source}.yaml").exists():
         path = BUNDLED_DIR / f"{source}.yaml"
     if not path.is_file():
-        raise DataError(
-            f"{source}: no such experiment file or bundled experiment ({', '.join(bundled_experiments())})"
-        )
+        raise DataError(f"{source}: no such experiment file or bundled experiment ({', '.join(bundled_experiments())})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

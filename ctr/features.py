@@ -112,9 +112,7 @@ class FeatureSpec:
         sparse_names = {f.name for f in self.sparse}
         for field in self.sequence:
             if field.share is not None and field.share not in sparse_names:
-                raise DataError(
-                    f"features: {field.name}.share names {field.share!r}, which is not a sparse field"
-                )
+                raise DataError(f"features: {field.name}.share names {field.share!r}, which is not a sparse field")
 
     @property
     def columns(self) -> list[str]:
@@ -175,9 +173,7 @@ class Encoder:
     Build one with :meth:`fit` on the train split; :meth:`transform` then encodes any split.
     """
 
-    def __init__(
-        self, *, spec: FeatureSpec, vocabs: Mapping[str, Sequence[str]], dense_dims: Mapping[str, int]
-    ):
+    def __init__(self, *, spec: FeatureSpec, vocabs: Mapping[str, Sequence[str]], dense_dims: Mapping[str, int]):
         """Create an encoder from learnt state (use :meth:`fit` or :meth:`load` instead of calling this).
 
         Args:
@@ -205,9 +201,7 @@ class Encoder:
             min_counts[field.name] = field.min_count
         for field in spec.sequence:
             seen = _counts(_keys(_flatten(frame[field.name], name=field.name)[0]))
-            counts[field.table] = (
-                counts[field.table].add(seen, fill_value=0) if field.table in counts else seen
-            )
+            counts[field.table] = counts[field.table].add(seen, fill_value=0) if field.table in counts else seen
             min_counts.setdefault(field.table, field.min_count)
         vocabs = {table: _vocabulary(counts[table], min_counts[table]) for table in counts}
         dense_dims = {field.name: _dense_dim(frame[field.name], field) for field in spec.dense}
@@ -223,23 +217,26 @@ class Encoder:
             dense=dict(self.dense_dims),
         )
 
-    def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def transform(self, frame: pd.DataFrame, *, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Encode ``frame`` to arrays keyed by field name.
 
         Sparse fields become int64 ``[n]``, sequence fields int64 ``[n, max_len]`` and dense fields float32
         ``[n, dim]``.
 
+        Args:
+            frame: Rows with the spec's columns.
+            skip: Dense fields the caller provides otherwise (their columns may be absent).
+
         Raises:
             DataError: If a column is absent or a dense vector has the wrong size or non-finite values.
         """
-        _require_columns(frame, self.spec.columns)
+        _require_columns(frame, [name for name in self.spec.columns if name not in skip])
         arrays = {f.name: self._ids(f.name, frame[f.name]) for f in self.spec.sparse}
         for field in self.spec.sequence:
             arrays[field.name] = self._sequence_ids(field, frame[field.name])
         for field in self.spec.dense:
-            arrays[field.name] = _dense_matrix(
-                frame[field.name], name=field.name, dim=self.dense_dims[field.name]
-            )
+            if field.name not in skip:
+                arrays[field.name] = dense_matrix(frame[field.name], name=field.name, dim=self.dense_dims[field.name])
         return arrays
 
     def save(self, path: Path) -> None:
@@ -287,9 +284,7 @@ class Encoder:
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str]) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise DataError(
-            f"training frame: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})"
-        )
+        raise DataError(f"training frame: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
 
 
 def _keys(values: pd.Series | pa.Array) -> pa.Array:
@@ -314,9 +309,7 @@ def _keys(values: pd.Series | pa.Array) -> pa.Array:
 def _counts(keys: pa.Array) -> pd.Series:
     """Occurrences of each non-null key."""
     counts = pc.value_counts(keys.drop_null())
-    return pd.Series(
-        counts.field("counts").to_numpy(), index=counts.field("values").to_pylist(), dtype=np.int64
-    )
+    return pd.Series(counts.field("counts").to_numpy(), index=counts.field("values").to_pylist(), dtype=np.int64)
 
 
 def _vocabulary(counts: pd.Series, min_count: int) -> list[str]:
@@ -362,7 +355,12 @@ def _dense_dim(values: pd.Series, field: DenseField) -> int:
     return dim
 
 
-def _dense_matrix(values: pd.Series, *, name: str, dim: int) -> np.ndarray:
+def dense_matrix(values: pd.Series, *, name: str, dim: int) -> np.ndarray:
+    """A column of ``dim``-sized vectors (null rows → zeros) as float32 ``[n, dim]``.
+
+    Raises:
+        DataError: Naming the row of a vector of another size or with a non-finite value.
+    """
     lists = _arrow_lists(values, name=name)
     lengths = pc.fill_null(pc.list_value_length(lists), dim).to_numpy()
     if (lengths != dim).any():

@@ -34,7 +34,8 @@ def planted_frame(
         n_rows: Number of CTR samples; the first 80% in time are train, then 10% val and 10% test.
         n_groups: Number of hidden user taste groups.
         dense_dim: If set, adds ``user_knowledge`` (float32 vectors carrying the group, null for ~10% of
-            rows) and ``has_user_knowledge``.
+            users), ``item_knowledge`` (carrying the item's primary genre, null for ~10% of items) and their
+            ``has_*`` flags, the columns the bundled experiments read.
         seed: Seed of the generator.
     """
     rng = np.random.default_rng(seed)
@@ -70,7 +71,8 @@ def planted_frame(
     frame = frame.join(_user_profiles(group, rng), on="user_id")
     frame = frame.join(_item_profiles(genre, rng), on="item_id")
     if dense_dim is not None:
-        frame = _add_knowledge(frame, group, n_groups=n_groups, dim=dense_dim, rng=rng)
+        frame = _add_knowledge(frame, "user", group, n_groups=n_groups, dim=dense_dim, rng=rng)
+        frame = _add_knowledge(frame, "item", genre, n_groups=len(GENRES), dim=dense_dim, rng=rng)
     return frame
 
 
@@ -127,14 +129,16 @@ def _item_profiles(genre: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _add_knowledge(
-    frame: pd.DataFrame, group: np.ndarray, *, n_groups: int, dim: int, rng: np.random.Generator
+    frame: pd.DataFrame, entity: str, group: np.ndarray, *, n_groups: int, dim: int, rng: np.random.Generator
 ) -> pd.DataFrame:
-    """A noisy per-user vector encoding the user's group, as LLM knowledge about the user would."""
+    """A noisy per-entity vector encoding its group, as LLM knowledge about the entity would."""
     centers = rng.normal(size=(n_groups, dim)).astype(np.float32)
     vectors = centers[group] + 0.5 * rng.normal(size=(len(group), dim)).astype(np.float32)
     has = rng.random(len(group)) >= 0.1
-    user = frame["user_id"].to_numpy() - 1
+    ids = frame[f"{entity}_id"].to_numpy() - 1
     return frame.assign(
-        user_knowledge=[vectors[u] if has[u] else None for u in user],
-        has_user_knowledge=has[user],
+        **{
+            f"{entity}_knowledge": [vectors[i] if has[i] else None for i in ids],
+            f"has_{entity}_knowledge": has[ids],
+        }
     )

@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from adaptors import save_adaptor
 from ctr.config import ExperimentConfig, TrainConfig, load_config
-from ctr.features import Encoder
-from ctr.frame import LABEL, split_frame
+from ctr.features import Encoder, dense_matrix
+from ctr.frame import LABEL, split_frame, task_labels
 from ctr.metrics import binary_metrics
-from ctr.models import build_model
+from ctr.models import KnowledgeAugmented, adapted_name, build_model, model_tasks
 from ctr.modules.embedding import Batch
 from ctr.progress import ProgressCallback, ProgressEvent
 from ctr.runs import CONFIG_FILE, ENCODER_FILE, TORCH_MODEL_FILE, prepare_run_dir, write_metrics
@@ -40,9 +41,25 @@ class Ranker:
     config: ExperimentConfig
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Click probabilities for the rows of ``frame`` (feature columns as in the training frame)."""
-        batch = to_tensors(self.encoder.transform(frame))
-        return predict(self.model, batch, batch_size=self.config.train.eval_batch_size)
+        """Click probabilities for the rows of ``frame`` (feature columns as in the training frame).
+
+        A knowledge field may come pre-adapted, as a ``<field>_adapted`` column (the serving views that
+        ``kar adapt export`` fills) instead of the raw vector; the adaptor is then skipped for it.
+        """
+        batch = to_tensors(self.encode(frame))
+        probs = predict(self.model, batch, batch_size=self.config.train.eval_batch_size)
+        return probs[:, 0] if probs.ndim == 2 else probs
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Model inputs for ``frame``: the encoder's arrays, with pre-adapted knowledge where the frame has it."""
+        knowledge = self.config.knowledge.fields if self.config.knowledge else ()
+        adapted = [name for name in knowledge if adapted_name(name) in frame.columns]
+        arrays = self.encoder.transform(frame, skip=adapted)
+        out_dim = self.config.knowledge.out_dim if self.config.knowledge else 0
+        for name in adapted:
+            column = adapted_name(name)
+            arrays[column] = dense_matrix(frame[column], name=column, dim=out_dim)
+        return arrays
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +92,9 @@ def train_torch(
     seed_everything(config.seed)
     splits = split_frame(frame)
     encoder = Encoder.fit(splits["train"], spec=config.features)
-    data = {name: to_tensors(encoder.transform(part), labels=part[LABEL]) for name, part in splits.items()}
-    model = build_model(config.model, layout=encoder.layout, **config.model_params)
+    model = build_model(config.model, layout=encoder.layout, knowledge=config.knowledge, **config.model_params)
+    tasks = model_tasks(model)
+    data = {name: to_tensors(encoder.transform(part), labels=task_labels(part, tasks)) for name, part in splits.items()}
     out_dir = prepare_run_dir(out_dir, config=config, encoder=encoder)
 
     with torch_threads(config.train.num_threads):
@@ -84,6 +102,9 @@ def train_torch(
         test = _evaluate(model, data["test"], batch_size=config.train.eval_batch_size)
 
     torch.save(model.state_dict(), out_dir / TORCH_MODEL_FILE)
+    if isinstance(model, KnowledgeAugmented) and config.knowledge is not None:
+        # On its own too, so `kar adapt export` needs neither the ranker nor its encoder.
+        save_adaptor(model.adaptor, config=config.knowledge, inputs=model.adaptor.inputs, run_dir=out_dir)
     n_train = len(splits["train"])
     metrics = {
         "model": config.model,
@@ -110,7 +131,7 @@ def load_ranker(run_dir: Path) -> Ranker:
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE)
     encoder = Encoder.load(run_dir / ENCODER_FILE)
-    model = build_model(config.model, layout=encoder.layout, **config.model_params)
+    model = build_model(config.model, layout=encoder.layout, knowledge=config.knowledge, **config.model_params)
     model.load_state_dict(torch.load(run_dir / TORCH_MODEL_FILE, weights_only=True))
     model.eval()
     return Ranker(model=model, encoder=encoder, config=config)
@@ -134,17 +155,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_tensors(arrays: dict[str, np.ndarray], *, labels: pd.Series | None = None) -> Batch:
-    """Encoder output (and optional 0/1 labels) as a dict of tensors sharing memory with the arrays."""
+def to_tensors(arrays: dict[str, np.ndarray], *, labels: np.ndarray | None = None) -> Batch:
+    """Encoder output (and optional 0/1 labels) as a dict of tensors sharing memory with the arrays.
+
+    ``labels`` is ``[n, tasks]`` (:func:`ctr.frame.task_labels`); a single task's become ``[n]``, the shape of a
+    single-task model's logits.
+    """
     batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
     if labels is not None:
-        batch[LABEL] = torch.as_tensor(labels.to_numpy(dtype=np.float32))
+        labels = np.asarray(labels, dtype=np.float32)
+        batch[LABEL] = torch.from_numpy(labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels)
     return batch
 
 
 @torch.no_grad()
 def predict(model: nn.Module, batch: Batch, *, batch_size: int) -> np.ndarray:
-    """Click probabilities of every example of ``batch``, in eval mode (restores the previous mode)."""
+    """Probabilities ``[n]`` (``[n, tasks]`` for a multi-task model) of ``batch``, in eval mode."""
     was_training = model.training
     model.eval()
     probs = [torch.sigmoid(model(chunk)) for chunk in _batches(batch, batch_size=batch_size)]
@@ -153,7 +179,15 @@ def predict(model: nn.Module, batch: Batch, *, batch_size: int) -> np.ndarray:
 
 
 def _evaluate(model: nn.Module, data: Batch, *, batch_size: int) -> dict[str, float]:
-    return binary_metrics(data[LABEL].numpy(), predict(model, data, batch_size=batch_size))
+    """AUC and log loss of the click task (which selects the epoch), then ``<task>_auc``… of any other task."""
+    labels, probs = data[LABEL].numpy(), predict(model, data, batch_size=batch_size)
+    if probs.ndim == 1:
+        return binary_metrics(labels, probs)
+    scores = binary_metrics(labels[:, 0], probs[:, 0])
+    for i, task in enumerate(model_tasks(model)[1:], start=1):
+        if len(np.unique(labels[:, i])) == 2:
+            scores.update({f"{task}_{k}": v for k, v in binary_metrics(labels[:, i], probs[:, i]).items()})
+    return scores
 
 
 def _fit(
@@ -220,9 +254,7 @@ def _batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> It
 
 def _param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
     """Embedding tables get ``embedding_l2`` as weight decay, everything else ``weight_decay``."""
-    tables = {
-        id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()
-    }
+    tables = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
     embedding = [p for p in model.parameters() if id(p) in tables]
     other = [p for p in model.parameters() if id(p) not in tables]
     return [

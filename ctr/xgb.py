@@ -101,9 +101,7 @@ class _ReportRounds(xgb.callback.TrainingCallback):
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict[str, Any]) -> bool:
         val = {metric: float(values[-1]) for metric, values in evals_log["val"].items()}
-        self.progress(
-            ProgressEvent(model=MODEL_NAME, epoch=epoch + 1, epochs=self.rounds, step=1, steps=1, val=val)
-        )
+        self.progress(ProgressEvent(model=MODEL_NAME, epoch=epoch + 1, epochs=self.rounds, step=1, steps=1, val=val))
         return False
 
 
@@ -128,9 +126,7 @@ def train_xgboost(
     splits = split_frame(frame)
     encoder = Encoder.fit(splits["train"], spec=config.features)
     threads = config.train.num_threads
-    matrices = {
-        name: feature_matrix(encoder, part, params=params, nthread=threads) for name, part in splits.items()
-    }
+    matrices = {name: feature_matrix(encoder, part, params=params, nthread=threads) for name, part in splits.items()}
     out_dir = prepare_run_dir(out_dir, config=config, encoder=encoder)
 
     fit_started = time.perf_counter()
@@ -146,11 +142,7 @@ def train_xgboost(
     fit_seconds = time.perf_counter() - fit_started
     rounds_run = booster.num_boosted_rounds()
     best = booster[: booster.best_iteration + 1]
-    scores = {
-        name: binary_metrics(m.get_label(), best.predict(m))
-        for name, m in matrices.items()
-        if name != "train"
-    }
+    scores = {name: binary_metrics(m.get_label(), best.predict(m)) for name, m in matrices.items() if name != "train"}
 
     best.save_model(out_dir / XGBOOST_MODEL_FILE)
     n_train = len(splits["train"])
@@ -173,9 +165,7 @@ def train_xgboost(
     return metrics
 
 
-def feature_matrix(
-    encoder: Encoder, frame: pd.DataFrame, *, params: XGBoostParams, nthread: int
-) -> xgb.DMatrix:
+def feature_matrix(encoder: Encoder, frame: pd.DataFrame, *, params: XGBoostParams, nthread: int) -> xgb.DMatrix:
     """Flatten the encoded features of ``frame`` into a DMatrix (labels attached when ``frame`` has them)."""
     arrays = encoder.transform(frame)
     columns = {f.name: arrays[f.name] for f in encoder.spec.sparse}

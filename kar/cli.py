@@ -220,9 +220,21 @@ def demo(
         console.print(line, highlight=False)
     coverage = ", ".join(f"{view} {share:.0%}" for view, share in metrics["knowledge_coverage"].items())
     console.print(f"training rows with knowledge (point-in-time): {coverage}", highlight=False)
-    console.print("online lookup (kar.online, SQLite):", highlight=False)
+    for field, table in metrics["adapted_export"].items():
+        console.print(f"adapted export: {field} {table['rows']} vectors ({table['dim']}-d)", highlight=False)
+    console.print("online lookup (kar.online, SQLite, ranking_serving):", highlight=False)
     for line in online_lines(metrics["online_lookup"]):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+    ranking = metrics["online_ranking"]
+    ranked = ", ".join(
+        f"item {i['item_id']} {i['score']:.4f}{'' if i['has_knowledge'] else ' (no knowledge)'}"
+        for i in ranking["items"]
+    )
+    console.print(
+        f"DeepFM ranking for user {ranking['user_id']} from online features: {ranked} "
+        f"(max |online − raw-vector score| {ranking['max_abs_diff_vs_raw']:.1e})",
+        highlight=False,
+    )
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
 
 
@@ -332,6 +344,12 @@ def encode(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     kind: Annotated[list[str] | None, typer.Option(help="user | item; repeat for both (default: both).")] = None,
+    text: Annotated[
+        str,
+        typer.Option(
+            "--text", help="text (the LLM's answers) | prompt (the data the LLM was given: the no-LLM control)."
+        ),
+    ] = "text",
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """Encode LLM knowledge into vectors with sentence-transformers in Spark (long answers chunked, not cut).
@@ -350,12 +368,38 @@ def encode(
             model=model,
             batch_size=batch_size,
             kinds=kind or ["user", "item"],
+            text_column=text,
             master=master,
             progress=step,
         )
     for line in _encode_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"vectors → {out} (summary: {out / 'summary.json'})", highlight=False)
+
+
+adapt_app = typer.Typer(
+    help="The knowledge adaptor trained with a ranker (KAR's hybrid experts).", no_args_is_help=True
+)
+app.add_typer(adapt_app, name="adapt")
+
+
+@adapt_app.command("export")
+@friendly
+def adapt_export(
+    run: Annotated[Path, typer.Option(help="Ranker run trained with knowledge (`kar train --out`).")],
+    data: DataDir,
+    vectors: Annotated[Path | None, typer.Option(help="Encoded knowledge (default: DATA/vectors).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Adapted tables (default: DATA/adapted).")] = None,
+) -> None:
+    """Pre-store adapted knowledge: every user's and item's adapted vector into the Feast *_knowledge_adapted views.
+
+    Serving then reads 32-d vectors from the online store and runs no LLM, encoder or adaptor. Run
+    `kar feast materialize` afterwards to load them into the online store.
+    """
+    from kar.pipeline import run_adapt_export
+
+    for table in run_adapt_export(run_dir=run, data_dir=data, vectors_dir=vectors, out=out):
+        console.print(f"{table.field}: {table.rows} vectors ({table.dim}-d) → {table.path}", highlight=False)
 
 
 @llm_app.command("serve")
@@ -531,6 +575,97 @@ def bench_online_command(
     verdict = "met" if result["goal_met"] else "NOT met"
     worst = result["goal"]["worst_redis_p99_ms"]
     console.print(f"goal Redis p99 ≤ {GOAL_REDIS_P99_MS:g} ms: {verdict} (worst {worst} ms) → {out}", highlight=False)
+
+
+@bench_app.command("quality")
+@friendly
+def bench_quality_command(
+    dataset: Annotated[str, typer.Option(help="movielens-100k | movielens-1m (picks the bundled experiments).")],
+    out: Annotated[Path, typer.Option(help="Result folder: quality.json, quality.png, runs/.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Prepared folder with knowledge/ and vectors/ (default: runs/ml-100k|ml-1m)."),
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Backbone (repeatable; default all five).")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="Variant (repeatable; default all).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per model and variant.")] = 3,
+    jobs: Annotated[int | None, typer.Option(help="Runs at once, one core each (default: CPU count).")] = None,
+) -> None:
+    """Test AUC/LogLoss of every ranker without knowledge, with it, and ablations (adaptors, no-LLM control)."""
+    from kar.bench.quality import MODELS, VARIANTS, bench_quality
+
+    with steps() as step:
+        result = bench_quality(
+            dataset=dataset,
+            out=out,
+            data_dir=data,
+            models=model or MODELS,
+            variants=variant or [v.name for v in VARIANTS],
+            seeds=seeds,
+            jobs=jobs,
+            progress=step,
+        )
+    table = Table(title=f"{dataset}: test AUC (mean ± std over {seeds} seeds)")
+    for column in ("model", "variant", "test AUC", "Δ AUC vs none", "test LogLoss"):
+        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
+    for row in result["summary"]:
+        delta = row["delta_auc_mean"]
+        table.add_row(
+            row["model"],
+            row["variant"],
+            f"{row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f}",
+            "" if delta is None or row["variant"] == "none" else f"{delta:+.4f} ± {row['delta_auc_std']:.4f}",
+            f"{row['test_logloss_mean']:.4f} ± {row['test_logloss_std']:.4f}",
+        )
+    console.print(table)
+    console.print(f"→ {out / 'quality.json'}, {out / 'quality.png'}", highlight=False)
+
+
+@bench_app.command("train")
+@friendly
+def bench_train_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Prepared folder, or raw MovieLens-100K (default ../shared/data/ml-100k, prepared: --protocol kar).",
+        ),
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Measured epochs per side, alternating order.")] = 5,
+    threads: Annotated[int, typer.Option(help="torch CPU threads, both sides.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Training examples per step, both sides.")] = 1024,
+    fuxictr_workers: Annotated[int, typer.Option(help="FuxiCTR DataLoader worker processes.")] = 0,
+) -> None:
+    """Training throughput of our DeepFM vs FuxiCTR's (scratch venv) on the same data, batch size and threads."""
+    from kar.bench.train import bench_train
+
+    with steps() as step:
+        result = bench_train(
+            out=out,
+            data_dir=data,
+            rounds=rounds,
+            threads=threads,
+            batch_size=batch_size,
+            fuxictr_workers=fuxictr_workers,
+            progress=step,
+        )
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    auc = result["auc_after_rounds"]
+    console.print(
+        f"[bold]ratio ours/FuxiCTR[/] {result['ratio']} (goal ≥ {result['goal']:g}: {verdict})", highlight=False
+    )
+    console.print(
+        f"ours {result['ours_samples_per_s']:,.0f} samples/s · FuxiCTR {result['fuxictr_samples_per_s']:,.0f} "
+        f"samples/s · test AUC after {rounds} epochs: ours {auc['ours']['test']:.4f}, "
+        f"FuxiCTR {auc['fuxictr']['test']:.4f}",
+        highlight=False,
+    )
+    console.print(
+        f"{result['n_train']:,} train samples, batch {result['batch_size']}, {result['threads']} thread(s) → "
+        f"{out} ({result['plot']})",
+        highlight=False,
+    )
 
 
 def main() -> None:

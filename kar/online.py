@@ -57,6 +57,18 @@ class OnlineFeatures:
         """The items as a DataFrame (a vector column holds one float32 array per row)."""
         return pd.DataFrame({k: list(v) if getattr(v, "ndim", 1) == 2 else v for k, v in self.items.items()})
 
+    def candidates_frame(self, **context: Any) -> pd.DataFrame:
+        """One row per candidate item with the user's features repeated, plus request ``context`` columns.
+
+        This is the frame a ranker scores (``Ranker.predict``); ``context`` carries what the request knows and
+        the store does not, e.g. ``hist_item_ids=[...]``, the user's recent items.
+        """
+        frame = self.items_frame()
+        n = len(frame)
+        for name, value in {**self.user, **context}.items():
+            frame[name] = [value] * n if isinstance(value, list | tuple | np.ndarray) else value
+        return frame
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary: scalars as they are, vectors as ``"384-d [0.012, -0.034, 0.101, …]"``."""
         n_items = len(self.items.get("item_id", ()))

@@ -155,9 +155,12 @@ def run_demo(
         model: run_train(model=model, data_dir=data_dir, out=out / "models" / model, frame=frame, progress=step)
         for model in MODELS
     }
+    ranker_dir = out / "models" / "deepfm"
+    step("exporting adapted knowledge to Feast (KAR pre-storage)")
+    exported = run_adapt_export(run_dir=ranker_dir, data_dir=data_dir)
     step("materializing the online store")
     feature_store = store.materialize(data_dir=data_dir)
-    lookup = _sample_lookup(feature_store, frame)
+    lookup, ranking = _sample_ranking(feature_store, frame, ranker_dir=ranker_dir)
     metrics = {
         "dataset": "synthetic",
         "samples": summary["splits"],
@@ -166,7 +169,9 @@ def run_demo(
         "knowledge_coverage": _coverage(frame),
         "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
         "models": results,
+        "adapted_export": {table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
         "online_lookup": lookup.describe(),
+        "online_ranking": ranking,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -194,8 +199,15 @@ def _coverage(frame: Any) -> dict[str, float]:
     return {flag.removeprefix("has_"): round(float(frame[flag].mean()), 4) for flag in flags}
 
 
-def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> Any:
-    """Serving-time read of one test user (with knowledge when one has it) and ``n_items`` candidates."""
+def _sample_ranking(feature_store: Any, frame: Any, *, ranker_dir: Path, n_items: int = 3) -> tuple[Any, dict]:
+    """Rank ``n_items`` candidates for one test user from the online store, as serving would.
+
+    Features come from ``ranking_serving`` (profiles + the exported adapted vectors), so no encoder or adaptor
+    runs. The same candidates are also scored from ``ranking_training``'s raw vectors through the adaptor;
+    ``max_abs_diff_vs_raw`` shows the pre-stored path gives the same scores.
+    """
+    from ctr import load_ranker
+    from kar import store
     from kar.online import OnlineLookup
 
     test = frame[frame["split"] == "test"]
@@ -203,8 +215,23 @@ def _sample_lookup(feature_store: Any, frame: Any, n_items: int = 3) -> Any:
     with_knowledge = rows[rows["has_user_knowledge"]] if "has_user_knowledge" in rows else rows
     row = (with_knowledge if len(with_knowledge) else rows).iloc[0]
     item_ids: Sequence[int] = frame["item_id"].drop_duplicates().head(n_items).tolist()
-    # Raw knowledge until the adaptor issue fills the adapted views that ranking_serving reads.
-    return OnlineLookup(feature_store).fetch(user_id=int(row["user_id"]), item_ids=item_ids)
+    context = {"hist_item_ids": list(row["hist_item_ids"])}
+    ranker = load_ranker(ranker_dir)
+    served = OnlineLookup(feature_store, service=store.SERVING_SERVICE).fetch(
+        user_id=int(row["user_id"]), item_ids=item_ids
+    )
+    scores = ranker.predict(served.candidates_frame(**context))
+    raw = OnlineLookup(feature_store, service=store.TRAINING_SERVICE).fetch(
+        user_id=int(row["user_id"]), item_ids=item_ids
+    )
+    raw_scores = ranker.predict(raw.candidates_frame(**context))
+    flags = served.items.get("has_item_knowledge_adapted", [False] * len(item_ids))
+    ranked = sorted(zip(item_ids, scores.tolist(), flags, strict=True), key=lambda t: -t[1])
+    return served, {
+        "user_id": int(row["user_id"]),
+        "items": [{"item_id": int(i), "score": round(p, 6), "has_knowledge": bool(f)} for i, p, f in ranked],
+        "max_abs_diff_vs_raw": float(abs(scores - raw_scores).max()),
+    }
 
 
 @contextlib.contextmanager
@@ -302,6 +329,7 @@ def run_encode(
     model: str | None = None,
     batch_size: int = 64,
     kinds: Sequence[str] = ("user", "item"),
+    text_column: str = "text",
     master: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -314,6 +342,7 @@ def run_encode(
         model: sentence-transformers name or folder (default: the shipped all-MiniLM-L6-v2).
         batch_size: Texts per forward pass.
         kinds: ``user`` and/or ``item``.
+        text_column: ``text`` (the answers) or ``prompt`` (the data the LLM was given: the no-LLM control).
         master: Spark master (default: env or ``local[*]``).
         progress: Step callback.
 
@@ -327,9 +356,44 @@ def run_encode(
     knowledge_dir = knowledge_dir or data_dir / "knowledge"
     out = out or data_dir / "vectors"
     # Fails with the fix before the JVM starts (a typo should not cost ~10 s).
-    EncodeJob(knowledge_dir=knowledge_dir, out=out, model=model, kinds=tuple(kinds), batch_size=batch_size).check()
+    EncodeJob(
+        knowledge_dir=knowledge_dir,
+        out=out,
+        model=model,
+        kinds=tuple(kinds),
+        batch_size=batch_size,
+        text_column=text_column,
+    ).check()
     step("starting Spark")
     spark = get_spark(app_name="kar-encode", master=master)
     return encode_knowledge(
-        spark, knowledge_dir=knowledge_dir, out=out, model=model, batch_size=batch_size, kinds=kinds, progress=step
+        spark,
+        knowledge_dir=knowledge_dir,
+        out=out,
+        model=model,
+        batch_size=batch_size,
+        kinds=kinds,
+        text_column=text_column,
+        progress=step,
+    )
+
+
+def run_adapt_export(
+    *, run_dir: Path, data_dir: Path, vectors_dir: Path | None = None, out: Path | None = None
+) -> list[Any]:
+    """Write every user's and item's adapted knowledge vector for the Feast ``*_knowledge_adapted`` views.
+
+    Args:
+        run_dir: A ranker run trained with knowledge (``kar train`` output).
+        data_dir: Prepared folder; the defaults below live in it.
+        vectors_dir: Encoded knowledge (default ``data_dir/vectors``).
+        out: Adapted tables (default ``data_dir/adapted``, where Feast's adapted views read).
+
+    Returns:
+        One ``adaptors.export.ExportedTable`` per knowledge field.
+    """
+    from adaptors.export import export_adapted
+
+    return export_adapted(
+        run_dir=run_dir, vectors_dir=vectors_dir or data_dir / "vectors", out=out or data_dir / "adapted"
     )

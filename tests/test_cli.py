@@ -87,7 +87,12 @@ def test_demo_end_to_end(tmp_path, llm_base_url):
         encoded = metrics["encode"][kind]
         assert encoded["rows"] == metrics["knowledge"][kind]["status"]["ok"] and encoded["dim"] == 384, encoded
     assert 0 < metrics["knowledge_coverage"]["user_knowledge"] <= 1
-    lookup = metrics["online_lookup"]
-    assert lookup["user"]["occupation"] and lookup["user"]["has_user_knowledge"] is True
-    assert lookup["user"]["user_knowledge"].startswith("384-d [") and len(lookup["items"]) == 3
+    assert metrics["adapted_export"]["user_knowledge"]["dim"] == 32
+    assert metrics["adapted_export"]["user_knowledge"]["rows"] == metrics["encode"]["user"]["rows"]
+    lookup = metrics["online_lookup"]  # serving: profiles + the exported adapted vectors
+    assert lookup["user"]["occupation"] and lookup["user"]["has_user_knowledge_adapted"] is True
+    assert lookup["user"]["user_knowledge_adapted"].startswith("32-d [") and len(lookup["items"]) == 3
+    ranking = metrics["online_ranking"]
+    assert len(ranking["items"]) == 3 and ranking["max_abs_diff_vs_raw"] < 1e-5
+    assert "DeepFM ranking for user" in result.stdout
     assert "test AUC" in result.stdout and "user: user_id=" in result.stdout

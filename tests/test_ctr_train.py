@@ -26,6 +26,7 @@ def _experiment(model: str, *, dense: bool = False, **train: Any) -> ExperimentC
     config = load_config(f"{model}_synthetic")
     # The bundled batch size suits real data; tiny frames need more, smaller steps.
     config = replace(config, train=replace(config.train, **({"batch_size": 256, "lr": 1e-2} | train)))
+    config = config.with_knowledge()  # the knowledge path is tested in test_ctr_knowledge.py
     if not dense:
         return config
     features = replace(

@@ -2,7 +2,8 @@
 
 A model is an ``nn.Module`` whose keyword-only constructor takes ``layout`` (from the fitted encoder) plus
 its own hyper-parameters (the config's ``model_params``), and whose forward maps a batch dict to logits
-``[B]``. Adding DCNv2/MMOE/Wukong means one module here and one entry in ``MODELS``.
+``[B]``. A multi-task model (MMOE) has a ``tasks`` attribute and returns logits ``[B, T]``, task 0 being the
+click. Adding a model means one module here and one entry in ``MODELS``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from typing import Any
 
 from torch import nn
 
+from adaptors import AdaptorConfig, HybridExpertAdaptor
 from ctr.features import InputLayout
+from ctr.models.dcnv2 import DCNv2
 from ctr.models.deepfm import DeepFM
+from ctr.models.knowledge import KnowledgeAugmented, adapted_name, backbone_layout
+from ctr.models.mmoe import MMOE
+from ctr.models.wukong import Wukong
 from kar.errors import DataError
 
 MODELS: dict[str, type[nn.Module]] = {
     "deepfm": DeepFM,
+    "dcnv2": DCNv2,
+    "mmoe": MMOE,
+    "wukong": Wukong,
 }
 
 
@@ -36,14 +45,45 @@ def check_model_params(name: str, params: Mapping[str, Any]) -> None:
         raise DataError(f"model_params for {name}: {exc}") from None
 
 
-def build_model(name: str, *, layout: InputLayout, **params: Any) -> nn.Module:
+def build_model(name: str, *, layout: InputLayout, knowledge: AdaptorConfig | None = None, **params: Any) -> nn.Module:
     """Instantiate registered model ``name`` for ``layout`` with hyper-parameters ``params``.
 
+    Args:
+        name: A key of :data:`MODELS`.
+        layout: Table sizes and field wiring, from the fitted encoder.
+        knowledge: When set, the model is wrapped with a knowledge adaptor (:class:`KnowledgeAugmented`).
+        params: The model's hyper-parameters.
+
     Raises:
-        DataError: If the name is unknown or a parameter is not one the model takes.
+        DataError: If the name is unknown, a parameter is not one the model takes, or a knowledge field is not
+            a dense field.
     """
     check_model_params(name, params)
-    return MODELS[name](layout=layout, **params)
+    if knowledge is None:
+        return MODELS[name](layout=layout, **params)
+    backbone = MODELS[name](layout=backbone_layout(layout, knowledge), **params)
+    inputs = {field: layout.dense[field] for field in knowledge.fields}
+    try:
+        adaptor = HybridExpertAdaptor.from_config(knowledge, inputs=inputs)
+    except ValueError as exc:
+        raise DataError(f"knowledge: {exc}") from None
+    return KnowledgeAugmented(backbone=backbone, adaptor=adaptor)
 
 
-__all__ = ["MODELS", "DeepFM", "build_model", "check_model_params"]
+def model_tasks(model: nn.Module) -> tuple[str, ...]:
+    """The tasks ``model`` predicts, in output order: ``("click",)`` for a single-task ranker."""
+    return getattr(model, "tasks", None) or ("click",)
+
+
+__all__ = [
+    "MMOE",
+    "MODELS",
+    "DCNv2",
+    "DeepFM",
+    "KnowledgeAugmented",
+    "Wukong",
+    "adapted_name",
+    "build_model",
+    "check_model_params",
+    "model_tasks",
+]

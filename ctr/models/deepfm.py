@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ctr.features import InputLayout
-from ctr.modules import MLP, FactorizationMachine, FeatureEmbedding, LinearTerm, dense_inputs
+from ctr.modules import MLP, FactorizationMachine, FeatureEmbedding, LinearTerm, deep_input, deep_input_size
 from ctr.modules.embedding import Batch
 
 
@@ -42,13 +41,11 @@ class DeepFM(nn.Module):
         self.embedding = FeatureEmbedding(layout=layout, embedding_dim=embedding_dim)
         self.linear = LinearTerm(layout=layout)
         self.fm = FactorizationMachine()
-        dnn_in = self.embedding.num_fields * embedding_dim + sum(layout.dense.values())
-        self.dnn = MLP(
-            in_features=dnn_in, hidden=dnn_hidden, dropout=dropout, batch_norm=batch_norm, out_features=1
-        )
+        dnn_in = deep_input_size(self.embedding.num_fields, embedding_dim, layout)
+        self.dnn = MLP(in_features=dnn_in, hidden=dnn_hidden, dropout=dropout, batch_norm=batch_norm, out_features=1)
 
     def forward(self, batch: Batch) -> Tensor:
         """Return the click logit ``[B]`` (apply a sigmoid for probabilities)."""
         fields = self.embedding(batch)
-        dnn_input = torch.cat([fields.flatten(start_dim=1), *dense_inputs(batch, self.layout)], dim=1)
+        dnn_input = deep_input(fields, batch, self.layout)
         return self.linear(batch) + self.fm(fields) + self.dnn(dnn_input).squeeze(-1)

@@ -31,10 +31,7 @@ class FeatureEmbedding(nn.Module):
         self.layout = layout
         self.embedding_dim = embedding_dim
         self.tables = nn.ModuleDict(
-            {
-                name: nn.Embedding(rows, embedding_dim, padding_idx=UNKNOWN)
-                for name, rows in layout.tables.items()
-            }
+            {name: nn.Embedding(rows, embedding_dim, padding_idx=UNKNOWN) for name, rows in layout.tables.items()}
         )
         self.projections = nn.ModuleDict(
             {name: nn.Linear(dim, embedding_dim, bias=False) for name, dim in layout.dense.items()}
@@ -52,9 +49,7 @@ class FeatureEmbedding(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """Embed ``batch`` (field → ids ``[B]``, ids ``[B, L]`` or floats ``[B, dim]``) to ``[B, F, D]``."""
         sparse = [self.tables[table](batch[field]) for field, table in self.layout.sparse.items()]
-        pooled = [
-            _masked_mean(self.tables[table], batch[field]) for field, table in self.layout.sequence.items()
-        ]
+        pooled = [_masked_mean(self.tables[table], batch[field]) for field, table in self.layout.sequence.items()]
         projected = [self.projections[field](batch[field]) for field in self.layout.dense]
         return torch.stack([*sparse, *pooled, *projected], dim=1)
 
@@ -67,6 +62,20 @@ def _masked_mean(table: nn.Embedding, ids: Tensor) -> Tensor:
     """
     mask = (ids != UNKNOWN).unsqueeze(-1).to(table.weight.dtype)
     return (table(ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def deep_input(vectors: Tensor, batch: Batch, layout: InputLayout) -> Tensor:
+    """Vectors ``[B, n, d]`` flattened, then the raw dense vectors: what a model's deep (MLP) part reads.
+
+    Dense fields (knowledge) enter twice, projected among the field vectors and raw here, so a vector added by
+    config reaches the deep part whole.
+    """
+    return torch.cat([vectors.flatten(start_dim=1), *dense_inputs(batch, layout)], dim=1)
+
+
+def deep_input_size(num_vectors: int, embedding_dim: int, layout: InputLayout) -> int:
+    """Width of :func:`deep_input` for ``num_vectors`` vectors of ``embedding_dim``."""
+    return num_vectors * embedding_dim + sum(layout.dense.values())
 
 
 def dense_inputs(batch: Batch, layout: InputLayout) -> list[Tensor]:

@@ -73,6 +73,10 @@ PRUNE_STATS = StructType([StructField("dropped", LongType()), StructField("delet
 Progress = Callable[[str], None]
 
 
+# What can be encoded: the LLM's answer, or the prompt's data (the no-LLM control).
+TEXT_COLUMNS = ("text", "prompt")
+
+
 def _noop(_message: str) -> None:
     return None
 
@@ -92,6 +96,9 @@ class EncodeJob:
         flush_rows: Rows per written part: the most work a crash can lose per task.
         fault_nan_entity_ids: Fault injection for tests only: these entities' vectors are replaced by NaN
             after encoding, to exercise the non-finite quarantine with a real model.
+        text_column: The column encoded: ``text`` (the LLM's answer) or ``prompt`` (the data the LLM was given:
+            the no-LLM control of the quality benchmark). Rows are selected by the answer's status either way,
+            so both cover the same entities.
     """
 
     knowledge_dir: Path
@@ -103,6 +110,7 @@ class EncodeJob:
     threads: int | None = None
     flush_rows: int = DEFAULT_FLUSH_ROWS
     fault_nan_entity_ids: frozenset[int] = frozenset()
+    text_column: str = "text"
 
     def vectors(self, kind: str) -> PartTable:
         return PartTable(self.out / kind, schema=VECTOR_SCHEMA)
@@ -118,6 +126,8 @@ class EncodeJob:
         for name, value in (("tasks", self.tasks), ("threads", self.threads)):
             if value is not None and value < 1:
                 raise DataError(f"encode: {name} must be at least 1, got {value}")
+        if self.text_column not in TEXT_COLUMNS:
+            raise DataError(f"encode: text column {self.text_column!r} is not one of {', '.join(TEXT_COLUMNS)}")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             raise DataError(f"encode: unknown kind(s) {', '.join(unknown)}; use {' or '.join(KINDS)}")
@@ -143,7 +153,7 @@ def _require_table(knowledge_dir: Path, kind: str) -> Path:
     return path
 
 
-def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str) -> DataFrame:
+def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str, text_column: str = "text") -> DataFrame:
     """One kind's knowledge rows with ``entity_id``, ``text_hash`` and ``reason`` (null = encodable).
 
     Raises:
@@ -152,11 +162,11 @@ def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str) -> Da
     path = _require_table(knowledge_dir, kind)
     rows = spark.read.parquet(str(path))
     id_column = ID_COLUMNS[kind]
-    missing = [c for c in (id_column, "as_of", "status", "text") if c not in rows.columns]
+    missing = [c for c in (id_column, "as_of", "status", "text", text_column) if c not in rows.columns]
     if missing:
         fix = knowledge_fix(knowledge_dir, kind)
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
-    status, text = F.col("status"), F.col("text")
+    status, text = F.col("status"), F.col(text_column)
     reason = (
         F.when(F.col(id_column).isNull(), F.lit(f"missing {id_column}"))
         .when(F.col("as_of").isNull(), F.lit("missing as_of"))
@@ -378,7 +388,7 @@ def encode_kind(
     """
     step = progress or _noop
     started = time.perf_counter()
-    rows = read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind).cache()
+    rows = read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column).cache()
     by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
     n_input = sum(by_reason.values())
     rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
@@ -489,6 +499,7 @@ def encode_knowledge(
     threads: int | None = None,
     flush_rows: int = DEFAULT_FLUSH_ROWS,
     fault_nan_entity_ids: Sequence[int] = (),
+    text_column: str = "text",
     progress: Progress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
@@ -511,11 +522,14 @@ def encode_knowledge(
         threads=threads,
         flush_rows=flush_rows,
         fault_nan_entity_ids=frozenset(int(i) for i in fault_nan_entity_ids),
+        text_column=text_column,
     )
     job.check()
     ref = resolve_model(model)
     for kind in job.kinds:
-        read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind)  # every table's columns, before any work
+        read_knowledge(
+            spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column
+        )  # every table's columns, before any work
     summaries = {}
     for kind in job.kinds:
         summary = encode_kind(spark, kind=kind, job=job, ref=ref, progress=progress)

@@ -1,0 +1,147 @@
+"""KAR's pre-storage: every user's and item's adapted knowledge vector, written where Feast's adapted views read.
+
+``kar adapt export --run RUN --data DATA`` reads the encoded knowledge (``DATA/vectors/<kind>``), passes each
+vector through the adaptor a ranker run trained and writes ``DATA/adapted/<kind>`` (the tables behind
+``user_knowledge_adapted`` / ``item_knowledge_adapted``). Serving then reads 32-d vectors from the online store
+and runs neither the LLM, nor the encoder, nor the adaptor.
+
+Every cutoff (``as_of``) of an entity is exported, so the adapted views stay point-in-time correct. A folder is
+replaced as a whole: the new table is written beside it and swapped in, so a crash leaves the old export.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from adaptors.artifact import load_adaptor
+from adaptors.hea import HybridExpertAdaptor
+from kar.errors import DataError
+from spark_jobs.encoding.schema import VECTOR_SCHEMA
+
+KNOWLEDGE_SUFFIX = "_knowledge"
+BATCH_ROWS = 8192
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportedTable:
+    """What one knowledge field's export wrote.
+
+    Attributes:
+        field: Knowledge field (e.g. ``user_knowledge``).
+        path: The adapted table folder.
+        rows: Vectors written (one per entity and cutoff).
+        dim: Size of the adapted vectors.
+    """
+
+    field: str
+    path: Path
+    rows: int
+    dim: int
+
+
+def field_kind(field: str) -> str:
+    """``user_knowledge`` → ``user``: the vector table a knowledge field is read from.
+
+    Raises:
+        DataError: If the field does not follow the ``<kind>_knowledge`` naming of the Feast views.
+    """
+    if not field.endswith(KNOWLEDGE_SUFFIX):
+        raise DataError(f"knowledge field {field!r}: expected <kind>{KNOWLEDGE_SUFFIX} (a Feast knowledge view)")
+    return field.removesuffix(KNOWLEDGE_SUFFIX)
+
+
+def export_adapted(*, run_dir: Path, vectors_dir: Path, out: Path) -> list[ExportedTable]:
+    """Adapt every vector of ``vectors_dir/<kind>`` with the run's adaptor into ``out/<kind>``.
+
+    Args:
+        run_dir: A ranker run trained with a ``knowledge`` section (holds ``adaptor.json``/``adaptor.pt``).
+        vectors_dir: Encoded knowledge (``kar encode`` output).
+        out: Where the adapted tables go (``DATA/adapted`` for the Feast views).
+
+    Returns:
+        One entry per knowledge field of the run.
+
+    Raises:
+        DataError: If the run has no adaptor or a vector table is missing or of another size.
+    """
+    adaptor, config = load_adaptor(run_dir)
+    model = f"{config.adaptor}@{Path(run_dir).resolve().name}"
+    exported = []
+    for field in config.fields:
+        kind = field_kind(field)
+        source = Path(vectors_dir) / kind
+        if not source.is_dir():
+            raise DataError(f"{source}: no vectors for {field!r}; run `kar encode` first")
+        table = _latest_per_cutoff(pq.read_table(source, schema=VECTOR_SCHEMA))
+        adapted = _adapt(adaptor, field, table)
+        rows = _vector_table(table, adapted, kind=kind, model=model)
+        _replace_folder(Path(out) / kind, rows)
+        exported.append(ExportedTable(field=field, path=Path(out) / kind, rows=len(rows), dim=config.out_dim))
+    return exported
+
+
+def _latest_per_cutoff(table: pa.Table) -> pa.Table:
+    """One row per ``(entity_id, as_of)``: the newest encoding, the one Feast's views would resolve to."""
+    if len(table) == 0:
+        return table
+    ordered = table.sort_by([("entity_id", "ascending"), ("as_of", "ascending"), ("created_at", "descending")])
+    keys = ordered.select(["entity_id", "as_of"]).to_pandas()
+    first = ~keys.duplicated().to_numpy()
+    return ordered.filter(pa.array(first))
+
+
+def _adapt(adaptor: HybridExpertAdaptor, field: str, table: pa.Table) -> np.ndarray:
+    expected = adaptor.inputs[field]
+    if len(table) == 0:
+        return np.zeros((0, adaptor.out_dim), dtype=np.float32)
+    vectors = pc.list_flatten(table["vector"]).to_numpy().astype(np.float32)
+    if vectors.size != len(table) * expected:
+        raise DataError(f"{field}: vectors are not all {expected}-d, the size the adaptor was trained on")
+    vectors = vectors.reshape(len(table), expected)
+    with torch.no_grad():
+        parts = [
+            adaptor.adapt(field, torch.from_numpy(vectors[start : start + BATCH_ROWS])).numpy()
+            for start in range(0, len(vectors), BATCH_ROWS)
+        ]
+    return np.concatenate(parts)
+
+
+def _vector_table(source: pa.Table, adapted: np.ndarray, *, kind: str, model: str) -> pa.Table:
+    n, dim = adapted.shape
+    now = pa.scalar(datetime.now(UTC), type=VECTOR_SCHEMA.field("created_at").type)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(adapted.reshape(-1), type=pa.float32()), dim)
+    columns = {
+        "entity_id": source["entity_id"],
+        "kind": pa.array([kind] * n, type=pa.string()),
+        "as_of": source["as_of"],
+        "model": pa.array([model] * n, type=pa.string()),
+        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
+        "vector": vectors.cast(pa.list_(pa.float32())),
+        "n_chunks": source["n_chunks"],
+        "text_hash": source["text_hash"],
+        "has_knowledge": source["has_knowledge"],
+        "created_at": pa.array([now] * n, type=now.type),
+    }
+    return pa.table(columns, schema=VECTOR_SCHEMA)
+
+
+def _replace_folder(folder: Path, table: pa.Table) -> None:
+    """Swap ``folder`` for one holding only ``table``; the old folder survives a crash before the swap."""
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
+    staging.mkdir(parents=True)
+    pq.write_table(table, staging / "part-0.parquet")
+    retired = folder.with_name(f".{folder.name}.old.{uuid.uuid4().hex}")
+    if folder.exists():
+        folder.rename(retired)
+    staging.rename(folder)
+    shutil.rmtree(retired, ignore_errors=True)
