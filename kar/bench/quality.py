@@ -1,0 +1,333 @@
+"""``kar bench quality``: does LLM knowledge pay off in test AUC, and is it the LLM that pays?
+
+For every backbone (DeepFM, DCNv2, MMOE, Wukong, XGBoost) on one prepared dataset, the bundled experiment
+``<model>_<dataset>.yaml`` is trained under each variant, for several seeds:
+
+* ``none``: no knowledge;
+* ``user`` / ``item`` / ``both``: the LLM's user reasoning and/or item facts through the hybrid-expert adaptor;
+* ``both-mlp`` / ``both-moe``: the same knowledge through the ablation adaptors;
+* ``text``: the no-LLM control: the same encoder applied to the prompts' data (the profile and rated titles,
+  the item's title, year and genres, i.e. exactly what the LLM was given), through the same adaptor. The gap
+  between ``both`` and ``text`` is what the LLM adds beyond re-reading its input. KAR did not run this control.
+
+XGBoost reads the vectors raw (adaptor ``none``). Epochs are selected on validation AUC only; test is scored
+once per run. Every run is a ``kar train``-style folder under ``OUT/runs`` (a rerun reuses finished runs with
+the same config, so an interrupted benchmark resumes), and ``OUT/quality.json`` lists one result per run so
+the table can be recomputed; ``OUT/quality.png`` plots the AUC change against ``none`` per model and variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kar.bench.report import machine
+from kar.errors import DataError
+
+BOTH = ("user_knowledge", "item_knowledge")
+MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
+DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
+LLM, TEXT = "llm", "text"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One row of the ablation table.
+
+    Attributes:
+        name: Label in the table and the plot.
+        fields: Knowledge fields the ranker reads (none for the baseline).
+        adaptor: ``hea``, ``mlp`` or ``moe`` (XGBoost always reads raw vectors).
+        source: ``llm`` (the answers' vectors) or ``text`` (the prompts' vectors, the no-LLM control).
+    """
+
+    name: str
+    fields: tuple[str, ...] = ()
+    adaptor: str = "hea"
+    source: str = LLM
+
+    @property
+    def knowledge(self) -> str:
+        """``none``, ``user``, ``item`` or ``both``, as quality.json spells it."""
+        if not self.fields:
+            return "none"
+        return "both" if len(self.fields) == 2 else self.fields[0].removesuffix("_knowledge")
+
+
+VARIANTS = (
+    Variant(name="none"),
+    Variant(name="user", fields=("user_knowledge",)),
+    Variant(name="item", fields=("item_knowledge",)),
+    Variant(name="both", fields=BOTH),
+    Variant(name="both-mlp", fields=BOTH, adaptor="mlp"),
+    Variant(name="both-moe", fields=BOTH, adaptor="moe"),
+    Variant(name="text", fields=BOTH, source=TEXT),
+)
+# Trees have no adaptor: the ablations of the adaptor do not apply.
+XGBOOST_VARIANTS = ("none", "both", "text")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """One training run of the benchmark."""
+
+    model: str
+    variant: Variant
+    seed: int
+    dataset: str
+    run_dir: Path
+
+
+def _noop(_message: str) -> None:
+    return None
+
+
+def variants_for(model: str, names: Sequence[str]) -> list[Variant]:
+    chosen = [v for v in VARIANTS if v.name in names]
+    return [v for v in chosen if v.name in XGBOOST_VARIANTS] if model == "xgboost" else chosen
+
+
+def job_config(job: Job) -> Any:
+    """The bundled experiment of ``job.model`` on its dataset, reduced to the variant's knowledge."""
+    from ctr import load_config
+
+    config = load_config(f"{job.model}_{job.dataset}")
+    adaptor = None if job.model == "xgboost" else job.variant.adaptor
+    config = config.with_knowledge(job.variant.fields, adaptor=adaptor)
+    # One torch thread per run and one run per core: at these sizes a second thread mostly waits.
+    return replace(config, seed=job.seed, train=replace(config.train, num_threads=1))
+
+
+_FRAMES: dict[str, Any] = {}
+
+
+def _load_frames(paths: dict[str, str]) -> None:
+    import pandas as pd
+
+    _FRAMES.update({source: pd.read_pickle(path) for source, path in paths.items()})
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one run (or reuse a finished one with the same config) and return its quality.json entry."""
+    from ctr import load_config, train_experiment
+
+    config = job_config(job)
+    metrics_file = job.run_dir / "metrics.json"
+    if metrics_file.is_file() and load_config(job.run_dir / "config.yaml") == config:
+        metrics = json.loads(metrics_file.read_text())
+    else:
+        metrics = train_experiment(_FRAMES[job.variant.source], config, job.run_dir)
+    return {
+        "model": job.model,
+        "variant": job.variant.name,
+        "knowledge": job.variant.knowledge,
+        "adaptor": "none" if not job.variant.fields or job.model == "xgboost" else job.variant.adaptor,
+        "source": job.variant.source if job.variant.fields else None,
+        "seed": job.seed,
+        "val_auc": metrics["val"]["auc"],
+        "test_auc": metrics["test"]["auc"],
+        "test_logloss": metrics["test"]["logloss"],
+        "best_epoch": metrics.get("best_epoch", metrics.get("best_round")),
+        "seconds": metrics["seconds"],
+        "run": str(job.run_dir),
+    }
+
+
+def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
+    """``out``: the prepared tables of ``data_dir`` (linked) with vectors of the prompts instead of the answers.
+
+    Raises:
+        DataError: If ``data_dir`` has no ``knowledge/`` (the prompts come from the knowledge tables).
+    """
+    from kar.pipeline import run_encode
+
+    knowledge = data_dir / "knowledge"
+    if not (knowledge / "user").is_dir() or not (knowledge / "item").is_dir():
+        raise DataError(f"{knowledge}: no user/item knowledge tables; the text control encodes their prompts")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history"):
+        link = out / name
+        if not link.exists():
+            link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    (out / "summary.json").write_text((data_dir / "summary.json").read_text())
+    progress("encoding the prompts (no-LLM control)")
+    run_encode(data_dir=out, knowledge_dir=knowledge, text_column="prompt", progress=progress)
+    return out
+
+
+def _frames(data_dir: Path, out: Path, *, text: bool, progress: Progress) -> dict[str, Path]:
+    """Training frames (Feast, point-in-time) of the LLM vectors and, for the control, the prompt vectors."""
+    from kar import store
+
+    paths = {}
+    sources = {LLM: data_dir}
+    if text:
+        sources[TEXT] = control_folder(data_dir, out / "control", progress=progress)
+    for source, folder in sources.items():
+        progress(f"feast apply + point-in-time training frame ({source} vectors)")
+        store.apply(data_dir=folder)
+        paths[source] = out / "frames" / f"{source}.pkl"
+        paths[source].parent.mkdir(parents=True, exist_ok=True)
+        store.training_frame(data_dir=folder).to_pickle(paths[source])
+    return paths
+
+
+def _coverage(frame_path: Path) -> dict[str, dict[str, float]]:
+    import pandas as pd
+
+    frame = pd.read_pickle(frame_path)
+    return {
+        split: {
+            flag.removeprefix("has_"): round(float(part[flag].mean()), 4) for flag in part if flag.startswith("has_")
+        }
+        for split, part in frame.groupby("split")
+    }
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std per model and variant, and the AUC change against ``none`` paired by seed."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in results:
+        groups.setdefault((row["model"], row["variant"]), []).append(row)
+    rows = []
+    for (model, variant), runs in groups.items():
+        base = {r["seed"]: r["test_auc"] for r in groups.get((model, "none"), [])}
+        deltas = [r["test_auc"] - base[r["seed"]] for r in runs if r["seed"] in base]
+        rows.append(
+            {
+                "model": model,
+                "variant": variant,
+                "seeds": len(runs),
+                "test_auc_mean": statistics.mean(r["test_auc"] for r in runs),
+                "test_auc_std": _std([r["test_auc"] for r in runs]),
+                "test_logloss_mean": statistics.mean(r["test_logloss"] for r in runs),
+                "test_logloss_std": _std([r["test_logloss"] for r in runs]),
+                "delta_auc_mean": statistics.mean(deltas) if deltas else None,
+                "delta_auc_std": _std(deltas) if deltas else None,
+            }
+        )
+    return rows
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot(path: Path, summary: Sequence[dict[str, Any]], *, title: str) -> Path:
+    """Grouped bars: the test AUC change against ``none`` per model (groups) and variant (bars), ± std."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    variants = [v.name for v in VARIANTS if v.name != "none" and any(r["variant"] == v.name for r in summary)]
+    figure = Figure(figsize=(max(6.0, 1.6 * len(models) + 2), 4.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(variants), 1)
+    for i, variant in enumerate(variants):
+        rows = {r["model"]: r for r in summary if r["variant"] == variant and r["delta_auc_mean"] is not None}
+        xs = [m + (i - (len(variants) - 1) / 2) * width for m, name in enumerate(models) if name in rows]
+        means = [rows[name]["delta_auc_mean"] for name in models if name in rows]
+        stds = [rows[name]["delta_auc_std"] for name in models if name in rows]
+        axes.bar(xs, means, width, yerr=stds, capsize=2, label=variant, color=f"C{i}", alpha=0.8)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(models)), models)
+    axes.set_ylabel("test AUC − no-knowledge test AUC (mean ± std over seeds)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, ncols=min(len(variants), 3))
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def bench_quality(
+    *,
+    dataset: str,
+    out: Path,
+    data_dir: Path | None = None,
+    models: Sequence[str] = MODELS,
+    variants: Sequence[str] = tuple(v.name for v in VARIANTS),
+    seeds: int = 3,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train every model × variant × seed on ``dataset`` and write ``out/quality.json`` + ``quality.png``.
+
+    Args:
+        dataset: ``movielens-100k`` or ``movielens-1m`` (picks the bundled experiment YAMLs).
+        out: Result folder (runs, frames, the control's vectors, JSON and plot).
+        data_dir: Prepared folder (``kar prepare --protocol kar``) with ``knowledge/`` and ``vectors/``.
+        models: Backbones to train.
+        variants: Variant names (see :data:`VARIANTS`).
+        seeds: Seeds per model and variant (0, 1, …).
+        jobs: Runs trained at once, one core each (default: the CPU count).
+        progress: Step callback.
+
+    Returns:
+        The content of ``quality.json``.
+
+    Raises:
+        DataError: Unknown dataset/model/variant, or a data folder without what a variant needs.
+    """
+    from kar.pipeline import read_summary
+
+    step = progress or _noop
+    if dataset not in DATASETS:
+        raise DataError(f"dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    unknown = [m for m in models if m not in MODELS] + [v for v in variants if v not in {x.name for x in VARIANTS}]
+    if unknown:
+        raise DataError(f"unknown model or variant {unknown[0]!r}")
+    data_dir = data_dir or Path("runs") / DATASETS[dataset]
+    summary = read_summary(data_dir)
+    if summary["dataset"] != dataset:
+        raise DataError(f"{data_dir} holds {summary['dataset']}, not {dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    needs_text = any(v.source == TEXT for v in VARIANTS if v.name in variants)
+    frame_paths = _frames(data_dir, out, text=needs_text, progress=step)
+    coverage = {source: _coverage(path) for source, path in frame_paths.items()}
+    planned = [
+        Job(model=m, variant=v, seed=s, dataset=dataset, run_dir=out / "runs" / m / v.name / f"seed{s}")
+        for m in models
+        for v in variants_for(m, variants)
+        for s in range(seeds)
+    ]
+    results = _run_all(planned, frame_paths, jobs=jobs or os.cpu_count() or 1, progress=step)
+    result = {
+        "dataset": dataset,
+        "data": {"path": str(data_dir), "protocol": summary["split"]["protocol"], "notes": summary.get("notes", {})},
+        "knowledge_coverage": coverage,
+        "seeds": seeds,
+        "selection": "epoch (boosting round) with the best validation AUC; test scored once",
+        "results": sorted(results, key=lambda r: (r["model"], r["variant"], r["seed"])),
+        "summary": summarize(results),
+        "machine": machine(),
+    }
+    plot(out / "quality.png", result["summary"], title=f"Knowledge ablations on {dataset} ({seeds} seeds)")
+    (out / "quality.json").write_text(json.dumps({**result, "plot": "quality.png"}, indent=2, default=str) + "\n")
+    return result
+
+
+def _run_all(planned: Sequence[Job], frames: dict[str, Path], *, jobs: int, progress: Progress) -> list[dict]:
+    import multiprocessing
+
+    results = []
+    # spawn: a clean interpreter per worker (no inherited torch thread pools or JVM handles).
+    context = multiprocessing.get_context("spawn")
+    paths = {source: str(path) for source, path in frames.items()}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_load_frames, initargs=(paths,)) as pool:
+        futures = {pool.submit(run_job, job): job for job in planned}
+        for done, future in enumerate(as_completed(futures), start=1):
+            row = future.result()
+            results.append(row)
+            progress(
+                f"[{done}/{len(planned)}] {row['model']} {row['variant']} seed {row['seed']}: "
+                f"test AUC {row['test_auc']:.4f}"
+            )
+    return results

@@ -1,0 +1,100 @@
+"""``kar bench quality``: variant configs, the paired-by-seed summary, and one small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from kar.bench.quality import VARIANTS, Job, bench_quality, job_config, summarize, variants_for
+from kar.errors import DataError
+
+
+def _variant(name: str):
+    return next(v for v in VARIANTS if v.name == name)
+
+
+def _job(model: str, variant: str, seed: int = 0) -> Job:
+    return Job(model=model, variant=_variant(variant), seed=seed, dataset="movielens-100k", run_dir=Path("x"))
+
+
+def test_variant_configs_keep_only_the_chosen_knowledge() -> None:
+    none = job_config(_job("deepfm", "none", seed=2))
+    assert none.knowledge is None and [f.name for f in none.features.dense] == []
+    assert none.seed == 2 and none.train.num_threads == 1
+    user = job_config(_job("wukong", "user"))
+    assert user.knowledge.fields == ("user_knowledge",) and user.knowledge.adaptor == "hea"
+    assert [f.name for f in user.features.dense] == ["user_knowledge"]
+    moe = job_config(_job("dcnv2", "both-moe"))
+    assert moe.knowledge.fields == ("user_knowledge", "item_knowledge") and moe.knowledge.expert_counts == (4, 0)
+    # Trees read raw vectors: no adaptor, and no adaptor ablations.
+    xgb = job_config(_job("xgboost", "both"))
+    assert xgb.knowledge is None and [f.name for f in xgb.features.dense] == ["user_knowledge", "item_knowledge"]
+    assert [v.name for v in variants_for("xgboost", [v.name for v in VARIANTS])] == ["none", "both", "text"]
+
+
+def test_summary_pairs_the_auc_change_by_seed() -> None:
+    rows = [
+        {"model": "m", "variant": "none", "seed": 0, "test_auc": 0.70, "test_logloss": 0.6},
+        {"model": "m", "variant": "none", "seed": 1, "test_auc": 0.72, "test_logloss": 0.6},
+        {"model": "m", "variant": "both", "seed": 0, "test_auc": 0.71, "test_logloss": 0.5},
+        {"model": "m", "variant": "both", "seed": 1, "test_auc": 0.74, "test_logloss": 0.5},
+    ]
+    both = next(r for r in summarize(rows) if r["variant"] == "both")
+    assert both["seeds"] == 2
+    assert both["test_auc_mean"] == pytest.approx(0.725)
+    assert both["delta_auc_mean"] == pytest.approx(0.015)
+    assert both["delta_auc_std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
+
+
+def test_unknown_dataset_or_variant_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset 'ml-20m'"):
+        bench_quality(dataset="ml-20m", out=tmp_path)
+    with pytest.raises(DataError, match="unknown model or variant 'tiny'"):
+        bench_quality(dataset="movielens-100k", out=tmp_path, variants=["tiny"])
+
+
+@pytest.mark.spark
+def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: Path) -> None:
+    from tests.test_adapt_export import _vector_table
+
+    data = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, data, ignore=shutil.ignore_patterns("feast", "vectors", "adapted"))
+    summary = json.loads((data / "summary.json").read_text())
+    (data / "summary.json").write_text(json.dumps({**summary, "dataset": "movielens-100k"}))
+    cutoffs = pd.read_parquet(data / "knowledge_cutoffs")
+    items = sorted(pd.read_parquet(data / "items")["item_id"].tolist())
+    tables = {
+        "user": _vector_table(cutoffs["user_id"].tolist(), cutoffs["knowledge_cutoff"].tolist(), kind="user", seed=1),
+        "item": _vector_table(items, [pd.Timestamp("2000-01-01", tz="UTC")] * len(items), kind="item", seed=2),
+    }
+    for kind, table in tables.items():
+        (data / "vectors" / kind).mkdir(parents=True)
+        pq.write_table(table, data / "vectors" / kind / "part-0.parquet")
+
+    out = tmp_path / "bench"
+    result = bench_quality(
+        dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "both"], seeds=2, jobs=1
+    )
+    written = json.loads((out / "quality.json").read_text())
+    assert written["dataset"] == "movielens-100k" and (out / "quality.png").stat().st_size > 0
+    keys = {"model", "knowledge", "adaptor", "seed", "test_auc", "test_logloss"}
+    assert all(keys <= set(row) for row in written["results"])
+    assert sorted((r["knowledge"], r["adaptor"], r["seed"]) for r in written["results"]) == [
+        ("both", "hea", 0),
+        ("both", "hea", 1),
+        ("none", "none", 0),
+        ("none", "none", 1),
+    ]
+    assert written["knowledge_coverage"]["llm"]["train"]["user_knowledge"] > 0
+    assert [r["variant"] for r in result["summary"]].count("both") == 1
+    # A rerun reuses the finished runs (same configs) and gives the same numbers.
+    again = bench_quality(
+        dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "both"], seeds=2, jobs=1
+    )
+    assert [r["test_auc"] for r in again["results"]] == [r["test_auc"] for r in result["results"]]
