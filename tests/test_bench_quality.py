@@ -98,3 +98,7 @@ def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: P
         dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "both"], seeds=2, jobs=1
     )
     assert [r["test_auc"] for r in again["results"]] == [r["test_auc"] for r in result["results"]]
+    # LLM variants on a folder without vectors would train on zeros: refused, naming the folder.
+    shutil.rmtree(data / "vectors" / "user")
+    with pytest.raises(DataError, match=r"vectors: no training sample has user_knowledge; run `kar knowledge`"):
+        bench_quality(dataset="movielens-100k", out=tmp_path / "empty", data_dir=data, variants=["user"], seeds=1)

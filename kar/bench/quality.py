@@ -12,8 +12,9 @@ For every backbone (DeepFM, DCNv2, MMOE, Wukong, XGBoost) on one prepared datase
 
 XGBoost reads the vectors raw (adaptor ``none``). Epochs are selected on validation AUC only; test is scored
 once per run. Every run is a ``kar train``-style folder under ``OUT/runs`` (a rerun reuses finished runs with
-the same config, so an interrupted benchmark resumes), and ``OUT/quality.json`` lists one result per run so
-the table can be recomputed; ``OUT/quality.png`` plots the AUC change against ``none`` per model and variant.
+the same config and training frame, so an interrupted benchmark resumes), and ``OUT/quality.json`` lists one
+result per run so the table can be recomputed; ``OUT/quality.png`` plots the AUC change against ``none`` per
+model and variant.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ BOTH = ("user_knowledge", "item_knowledge")
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
 DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 LLM, TEXT = "llm", "text"
+# A finished run is reused only for the same config *and* the same training frame (its digest, in this file).
+INPUT_KEY_FILE = "bench-input.sha256"
 
 Progress = Callable[[str], None]
 
@@ -84,6 +87,7 @@ class Job:
     seed: int
     dataset: str
     run_dir: Path
+    data_key: str = ""
 
 
 def _noop(_message: str) -> None:
@@ -120,11 +124,13 @@ def run_job(job: Job) -> dict[str, Any]:
     from ctr import load_config, train_experiment
 
     config = job_config(job)
-    metrics_file = job.run_dir / "metrics.json"
-    if metrics_file.is_file() and load_config(job.run_dir / "config.yaml") == config:
+    metrics_file, key_file = job.run_dir / "metrics.json", job.run_dir / INPUT_KEY_FILE
+    reusable = metrics_file.is_file() and key_file.is_file() and key_file.read_text() == job.data_key
+    if reusable and load_config(job.run_dir / "config.yaml") == config:
         metrics = json.loads(metrics_file.read_text())
     else:
         metrics = train_experiment(_FRAMES[job.variant.source], config, job.run_dir)
+        key_file.write_text(job.data_key)
     return {
         "model": job.model,
         "variant": job.variant.name,
@@ -178,6 +184,16 @@ def _frames(data_dir: Path, out: Path, *, text: bool, progress: Progress) -> dic
         paths[source].parent.mkdir(parents=True, exist_ok=True)
         store.training_frame(data_dir=folder).to_pickle(paths[source])
     return paths
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _coverage(frame_path: Path) -> dict[str, dict[str, float]]:
@@ -292,8 +308,17 @@ def bench_quality(
     needs_text = any(v.source == TEXT for v in VARIANTS if v.name in variants)
     frame_paths = _frames(data_dir, out, text=needs_text, progress=step)
     coverage = {source: _coverage(path) for source, path in frame_paths.items()}
+    _require_knowledge(coverage[LLM], data_dir, [v for v in VARIANTS if v.name in variants])
+    keys = {source: _digest(path) for source, path in frame_paths.items()}
     planned = [
-        Job(model=m, variant=v, seed=s, dataset=dataset, run_dir=out / "runs" / m / v.name / f"seed{s}")
+        Job(
+            model=m,
+            variant=v,
+            seed=s,
+            dataset=dataset,
+            run_dir=out / "runs" / m / v.name / f"seed{s}",
+            data_key=keys[v.source] if v.source in keys else keys[LLM],
+        )
         for m in models
         for v in variants_for(m, variants)
         for s in range(seeds)
@@ -312,6 +337,21 @@ def bench_quality(
     plot(out / "quality.png", result["summary"], title=f"Knowledge ablations on {dataset} ({seeds} seeds)")
     (out / "quality.json").write_text(json.dumps({**result, "plot": "quality.png"}, indent=2, default=str) + "\n")
     return result
+
+
+def _require_knowledge(coverage: dict[str, dict[str, float]], data_dir: Path, variants: Sequence[Variant]) -> None:
+    """Refuse LLM-knowledge variants when no training sample joined any knowledge: they would train on zeros.
+
+    Raises:
+        DataError: Naming the vectors folder and the commands that fill it.
+    """
+    needed = {field for v in variants if v.source == LLM for field in v.fields}
+    empty = sorted(field for field in needed if not coverage.get("train", {}).get(field))
+    if empty:
+        raise DataError(
+            f"{data_dir / 'vectors'}: no training sample has {', '.join(empty)}; run `kar knowledge` and "
+            "`kar encode` on this folder first, or choose --variant none"
+        )
 
 
 def _run_all(planned: Sequence[Job], frames: dict[str, Path], *, jobs: int, progress: Progress) -> list[dict]:
