@@ -238,29 +238,48 @@ def _std(values: Sequence[float]) -> float:
 
 
 def plot(path: Path, summary: Sequence[dict[str, Any]], *, title: str) -> Path:
-    """Grouped bars: the test AUC change against ``none`` per model (groups) and variant (bars), ± std."""
+    """Two panels of grouped bars per model: test AUC per variant, and its change against ``none`` (± std)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in summary))
-    variants = [v.name for v in VARIANTS if v.name != "none" and any(r["variant"] == v.name for r in summary)]
-    figure = Figure(figsize=(max(6.0, 1.6 * len(models) + 2), 4.4), layout="constrained")
+    variants = [v.name for v in VARIANTS if any(r["variant"] == v.name for r in summary)]
+    figure = Figure(figsize=(max(10.0, 3.2 * len(models) + 2), 4.6), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / max(len(variants), 1)
-    for i, variant in enumerate(variants):
-        rows = {r["model"]: r for r in summary if r["variant"] == variant and r["delta_auc_mean"] is not None}
-        xs = [m + (i - (len(variants) - 1) / 2) * width for m, name in enumerate(models) if name in rows]
-        means = [rows[name]["delta_auc_mean"] for name in models if name in rows]
-        stds = [rows[name]["delta_auc_std"] for name in models if name in rows]
-        axes.bar(xs, means, width, yerr=stds, capsize=2, label=variant, color=f"C{i}", alpha=0.8)
-    axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(models)), models)
-    axes.set_ylabel("test AUC − no-knowledge test AUC (mean ± std over seeds)")
-    axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, ncols=min(len(variants), 3))
+    figure.suptitle(title, fontsize=11)
+    panels = (
+        ("test_auc", "test AUC (mean ± std over seeds)", variants),
+        ("delta_auc", "test AUC − no-knowledge test AUC", [v for v in variants if v != "none"]),
+    )
+    for index, (key, label, shown) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, 2, index)
+        _grouped_bars(axes, summary, models=models, variants=shown, key=key)
+        axes.set_ylabel(label)
+        if key == "delta_auc":
+            axes.axhline(0, color="black", linewidth=0.8)
+        else:
+            lows = [r["test_auc_mean"] - r["test_auc_std"] for r in summary]
+            axes.set_ylim(min(lows) - 0.01, max(r["test_auc_mean"] + r["test_auc_std"] for r in summary) + 0.01)
+        if shown:
+            axes.legend(fontsize=7, ncols=min(len(shown), 4))
     figure.savefig(path, dpi=110)
     return path
+
+
+def _grouped_bars(
+    axes: Any, summary: Sequence[dict[str, Any]], *, models: list[str], variants: list[str], key: str
+) -> None:
+    width = 0.8 / max(len(variants), 1)
+    for i, variant in enumerate(variants):
+        rows = {r["model"]: r for r in summary if r["variant"] == variant and r[f"{key}_mean"] is not None}
+        present = [(m, name) for m, name in enumerate(models) if name in rows]
+        xs = [m + (i - (len(variants) - 1) / 2) * width for m, _ in present]
+        means = [rows[name][f"{key}_mean"] for _, name in present]
+        stds = [rows[name][f"{key}_std"] for _, name in present]
+        # The same colour for a variant in both panels (the change panel has no ``none`` bar).
+        color = f"C{[v.name for v in VARIANTS].index(variant)}"
+        axes.bar(xs, means, width, yerr=stds, capsize=2, label=variant, color=color, alpha=0.8)
+    axes.set_xticks(range(len(models)), models)
 
 
 def bench_quality(
