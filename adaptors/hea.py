@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kar.errors import DataError
+
 ADAPTORS = ("hea", "moe", "mlp")
 # (shared, specific) expert counts of each variant when the config does not set them.
 DEFAULT_EXPERTS = {"hea": (2, 2), "moe": (4, 0), "mlp": (0, 1)}
@@ -55,9 +57,6 @@ class AdaptorConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        # Imported here: adaptors sit upstream of ctr, only the error type is shared.
-        from kar.errors import DataError
-
         if self.adaptor not in ADAPTORS:
             raise DataError(f"knowledge.adaptor: {self.adaptor!r} is not one of {', '.join(ADAPTORS)}")
         if not self.fields:

@@ -181,13 +181,17 @@ def online_lines(described: dict[str, Any]) -> list[str]:
 @app.command()
 @friendly
 def train(
-    model: Annotated[str, typer.Option(help="deepfm | xgboost")] = "deepfm",
+    model: Annotated[str, typer.Option(help="deepfm | dcnv2 | mmoe | wukong | xgboost")] = "deepfm",
     data: DataDir = Path("runs/prepared"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json and the model.")] = Path("runs/train"),
     config: Annotated[Path | None, typer.Option(help="Experiment YAML (default: shipped one).")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
 ) -> None:
-    """Train a ranker on the point-in-time Feast training frame; writes OUT/metrics.json."""
+    """Train a ranker on the point-in-time Feast training frame; writes OUT/metrics.json.
+
+    The bundled experiment (`<model>_<dataset>.yaml`) reads both knowledge views through the hybrid-expert
+    adaptor; `kar adapt export --run OUT` then pre-stores the adapted vectors for serving.
+    """
     from kar.pipeline import run_train
 
     with steps() as step:

@@ -17,7 +17,8 @@ from typing import Any
 from kar.errors import DataError
 
 Progress = Callable[[str], None]
-MODELS = ("deepfm", "xgboost")
+# The rankers the demo trains (every bundled model trains with `kar train`).
+DEMO_MODELS = ("deepfm", "xgboost")
 
 
 def _noop(_message: str) -> None:
@@ -153,7 +154,7 @@ def run_demo(
     frame = store.training_frame(data_dir=data_dir)
     results = {
         model: run_train(model=model, data_dir=data_dir, out=out / "models" / model, frame=frame, progress=step)
-        for model in MODELS
+        for model in DEMO_MODELS
     }
     ranker_dir = out / "models" / "deepfm"
     step("exporting adapted knowledge to Feast (KAR pre-storage)")
