@@ -12,9 +12,9 @@ replaced as a whole: the new table is written beside it and swapped in, so a cra
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from adaptors.artifact import load_adaptor
 from adaptors.hea import HybridExpertAdaptor
 from kar.errors import DataError
-from spark_jobs.encoding.schema import VECTOR_SCHEMA
+from spark_jobs.encoding.schema import VECTOR_SCHEMA, vector_table
 
 KNOWLEDGE_SUFFIX = "_knowledge"
 BATCH_ROWS = 8192
@@ -117,22 +117,16 @@ def _adapt(adaptor: HybridExpertAdaptor, field: str, table: pa.Table) -> np.ndar
 
 
 def _vector_table(source: pa.Table, adapted: np.ndarray, *, kind: str, model: str) -> pa.Table:
-    n, dim = adapted.shape
-    now = pa.scalar(datetime.now(UTC), type=VECTOR_SCHEMA.field("created_at").type)
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(adapted.reshape(-1), type=pa.float32()), dim)
-    columns = {
-        "entity_id": source["entity_id"],
-        "kind": pa.array([kind] * n, type=pa.string()),
-        "as_of": source["as_of"],
-        "model": pa.array([model] * n, type=pa.string()),
-        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
-        "vector": vectors.cast(pa.list_(pa.float32())),
-        "n_chunks": source["n_chunks"],
-        "text_hash": source["text_hash"],
-        "has_knowledge": source["has_knowledge"],
-        "created_at": pa.array([now] * n, type=now.type),
-    }
-    return pa.table(columns, schema=VECTOR_SCHEMA)
+    return vector_table(
+        entity_id=source["entity_id"].combine_chunks(),
+        as_of=source["as_of"].combine_chunks(),
+        vectors=adapted,
+        n_chunks=source["n_chunks"].combine_chunks(),
+        text_hash=source["text_hash"].combine_chunks(),
+        kind=kind,
+        model=model,
+        created_at_us=time.time_ns() // 1000,
+    )
 
 
 def _replace_folder(folder: Path, table: pa.Table) -> None:

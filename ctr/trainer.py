@@ -102,7 +102,7 @@ def train_torch(
         test = _evaluate(model, data["test"], batch_size=config.train.eval_batch_size)
 
     torch.save(model.state_dict(), out_dir / TORCH_MODEL_FILE)
-    if isinstance(model, KnowledgeAugmented) and config.knowledge is not None:
+    if isinstance(model, KnowledgeAugmented):
         # On its own too, so `kar adapt export` needs neither the ranker nor its encoder.
         save_adaptor(model.adaptor, config=config.knowledge, inputs=model.adaptor.inputs, run_dir=out_dir)
     n_train = len(splits["train"])

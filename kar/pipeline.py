@@ -167,7 +167,7 @@ def run_demo(
         "samples": summary["splits"],
         "knowledge": knowledge_summary,
         "encode": encode_summary,
-        "knowledge_coverage": _coverage(frame),
+        "knowledge_coverage": knowledge_coverage(frame),
         "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
         "models": results,
         "adapted_export": {table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
@@ -194,7 +194,7 @@ def _knowledge_sample(knowledge_dir: Path, *, user_id: Any) -> dict[str, Any] | 
     return {"user_id": int(row["user_id"]), "as_of": str(row["as_of"]), "text": row["text"]}
 
 
-def _coverage(frame: Any) -> dict[str, float]:
+def knowledge_coverage(frame: Any) -> dict[str, float]:
     """Share of training-frame rows that joined a knowledge vector, per knowledge view."""
     flags = [c for c in frame.columns if c.startswith("has_")]
     return {flag.removeprefix("has_"): round(float(frame[flag].mean()), 4) for flag in flags}

@@ -199,13 +199,10 @@ def _digest(path: Path) -> str:
 def _coverage(frame_path: Path) -> dict[str, dict[str, float]]:
     import pandas as pd
 
+    from kar.pipeline import knowledge_coverage
+
     frame = pd.read_pickle(frame_path)
-    return {
-        split: {
-            flag.removeprefix("has_"): round(float(part[flag].mean()), 4) for flag in part if flag.startswith("has_")
-        }
-        for split, part in frame.groupby("split")
-    }
+    return {split: knowledge_coverage(part) for split, part in frame.groupby("split")}
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

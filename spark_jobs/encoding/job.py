@@ -46,7 +46,7 @@ from spark_jobs.encoding.model import (
     set_threads,
 )
 from spark_jobs.encoding.parts import PartTable
-from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA
+from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA, vector_table
 from spark_jobs.knowledge.job import write_summary
 
 KINDS: tuple[str, ...] = ("user", "item")
@@ -190,22 +190,16 @@ def _now(n: int) -> pa.Array:
 
 
 def _vector_rows(frame: pd.DataFrame, vectors: np.ndarray, n_chunks: np.ndarray, *, kind: str, model: str) -> pa.Table:
-    n, dim = vectors.shape
-    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
-    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-    columns = {
-        "entity_id": pa.array(frame["entity_id"].to_numpy(), pa.int64()),
-        "kind": pa.array([kind] * n, pa.string()),
-        "as_of": pa.array(frame["as_of_us"].to_numpy(), pa.int64()).cast(UTC_MICROS),
-        "model": pa.array([model] * n, pa.string()),
-        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
-        "vector": pa.ListArray.from_arrays(offsets, values),
-        "n_chunks": pa.array(n_chunks, pa.int32()),
-        "text_hash": pa.array(frame["text_hash"].to_numpy(), pa.string()),
-        "has_knowledge": pa.array(np.ones(n, dtype=bool)),
-        "created_at": _now(n),
-    }
-    return pa.table(columns, schema=VECTOR_SCHEMA)
+    return vector_table(
+        entity_id=pa.array(frame["entity_id"].to_numpy(), pa.int64()),
+        as_of=pa.array(frame["as_of_us"].to_numpy(), pa.int64()),
+        vectors=vectors,
+        n_chunks=pa.array(n_chunks, pa.int32()),
+        text_hash=pa.array(frame["text_hash"].to_numpy(), pa.string()),
+        kind=kind,
+        model=model,
+        created_at_us=time.time_ns() // 1000,
+    )
 
 
 def _non_finite_rows(frame: pd.DataFrame, *, kind: str, model: str) -> pa.Table:

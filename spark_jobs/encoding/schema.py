@@ -5,6 +5,7 @@ Timestamps are microseconds with a UTC zone: Feast's Spark offline store rejects
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
@@ -40,3 +41,33 @@ QUARANTINE_SCHEMA = pa.schema(
         ("created_at", UTC_MICROS),
     ]
 )
+
+
+def vector_table(
+    *,
+    entity_id: pa.Array,
+    as_of: pa.Array,
+    vectors: np.ndarray,
+    n_chunks: pa.Array,
+    text_hash: pa.Array,
+    kind: str,
+    model: str,
+    created_at_us: int,
+) -> pa.Table:
+    """Rows of :data:`VECTOR_SCHEMA`: one ``[n, dim]`` matrix of vectors with their keys, all created at once."""
+    n, dim = vectors.shape
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    columns = {
+        "entity_id": entity_id.cast(pa.int64()),
+        "kind": pa.array([kind] * n, pa.string()),
+        "as_of": as_of.cast(UTC_MICROS),
+        "model": pa.array([model] * n, pa.string()),
+        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
+        "vector": pa.ListArray.from_arrays(offsets, values),
+        "n_chunks": n_chunks.cast(pa.int32()),
+        "text_hash": text_hash.cast(pa.string()),
+        "has_knowledge": pa.array(np.ones(n, dtype=bool)),
+        "created_at": pa.array(np.full(n, created_at_us, dtype=np.int64)).cast(UTC_MICROS),
+    }
+    return pa.table(columns, schema=VECTOR_SCHEMA)
