@@ -239,7 +239,22 @@ def demo(
         f"(max |online − raw-vector score| {ranking['max_abs_diff_vs_raw']:.1e})",
         highlight=False,
     )
+    for line in service_lines(metrics["service"]):
+        console.print(line, highlight=False)
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
+
+
+def service_lines(served: dict[str, Any]) -> list[str]:
+    """The demo's HTTP ranking: what `kar serve` answered and how it compares with in-process scoring."""
+    ranked = ", ".join(
+        f"item {i['item_id']} {i['score']:.4f}{' (fallback)' if i['fallback'] else ''}" for i in served["items"]
+    )
+    return [
+        f"kar serve (started in {served['start_seconds']} s, stopped after one request): POST /rank user "
+        f"{served['request']['user_id']} → {served['status']}: {ranked}",
+        f"  Server-Timing {served['server_timing']}; max |HTTP − in-process score| "
+        f"{served['max_abs_diff_vs_in_process']:.1e}",
+    ]
 
 
 def _knowledge_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
@@ -404,6 +419,50 @@ def adapt_export(
 
     for table in run_adapt_export(run_dir=run, data_dir=data, vectors_dir=vectors, out=out):
         console.print(f"{table.field}: {table.rows} vectors ({table.dim}-d) → {table.path}", highlight=False)
+
+
+@app.command("serve")
+@friendly
+def serve_command(
+    model: Annotated[Path, typer.Option("--model", help="Torch run folder written by `kar train`.")],
+    data: DataDir,
+    repo: RepoOpt = None,
+    redis: RedisOpt = None,
+    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranking_serving",
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the bearer token (default: $KAR_SERVE_TOKEN).")
+    ] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No token (only on a loopback address).")] = False,
+    max_candidates: Annotated[int, typer.Option(help="Items per request.")] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(help="Request body limit (413 above).")] = 256 * 1024,
+    timeout: Annotated[float, typer.Option(help="Seconds per request before 504.")] = 1.0,
+    workers: Annotated[int, typer.Option(help="Requests scored at once (one thread each).")] = 2,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per forward pass.")] = 1,
+) -> None:
+    """Serve POST /rank (plus /healthz, /metrics) from the Feast online store; see `kar.service`."""
+    from kar.service import ServiceLimits, resolve_token, serve
+
+    # Checked before the slow loading, so a misconfigured token fails in a second.
+    resolve_token(token_file=token_file, no_auth=no_auth, host=host)
+    limits = ServiceLimits(
+        max_candidates=max_candidates, max_body_bytes=max_body_bytes, timeout_s=timeout, workers=workers
+    )
+    err_console.print(f"kar serve: loading {model}, then serving http://{host}:{port}/rank (Ctrl-C stops)")
+    serve(
+        model_dir=model,
+        data_dir=data,
+        repo=repo,
+        online_store=_online_store(redis),
+        service=service,
+        host=host,
+        port=port,
+        token_file=token_file,
+        no_auth=no_auth,
+        limits=limits,
+        threads=threads,
+    )
 
 
 @llm_app.command("serve")

@@ -106,6 +106,18 @@ class OnlineLookup:
     def _is_redis(self) -> bool:
         return getattr(self._config.online_store, "type", None) == "redis"
 
+    def columns(self) -> dict[str, list[str]]:
+        """Per join key, the columns :meth:`read` returns: the key, each feature and a ``has_`` flag per vector."""
+        out: dict[str, list[str]] = {}
+        for key, plans in self._reads.items():
+            names = [key]
+            for read in plans:
+                names += [f for f in read.features if f not in names]
+                if read.vector and f"has_{read.vector}" not in names:
+                    names.append(f"has_{read.vector}")
+            out[key] = names
+        return out
+
     def fetch(self, *, user_id: int, item_ids: Sequence[int]) -> OnlineFeatures:
         """The user's and the candidates' features, in the order of ``item_ids``."""
         requests = {"user_id": [int(user_id)], "item_id": [int(i) for i in item_ids]}

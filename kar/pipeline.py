@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kar.errors import DataError
+from kar.errors import DataError, KarError
 
 Progress = Callable[[str], None]
 # The rankers the demo trains (every bundled model trains with `kar train`).
@@ -162,6 +162,8 @@ def run_demo(
     step("materializing the online store")
     feature_store = store.materialize(data_dir=data_dir)
     lookup, ranking = _sample_ranking(feature_store, frame, ranker_dir=ranker_dir)
+    step("starting `kar serve` and ranking one request over HTTP")
+    served = served_ranking(data_dir=data_dir, model_dir=ranker_dir, request=ranking["request"])
     metrics = {
         "dataset": "synthetic",
         "samples": summary["splits"],
@@ -173,6 +175,7 @@ def run_demo(
         "adapted_export": {table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
         "online_lookup": lookup.describe(),
         "online_ranking": ranking,
+        "service": served,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -216,7 +219,7 @@ def _sample_ranking(feature_store: Any, frame: Any, *, ranker_dir: Path, n_items
     with_knowledge = rows[rows["has_user_knowledge"]] if "has_user_knowledge" in rows else rows
     row = (with_knowledge if len(with_knowledge) else rows).iloc[0]
     item_ids: Sequence[int] = frame["item_id"].drop_duplicates().head(n_items).tolist()
-    context = {"hist_item_ids": list(row["hist_item_ids"])}
+    context = {"hist_item_ids": [int(i) for i in row["hist_item_ids"]]}
     ranker = load_ranker(ranker_dir)
     served = OnlineLookup(feature_store, service=store.SERVING_SERVICE).fetch(
         user_id=int(row["user_id"]), item_ids=item_ids
@@ -229,9 +232,49 @@ def _sample_ranking(feature_store: Any, frame: Any, *, ranker_dir: Path, n_items
     flags = served.items.get("has_item_knowledge_adapted", [False] * len(item_ids))
     ranked = sorted(zip(item_ids, scores.tolist(), flags, strict=True), key=lambda t: -t[1])
     return served, {
+        "request": {"user_id": int(row["user_id"]), "item_ids": [int(i) for i in item_ids], "context": context},
         "user_id": int(row["user_id"]),
         "items": [{"item_id": int(i), "score": round(p, 6), "has_knowledge": bool(f)} for i, p, f in ranked],
         "max_abs_diff_vs_raw": float(abs(scores - raw_scores).max()),
+    }
+
+
+UNKNOWN_ITEM_ID = -1
+
+
+def served_ranking(*, data_dir: Path, model_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Start ``kar serve`` on loopback, rank ``request`` plus an unknown item over HTTP, stop the service.
+
+    The unknown item shows the fallback; ``max_abs_diff_vs_in_process`` compares the service's scores with
+    the same ranker scoring the same online features in this process.
+
+    Returns:
+        The HTTP status, the ranked items, the ``Server-Timing`` header, start-up seconds and the difference.
+    """
+    import httpx
+
+    from kar.scorer import OnlineScorer
+    from kar.service import ServiceProcess
+    from kar.store import open_store
+
+    body = {**request, "item_ids": [*request["item_ids"], UNKNOWN_ITEM_ID]}
+    started = time.perf_counter()
+    with ServiceProcess(model_dir=model_dir, data_dir=data_dir) as service:
+        ready = time.perf_counter() - started
+        response = httpx.post(f"{service.url}/rank", json=body, headers=service.headers, timeout=30.0)
+    if response.status_code != 200:
+        raise KarError(f"kar serve answered {response.status_code}: {response.text[:500]}")
+    items = response.json()["items"]
+    scorer = OnlineScorer.from_run(model_dir=model_dir, store=open_store(data_dir=data_dir))
+    local = {i.item_id: i.score for i in scorer.rank(**body).items}
+    return {
+        "status": response.status_code,
+        "request": body,
+        "items": items,
+        "user": response.json()["user"],
+        "server_timing": response.headers.get("server-timing"),
+        "start_seconds": round(ready, 1),
+        "max_abs_diff_vs_in_process": max(abs(i["score"] - local[i["item_id"]]) for i in items),
     }
 
 

@@ -1,0 +1,423 @@
+"""``kar serve``: an HTTP ranking service over :class:`kar.scorer.OnlineScorer` (FastAPI + uvicorn).
+
+Endpoints:
+
+* ``POST /rank`` ``{"user_id": 1, "item_ids": [3, 5, 7], "context": {"hist_item_ids": [2, 4]}}`` →
+  ``{"user_id": 1, "items": [{"item_id", "score", "has_knowledge", "fallback"}, ...], "user": {...}}``,
+  best first. A ``Server-Timing`` header splits the time into the feature fetch and the model.
+* ``GET /healthz``: liveness and what is loaded (no auth, for probes).
+* ``GET /metrics``: Prometheus text: requests by status, latency histograms, fallbacks.
+
+Security defaults: a bearer token is required on ``/rank`` and ``/metrics`` (from ``$KAR_SERVE_TOKEN`` or a
+file); ``--no-auth`` is refused unless the service binds a loopback address. Bodies over ``max_body_bytes``
+get 413, more than ``max_candidates`` items or malformed JSON get 422, a request slower than ``timeout_s``
+gets 504. Unknown users and items are scored with fallback features (see ``kar.scorer``), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from kar.errors import EnvironmentProblem, KarError
+
+if TYPE_CHECKING:
+    from kar.scorer import OnlineScorer, Ranking
+
+TOKEN_ENV = "KAR_SERVE_TOKEN"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# Latency buckets in seconds: fine below 50 ms, where a ranking service lives.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+INT64 = 2**63
+
+log = logging.getLogger("kar.service")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceLimits:
+    """What one request may ask for.
+
+    Attributes:
+        max_candidates: Items per request.
+        max_body_bytes: Request body size; larger bodies get 413 before they are parsed.
+        timeout_s: A request not answered within this gets 504.
+        workers: Requests scored at once (threads; torch uses one core per request).
+    """
+
+    max_candidates: int = 1000
+    max_body_bytes: int = 256 * 1024
+    timeout_s: float = 1.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_candidates < 1 or self.max_body_bytes < 1 or self.timeout_s <= 0 or self.workers < 1:
+            raise KarError(f"service limits must be positive: {self}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(*, token_file: Path | None = None, no_auth: bool = False, host: str = DEFAULT_HOST) -> str | None:
+    """The bearer token the service requires, or None when auth is off.
+
+    Args:
+        token_file: A file holding the token (first line); ``$KAR_SERVE_TOKEN`` is read otherwise.
+        no_auth: Turn auth off; allowed only on a loopback ``host``.
+        host: The address the service binds.
+
+    Raises:
+        KarError: ``no_auth`` on a non-loopback host, or auth on with no token configured.
+    """
+    if no_auth:
+        if not is_loopback(host):
+            raise KarError(f"--no-auth is only allowed on a loopback address, not {host!r}; set ${TOKEN_ENV}")
+        return None
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise KarError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
+        if not token:
+            raise KarError(f"{token_file}: the token file is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise KarError(f"no token: set ${TOKEN_ENV} or pass --token-file (or --no-auth on a loopback address)")
+    return token
+
+
+class _Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app, so tests do not collide)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "kar_rank_requests", "POST /rank requests by HTTP status", ["code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "kar_rank_request_seconds", "POST /rank latency", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.stages = Histogram(
+            "kar_rank_stage_seconds",
+            "Time per stage of a ranked request (fetch: online store; model: frame, encoding, forward)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "kar_rank_fallbacks",
+            "Entities scored with fallback features (not in the online store)",
+            ["entity"],
+            registry=self.registry,
+        )
+        self.candidates = Counter("kar_rank_candidates", "Candidate items scored", registry=self.registry)
+
+    def observe(self, ranking: Ranking) -> None:
+        self.stages.labels("fetch").observe(ranking.fetch_ms / 1e3)
+        self.stages.labels("model").observe(ranking.model_ms / 1e3)
+        self.fallbacks.labels("user").inc(int(ranking.user_fallback))
+        self.fallbacks.labels("item").inc(ranking.item_fallbacks)
+        self.candidates.inc(len(ranking.items))
+
+
+def _rank_request_model(max_candidates: int) -> type:
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+    EntityId = Annotated[StrictInt, Field(ge=-INT64, lt=INT64)]
+
+    class RankRequest(BaseModel):
+        """Body of ``POST /rank``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        user_id: EntityId
+        item_ids: list[EntityId] = Field(min_length=1, max_length=max_candidates)
+        context: dict[str, Any] = Field(default_factory=dict)
+
+        @field_validator("item_ids")
+        @classmethod
+        def _distinct(cls, ids: list[int]) -> list[int]:
+            seen: set[int] = set()
+            for item_id in ids:
+                if item_id in seen:
+                    raise ValueError(f"item {item_id} is listed twice")
+                seen.add(item_id)
+            return ids
+
+    return RankRequest
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers or None)
+
+
+def _ranking_json(ranking: Ranking) -> dict[str, Any]:
+    return {
+        "user_id": ranking.user_id,
+        "items": [
+            {"item_id": i.item_id, "score": i.score, "has_knowledge": i.has_knowledge, "fallback": i.fallback}
+            for i in ranking.items
+        ],
+        "user": {"fallback": ranking.user_fallback, "has_knowledge": ranking.user_has_knowledge},
+    }
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def create_app(*, scorer: OnlineScorer, token: str | None, limits: ServiceLimits | None = None) -> FastAPI:
+    """The FastAPI app serving ``scorer``.
+
+    Args:
+        scorer: Loaded once; every request scores its candidates in one batch.
+        token: The bearer token ``/rank`` and ``/metrics`` require; None turns auth off.
+        limits: Request limits; the defaults when None.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from pydantic import ValidationError
+
+    limits = limits or ServiceLimits()
+    metrics = _Metrics()
+    request_model = _rank_request_model(limits.max_candidates)
+    executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="kar-rank")
+    expected = f"Bearer {token}".encode() if token else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="kar-feast ranking", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.metrics = metrics
+
+    def authorized(request: Request) -> bool:
+        if expected is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    async def answer(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+        body = await _read_body(request, limits.max_body_bytes)
+        if body is None:
+            return _error(413, f"request body over {limits.max_body_bytes:,} bytes")
+        try:
+            payload = request_model.model_validate_json(body)
+        except ValidationError as exc:
+            # Without the offending input: a 1,000-id list need not come back to the caller.
+            errors = json.loads(exc.json(include_url=False, include_input=False))
+            return JSONResponse({"detail": errors}, status_code=422)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(executor, _rank, scorer, payload.user_id, payload.item_ids, payload.context)
+        try:
+            ranking = await asyncio.wait_for(job, timeout=limits.timeout_s)
+        except TimeoutError:
+            return _error(504, f"not ranked within {limits.timeout_s:g} s")
+        except KarError as exc:  # e.g. a context field the model does not read
+            return _error(422, str(exc))
+        metrics.observe(ranking)
+        timing = f"fetch;dur={ranking.fetch_ms:.3f}, model;dur={ranking.model_ms:.3f}"
+        return JSONResponse(_ranking_json(ranking), headers={"Server-Timing": timing})
+
+    @app.post("/rank")
+    async def rank(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        metrics.latency.observe(time.perf_counter() - started)
+        metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": scorer.ranker.config.model,
+            "service": scorer.service,
+            "context_fields": list(scorer.context_fields),
+            "auth": expected is not None,
+        }
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _rank(scorer: OnlineScorer, user_id: int, item_ids: list[int], context: dict[str, Any]) -> Ranking:
+    return scorer.rank(user_id=user_id, item_ids=item_ids, context=context)
+
+
+def serve(
+    *,
+    model_dir: Path,
+    data_dir: Path,
+    repo: Path | None = None,
+    online_store: dict[str, Any] | None = None,
+    service: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token_file: Path | None = None,
+    no_auth: bool = False,
+    limits: ServiceLimits | None = None,
+    threads: int = 1,
+) -> None:
+    """Load the ranker and the feature store, then serve until interrupted (what ``kar serve`` runs).
+
+    Args:
+        model_dir: A torch run written by ``kar train``.
+        data_dir: The prepared folder whose Feast store (``DIR/feast``) was applied and materialized.
+        repo: The Feast repo; the bundled ``feature_repo`` when None.
+        online_store: Replaces the online store config (e.g. Redis); SQLite under ``data_dir`` when None.
+        service: Feature service to read; ``ranking_serving`` when None.
+        host: Address to bind; loopback by default.
+        port: Port to bind.
+        token_file: File with the bearer token; ``$KAR_SERVE_TOKEN`` otherwise.
+        no_auth: Serve without auth (loopback only).
+        limits: Request limits.
+        threads: torch CPU threads per forward pass.
+
+    Raises:
+        KarError: Auth misconfigured, or the model and the feature service do not fit together.
+    """
+    import torch
+    import uvicorn
+
+    from kar import store
+    from kar.scorer import OnlineScorer
+
+    token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
+    torch.set_num_threads(threads)
+    feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
+    scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service or store.SERVING_SERVICE)
+    app = create_app(scorer=scorer, token=token, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+class ServiceProcess:
+    """``kar serve`` started as its own process on a free loopback port, with a fresh token; a context manager.
+
+    The demo, the benchmark and the tests use it: the service runs exactly as a user starts it.
+
+    Args:
+        model_dir: A torch run written by ``kar train``.
+        data_dir: The prepared folder with an applied and materialized Feast store.
+        redis: ``HOST:PORT`` of a Redis online store; SQLite under ``data_dir`` when None.
+        extra_args: More ``kar serve`` options (e.g. ``["--timeout", "0.5"]``).
+        start_timeout: Seconds to wait for ``/healthz``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path,
+        data_dir: Path,
+        redis: str | None = None,
+        extra_args: list[str] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        from kar.llm_server import free_port
+
+        self.host = DEFAULT_HOST
+        self.port = free_port(self.host)
+        self.token = secrets.token_urlsafe(24)
+        self._args = ["--model", str(model_dir), "--data", str(data_dir), *(["--redis", redis] if redis else [])]
+        self._args += extra_args or []
+        self._start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header the service expects."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start(self) -> ServiceProcess:
+        import httpx
+
+        command = [sys.executable, "-m", "kar", "serve", *self._args, "--host", self.host, "--port", str(self.port)]
+        env = {**os.environ, TOKEN_ENV: self.token}
+        # A file, not a pipe: nobody reads the service's log while it runs, and a full pipe would block it.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EnvironmentProblem(f"kar serve exited with {self._process.returncode}: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise EnvironmentProblem(f"kar serve did not answer /healthz on {self.url} within {self._start_timeout:g} s")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the service's output (errors at start-up land here)."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace").strip()[-chars:]
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
