@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,39 +112,76 @@ def resolve_token(*, token_file: Path | None = None, no_auth: bool = False, host
     return token
 
 
+STATUS_CODES = ("200", "401", "413", "422", "504")
+
+
+@contextlib.contextmanager
+def _in_process_values() -> Iterator[None]:
+    """Metric values held in this process's memory while metrics are created.
+
+    Importing ``feast.metrics`` switches prometheus_client to its multiprocess mode for the whole process (for
+    Feast's Gunicorn feature server): values then live in shared files keyed by metric name, so two registries
+    with a metric of one name would count together. This service is one process with its own registry.
+    """
+    from prometheus_client import values
+
+    previous = values.ValueClass
+    values.ValueClass = values.MutexValue
+    try:
+        yield
+    finally:
+        values.ValueClass = previous
+
+
 class _Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app, so tests do not collide)."""
+    """The service's Prometheus metrics, in a registry of its own (one per app).
+
+    Every label value is created up front, so each series shows from the first scrape (at 0) and is created
+    with in-process values (see :func:`_in_process_values`).
+    """
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "kar_rank_requests", "POST /rank requests by HTTP status", ["code"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "kar_rank_request_seconds", "POST /rank latency", buckets=LATENCY_BUCKETS, registry=self.registry
-        )
-        self.stages = Histogram(
-            "kar_rank_stage_seconds",
-            "Time per stage of a ranked request (fetch: online store; model: frame, encoding, forward)",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.fallbacks = Counter(
-            "kar_rank_fallbacks",
-            "Entities scored with fallback features (not in the online store)",
-            ["entity"],
-            registry=self.registry,
-        )
-        self.candidates = Counter("kar_rank_candidates", "Candidate items scored", registry=self.registry)
+        with _in_process_values():
+            self.requests = Counter(
+                "kar_rank_requests", "POST /rank requests by HTTP status", ["code"], registry=self.registry
+            )
+            self.latency = Histogram(
+                "kar_rank_request_seconds", "POST /rank latency", buckets=LATENCY_BUCKETS, registry=self.registry
+            )
+            self.stages = Histogram(
+                "kar_rank_stage_seconds",
+                "Time per stage of a ranked request (fetch: online store; model: frame, encoding, forward)",
+                ["stage"],
+                buckets=LATENCY_BUCKETS,
+                registry=self.registry,
+            )
+            self.fallbacks = Counter(
+                "kar_rank_fallbacks",
+                "Entities scored with fallback features (not in the online store)",
+                ["entity"],
+                registry=self.registry,
+            )
+            self.candidates = Counter("kar_rank_candidates", "Candidate items scored", registry=self.registry)
+            self._codes = {code: self.requests.labels(code) for code in STATUS_CODES}
+            self._stages = {stage: self.stages.labels(stage) for stage in ("fetch", "model")}
+            self._fallbacks = {entity: self.fallbacks.labels(entity) for entity in ("user", "item")}
+
+    def count(self, status: int, seconds: float) -> None:
+        self.latency.observe(seconds)
+        code = str(status)
+        if code not in self._codes:  # not a status /rank answers with; counted all the same
+            with _in_process_values():
+                self._codes[code] = self.requests.labels(code)
+        self._codes[code].inc()
 
     def observe(self, ranking: Ranking) -> None:
-        self.stages.labels("fetch").observe(ranking.fetch_ms / 1e3)
-        self.stages.labels("model").observe(ranking.model_ms / 1e3)
-        self.fallbacks.labels("user").inc(int(ranking.user_fallback))
-        self.fallbacks.labels("item").inc(ranking.item_fallbacks)
+        self._stages["fetch"].observe(ranking.fetch_ms / 1e3)
+        self._stages["model"].observe(ranking.model_ms / 1e3)
+        self._fallbacks["user"].inc(int(ranking.user_fallback))
+        self._fallbacks["item"].inc(ranking.item_fallbacks)
         self.candidates.inc(len(ranking.items))
 
 
@@ -261,8 +299,7 @@ def create_app(*, scorer: OnlineScorer, token: str | None, limits: ServiceLimits
     async def rank(request: Request) -> Response:
         started = time.perf_counter()
         response = await answer(request)
-        metrics.latency.observe(time.perf_counter() - started)
-        metrics.requests.labels(str(response.status_code)).inc()
+        metrics.count(response.status_code, time.perf_counter() - started)
         return response
 
     @app.get("/healthz")

@@ -92,3 +92,81 @@ def redis_server(_redis_process):
 
     redis.Redis(host=_redis_process.host, port=_redis_process.port).flushall()
     return _redis_process
+
+
+KNOWLEDGE_DIM, ADAPTED_DIM = 384, 32
+KNOWLEDGE_FIELDS = ("user_knowledge", "item_knowledge")
+
+
+def _vector_table(ids: list[int], as_of: list, *, kind: str, seed: int):
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from kar import store
+
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    return pa.table(
+        {
+            "entity_id": ids,
+            "kind": [kind] * n,
+            "as_of": as_of,
+            "model": ["test"] * n,
+            "dim": [KNOWLEDGE_DIM] * n,
+            "vector": list(rng.standard_normal((n, KNOWLEDGE_DIM)).astype(np.float32)),
+            "n_chunks": [1] * n,
+            "text_hash": [f"{kind}{i}" for i in ids],
+            "has_knowledge": [True] * n,
+            "created_at": [pd.Timestamp("2030-01-01", tz="UTC")] * n,
+        },
+        schema=store.VECTOR_SCHEMA,
+    )
+
+
+@pytest.fixture(scope="session")
+def knowledge_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny prepared folder with vectors for all but one user and all but one item, a DeepFM trained with
+    knowledge on its Feast training frame, and the adapted vectors exported and applied (shared by the export
+    and the service tests)."""
+    import shutil
+    from dataclasses import replace
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from adaptors import AdaptorConfig
+    from ctr import train_experiment
+    from ctr.config import load_config
+    from ctr.features import DenseField
+    from kar import store
+    from kar.pipeline import run_adapt_export
+
+    root = tmp_path_factory.mktemp("adapt") / "prepared"
+    shutil.copytree(tiny_prepared, root, ignore=shutil.ignore_patterns("feast", "vectors", "adapted"))
+    cutoffs = pd.read_parquet(root / "knowledge_cutoffs").sort_values("user_id")
+    users = cutoffs.iloc[1:]  # the first user has no knowledge
+    items = sorted(pd.read_parquet(root / "items")["item_id"].tolist())[1:]
+    for kind, table in {
+        "user": _vector_table(users["user_id"].tolist(), users["knowledge_cutoff"].tolist(), kind="user", seed=1),
+        "item": _vector_table(items, [pd.Timestamp("2000-01-01", tz="UTC")] * len(items), kind="item", seed=2),
+    }.items():
+        (root / "vectors" / kind).mkdir(parents=True)
+        pq.write_table(table, root / "vectors" / kind / "part-0.parquet")
+    store.apply(data_dir=root)
+    frame = store.training_frame(data_dir=root)
+
+    config = load_config("deepfm_synthetic")
+    features = replace(config.features, dense=tuple(DenseField(name=name) for name in KNOWLEDGE_FIELDS))
+    config = replace(
+        config,
+        features=features,
+        knowledge=AdaptorConfig(fields=KNOWLEDGE_FIELDS, out_dim=ADAPTED_DIM, hidden=(16,)),
+        train=replace(config.train, epochs=2, batch_size=64, num_threads=1),
+    )
+    run = root.parent / "run"
+    train_experiment(frame, config, run)
+    exported = run_adapt_export(run_dir=run, data_dir=root)
+    store.apply(data_dir=root)
+    no_user = int(cutoffs.iloc[0]["user_id"])
+    return {"root": root, "run": run, "frame": frame, "exported": exported, "no_user": no_user}
