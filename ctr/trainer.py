@@ -168,13 +168,16 @@ def to_tensors(arrays: dict[str, np.ndarray], *, labels: np.ndarray | None = Non
     return batch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: nn.Module, batch: Batch, *, batch_size: int) -> np.ndarray:
     """Probabilities ``[n]`` (``[n, tasks]`` for a multi-task model) of ``batch``, in eval mode."""
+    # Switching modes walks every submodule (~0.5 ms on DeepFM): a serving model stays in eval mode.
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     probs = [torch.sigmoid(model(chunk)) for chunk in _batches(batch, batch_size=batch_size)]
-    model.train(was_training)
+    if was_training:
+        model.train()
     return torch.cat(probs).numpy()
 
 

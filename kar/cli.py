@@ -640,6 +640,49 @@ def bench_online_command(
     console.print(f"goal Redis p99 ≤ {GOAL_REDIS_P99_MS:g} ms: {verdict} (worst {worst} ms) → {out}", highlight=False)
 
 
+@bench_app.command("serve")
+@friendly
+def bench_serve_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Torch run (default: an untrained DeepFM on a generated store).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="The run's prepared folder with adapted vectors.")] = None,
+    items: Annotated[int, typer.Option(help="Candidate items per request.")] = 100,
+    requests: Annotated[int, typer.Option(help="Requests per measured level.")] = 300,
+    backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or redis (repeatable; default both).")] = None,
+    workers: Annotated[int, typer.Option(help="The service's scoring threads.")] = 2,
+) -> None:
+    """p50/p99 and requests/s of `kar serve` at concurrency 1 and 8, against bare fetch + bare forward."""
+    from kar.bench.online import BACKENDS
+    from kar.bench.serve import GOAL_P99_MS, bench_serve
+
+    with steps() as step:
+        result = bench_serve(
+            out=out,
+            model_dir=model,
+            data_dir=data,
+            items=items,
+            requests=requests,
+            backends=backend or BACKENDS,
+            workers=workers,
+            progress=step,
+        )
+    table = Table(title=f"1 user + {items} items, ms per request (p50 / p99)")
+    ways = ["bare fetch", "bare forward", "library", *(k for k in result["results"][0] if k.startswith("http"))]
+    for column in ("store", *ways, "overhead"):
+        table.add_column(column, justify="left" if column == "store" else "right")
+    for row in result["results"]:
+        cells = [f"{row[w]['p50_ms']:.1f} / {row[w]['p99_ms']:.1f}" for w in ways]
+        table.add_row(row["backend"], *cells, f"{row['overhead_p50']:.2f}×")
+    console.print(table)
+    for row in result["results"]:
+        levels = ", ".join(f"{k}: {v['requests_per_s']:.0f} req/s" for k, v in row.items() if k.startswith("http"))
+        console.print(f"{row['backend']}: {levels}", highlight=False)
+    verdict = "met" if result["goal_met"] else "NOT met"
+    console.print(f"goal p99 ≤ {GOAL_P99_MS:g} ms at concurrency 1: {verdict} → {out}", highlight=False)
+
+
 @bench_app.command("quality")
 @friendly
 def bench_quality_command(

@@ -63,11 +63,12 @@ class OnlineFeatures:
         This is the frame a ranker scores (``Ranker.predict``); ``context`` carries what the request knows and
         the store does not, e.g. ``hist_item_ids=[...]``, the user's recent items.
         """
-        frame = self.items_frame()
-        n = len(frame)
+        n = len(self.items.get("item_id", ()))
+        columns = {k: list(v) if getattr(v, "ndim", 1) == 2 else v for k, v in self.items.items()}
         for name, value in {**self.user, **context}.items():
-            frame[name] = [value] * n if isinstance(value, list | tuple | np.ndarray) else value
-        return frame
+            columns[name] = [value] * n
+        # One construction: inserting columns one by one costs more than the whole encoding.
+        return pd.DataFrame(columns)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary: scalars as they are, vectors as ``"384-d [0.012, -0.034, 0.101, …]"``."""

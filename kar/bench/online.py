@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kar.bench.report import Panel, machine, write_report
+from kar.bench.report import Panel, machine, percentiles, write_report
 
 GOAL_REDIS_P99_MS = 5.0
 SERVICES = ("ranking_training", "ranking_serving")
@@ -104,16 +104,6 @@ def generate_store(
     return root
 
 
-def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(latencies_ms)
-    return {
-        "p50_ms": round(float(np.percentile(values, 50)), 3),
-        "p99_ms": round(float(np.percentile(values, 99)), 3),
-        "mean_ms": round(float(values.mean()), 3),
-        "requests": len(values),
-    }
-
-
 def _ways(feature_store: Any, service: str) -> dict[str, Callable[[int, list[int]], Any]]:
     from kar.online import OnlineLookup
     from kar.store import feature_refs
@@ -156,7 +146,8 @@ def _measure(
 
 
 @contextlib.contextmanager
-def _online_store(backend: str) -> Iterator[dict[str, Any] | None]:
+def online_store_for(backend: str) -> Iterator[dict[str, Any] | None]:
+    """The ``online_store`` config for ``backend``: None (SQLite) or a private Redis server for the block."""
     if backend == "sqlite":
         yield None
         return
@@ -201,21 +192,21 @@ def bench_online(
         step("feast apply")
         store.apply(data_dir=data_dir)
         rng = np.random.default_rng(seed)
-        user_ids = _ids(data_dir / "users", "user_id")
-        item_ids = _ids(data_dir / "items", "item_id")
+        user_ids = entity_ids(data_dir / "users", "user_id")
+        item_ids = entity_ids(data_dir / "items", "item_id")
         sequence = [
             (int(rng.choice(user_ids)), [int(i) for i in rng.choice(item_ids, size=items, replace=False)])
             for _ in range(requests)
         ]
         results, panels = [], []
         for backend in backends:
-            with _online_store(backend) as online:
+            with online_store_for(backend) as online:
                 step(f"materializing into {backend}")
                 feature_store = store.materialize(data_dir=data_dir, online_store=online)
                 for service in services:
                     step(f"{backend}, {service}: {rounds} rounds × {requests} requests × 2 ways")
                     latencies = _measure(_ways(feature_store, service), sequence, rounds)
-                    stats = {way: _percentiles([t for timings in latencies[way] for t in timings]) for way in WAYS}
+                    stats = {way: percentiles([t for timings in latencies[way] for t in timings]) for way in WAYS}
                     results.append({"backend": backend, "service": service, **stats})
                     results[-1]["speedup_p50"] = round(stats["feast"]["p50_ms"] / stats["kar"]["p50_ms"], 2)
                     # A bar per way and percentile; the dots are the rounds' own percentiles.
@@ -245,7 +236,8 @@ def bench_online(
         return write_report(out, result, title="Online feature reads", panels=panels, note=note)
 
 
-def _ids(table: Path, column: str) -> np.ndarray:
+def entity_ids(table: Path, column: str) -> np.ndarray:
+    """The distinct ids of ``column`` in a parquet folder."""
     import pyarrow.parquet as pq
 
     return np.unique(pq.read_table(table, columns=[column]).column(column).to_numpy())

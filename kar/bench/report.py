@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -50,6 +51,17 @@ def median(values: Sequence[float]) -> float:
 def ratio(numerator: float, denominator: float) -> float | None:
     """``numerator / denominator``, or None when the denominator is not positive (nothing to compare with)."""
     return numerator / denominator if denominator > 0 else None
+
+
+def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and mean of request latencies in ms, and how many requests they cover."""
+    values = np.asarray(latencies_ms)
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "mean_ms": round(float(values.mean()), 3),
+        "requests": len(values),
+    }
 
 
 def machine() -> dict[str, Any]:
