@@ -95,4 +95,9 @@ def test_demo_end_to_end(tmp_path, llm_base_url):
     ranking = metrics["online_ranking"]
     assert len(ranking["items"]) == 3 and ranking["max_abs_diff_vs_raw"] < 1e-5
     assert "DeepFM ranking for user" in result.stdout
+    served = metrics["service"]  # `kar serve` started, one POST /rank over HTTP, stopped
+    assert served["status"] == 200 and len(served["items"]) == 4
+    assert [i["fallback"] for i in served["items"] if i["item_id"] == -1] == [True]
+    assert served["max_abs_diff_vs_in_process"] < 1e-5 and "fetch;dur=" in served["server_timing"]
+    assert "kar serve (started in" in result.stdout
     assert "test AUC" in result.stdout and "user: user_id=" in result.stdout

@@ -96,30 +96,35 @@ def _timed(call: Callable[[], Any]) -> float:
 
 def _in_process(scorer: Any, requests: Sequence[Request]) -> dict[str, list[float]]:
     """Bare fetch, bare forward (on the encoded batch) and the library's rank, per request, in ms."""
+    from ctr.trainer import torch_threads
+
+    out: dict[str, list[float]] = {"bare fetch": [], "bare forward": [], "library": []}
+    warmup = requests[:WARMUP]
+    with torch_threads(1):  # as in the service (`kar serve --threads 1`)
+        for index, request in enumerate([*warmup, *requests]):
+            timings = _time_parts(scorer, request)
+            if index >= len(warmup):
+                for name, ms in timings.items():
+                    out[name].append(ms)
+    return out
+
+
+def _time_parts(scorer: Any, request: Request) -> dict[str, float]:
     import torch
 
     from ctr.trainer import to_tensors
 
-    model = scorer.ranker.model
-    out: dict[str, list[float]] = {"bare fetch": [], "bare forward": [], "library": []}
-    warmup = requests[:WARMUP]
-    for index, (user, candidates, history) in enumerate([*warmup, *requests]):
-        features = scorer.fetch(user_id=user, item_ids=candidates)
-        batch = to_tensors(scorer.ranker.encode(features.candidates_frame(hist_item_ids=history)))
-        with torch.inference_mode():
-            timings = {
-                "bare fetch": _timed(lambda u=user, c=candidates: scorer.fetch(user_id=u, item_ids=c)),
-                "bare forward": _timed(lambda b=batch: model(b)),
-                "library": _timed(
-                    lambda u=user, c=candidates, h=history: scorer.rank(
-                        user_id=u, item_ids=c, context={"hist_item_ids": h}
-                    )
-                ),
-            }
-        if index >= len(warmup):
-            for name, ms in timings.items():
-                out[name].append(ms)
-    return out
+    user, candidates, history = request
+    features = scorer.fetch(user_id=user, item_ids=candidates)
+    batch = to_tensors(scorer.ranker.encode(features.candidates_frame(hist_item_ids=history)))
+    with torch.inference_mode():
+        return {
+            "bare fetch": _timed(lambda: scorer.fetch(user_id=user, item_ids=candidates)),
+            "bare forward": _timed(lambda: scorer.ranker.model(batch)),
+            "library": _timed(
+                lambda: scorer.rank(user_id=user, item_ids=candidates, context={"hist_item_ids": history})
+            ),
+        }
 
 
 def _server_timing(header: str) -> dict[str, float]:
