@@ -442,10 +442,8 @@ def serve_command(
     threads: Annotated[int, typer.Option(help="torch CPU threads per forward pass.")] = 1,
 ) -> None:
     """Serve POST /rank (plus /healthz, /metrics) from the Feast online store; see `kar.service`."""
-    from kar.service import ServiceLimits, resolve_token, serve
+    from kar.service import ServiceLimits, serve
 
-    # Checked before the slow loading, so a misconfigured token fails in a second.
-    resolve_token(token_file=token_file, no_auth=no_auth, host=host)
     limits = ServiceLimits(
         max_candidates=max_candidates, max_body_bytes=max_body_bytes, timeout_s=timeout, workers=workers
     )

@@ -363,6 +363,7 @@ def serve(
     from kar import store
     from kar.scorer import OnlineScorer
 
+    # Before the slow loading: a misconfigured token fails in a second.
     token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
     torch.set_num_threads(threads)
     feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
