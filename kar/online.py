@@ -8,7 +8,8 @@ itself (~35 ms against a few ms). :class:`OnlineLookup` resolves the service onc
   all that entity's views at once. Feast keeps all views of one entity in one hash, but its own
   ``online_read`` goes view by view, one round trip each. Keys and field names come from Feast's Redis store
   itself (same serialization, same hashes), so Feast stays the source of truth and writes via ``materialize``.
-* on any other online store (SQLite by default), calls the store's own ``online_read`` per view.
+* on SQLite (the default), runs one query per view for just the service's features, on Feast's connection;
+* on any other online store, calls the store's own ``online_read`` per view.
 
 It returns numpy columns: knowledge vectors as an ``(N, dim)`` float32 matrix, ready for a ranker. Missing
 entities never raise: their features are None, their knowledge vectors zeros and ``has_<view>`` False,
@@ -102,10 +103,7 @@ class OnlineLookup:
         for projection in store.get_feature_service(service).feature_view_projections:
             read = _plan(store.get_feature_view(projection.name), [f.name for f in projection.features])
             self._reads.setdefault(read.join_key, []).append(read)
-        self._redis = _RedisReader(self._provider.online_store, self._config, self._reads) if self._is_redis() else None
-
-    def _is_redis(self) -> bool:
-        return getattr(self._config.online_store, "type", None) == "redis"
+        self._fast = _fast_reader(self._provider.online_store, self._config, self._reads)
 
     def columns(self) -> dict[str, list[str]]:
         """Per join key, the columns :meth:`read` returns: the key, each feature and a ``has_`` flag per vector."""
@@ -128,8 +126,8 @@ class OnlineLookup:
     def read(self, requests: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
         """Columns of every view keyed by each join key, for that key's ids (the key column included)."""
         plans = {key: self._reads.get(key, []) for key in requests}
-        if self._redis is not None:
-            rows = self._redis.read(requests)
+        if self._fast is not None:
+            rows = self._fast.read(requests)
         else:
             rows = {key: [self._online_read(read, key, ids) for read in plans[key]] for key, ids in requests.items()}
         out: dict[str, dict[str, Any]] = {}
@@ -162,6 +160,62 @@ def _entity_keys(join_key: str, ids: Sequence[int]) -> list[Any]:
     from feast.protos.feast.types.Value_pb2 import Value
 
     return [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=i)]) for i in ids]
+
+
+def _fast_reader(online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> Any:
+    """A direct reader for Redis or SQLite (Feast's default), None for other stores (their ``online_read``)."""
+    kind = getattr(config.online_store, "type", None)
+    if kind == "redis":
+        return _RedisReader(online_store, config, reads)
+    if kind == "sqlite":
+        return _SqliteReader(online_store, config, reads)
+    return None
+
+
+class _SqliteReader:
+    """Each view's requested features of all requested entities in one query, on Feast's own connection.
+
+    Feast's SQLite ``online_read`` selects every feature of a view and parses each row's timestamp, and
+    serializes the entity keys on every call; this asks only for the service's features, skips the
+    timestamps and caches the serialized keys. Tables, keys and values are Feast's own.
+    """
+
+    def __init__(self, online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import _table_id
+
+        self._conn = online_store._get_conn(config)
+        self._reads = reads
+        versioning = config.registry.enable_online_feature_view_versioning
+        self._tables = {
+            read.view.name: _table_id(config.project, read.view, versioning) for plan in reads.values() for read in plan
+        }
+        version = config.entity_key_serialization_version
+
+        def key(join_key: str, entity_id: int) -> bytes:
+            (entity,) = _entity_keys(join_key, [entity_id])
+            return serialize_entity_key(entity, entity_key_serialization_version=version)
+
+        self.key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(key)
+
+    def read(self, requests: dict[str, list[int]]) -> dict[str, list[Rows]]:
+        """Per join key, one list of rows per planned view, for that key's ids."""
+        out: dict[str, list[Rows]] = {}
+        for join_key, ids in requests.items():
+            keys = [self.key(join_key, entity_id) for entity_id in ids]
+            out[join_key] = [self._view_rows(read, keys) for read in self._reads.get(join_key, [])]
+        return out
+
+    def _view_rows(self, read: _ViewRead, keys: list[bytes]) -> Rows:
+        found: dict[bytes, dict[str, bytes]] = {}
+        query = (
+            f'SELECT entity_key, feature_name, value FROM "{self._tables[read.view.name]}" '
+            f"WHERE entity_key IN ({','.join('?' * len(keys))}) AND feature_name IN "
+            f"({','.join('?' * len(read.features))})"
+        )
+        for entity_key, feature, value in self._conn.execute(query, [*keys, *read.features]):
+            found.setdefault(entity_key, {})[feature] = value
+        return [_row(read, [values.get(f) for f in read.features]) if (values := found.get(k)) else None for k in keys]
 
 
 class _RedisReader:
