@@ -19,7 +19,7 @@ exactly as :func:`kar.store.fill_missing_knowledge` does for training frames.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,17 +92,25 @@ class OnlineLookup:
     Args:
         store: An applied and materialized ``FeatureStore`` (SQLite, Redis or any online store Feast supports).
         service: The feature service whose views to read (``ranking_serving`` at serving time).
+        features: Read only these of the service's features (e.g. what a ranker uses); all when None.
     """
 
-    def __init__(self, store: FeatureStore, *, service: str = TRAINING_SERVICE) -> None:
+    def __init__(
+        self, store: FeatureStore, *, service: str = TRAINING_SERVICE, features: Collection[str] | None = None
+    ) -> None:
         self._config = store.config
         # online_read is Feast's store interface; reaching it skips only get_online_features' per-call
         # registry lookups and response building.
         self._provider = store._get_provider()
         self._reads: dict[str, list[_ViewRead]] = {}
         for projection in store.get_feature_service(service).feature_view_projections:
-            read = _plan(store.get_feature_view(projection.name), [f.name for f in projection.features])
-            self._reads.setdefault(read.join_key, []).append(read)
+            names = [f.name for f in projection.features]
+            if features is not None:
+                # A vector's has_ flag comes with it.
+                names = [n for n in names if n in features or n.removeprefix("has_") in features]
+            if names:
+                read = _plan(store.get_feature_view(projection.name), names)
+                self._reads.setdefault(read.join_key, []).append(read)
         self._fast = _fast_reader(self._provider.online_store, self._config, self._reads)
 
     def columns(self) -> dict[str, list[str]]:

@@ -93,18 +93,20 @@ class OnlineScorer:
 
         self.ranker = ranker
         self.service = service
-        self._lookup = OnlineLookup(store, service=service)
+        # Only what the ranker reads: parsing unused profile text (titles, descriptions) costs more than the model.
+        wanted = _ranker_columns(ranker)
+        for key, columns in OnlineLookup(store, service=service).columns().items():
+            profile = _profile(key, columns)
+            if profile and not wanted.intersection(profile):
+                wanted.add(profile[0])  # one profile feature still tells whether the entity is in the store
+        self._lookup = OnlineLookup(store, service=service, features=wanted)
         served = self._lookup.columns()
         self.context_fields = _context_fields(ranker, served, service=service)
         # One knowledge view per entity: its has_ flag says whether the entity's vector was found.
         self._knowledge_flags = {
             key: next((c for c in cols if c.startswith("has_")), None) for key, cols in served.items()
         }
-        # Profile features only: a missing entity reads as None there (its vectors read as zeros instead).
-        self._profile_columns = {
-            key: [c for c in cols if c != key and not c.startswith("has_") and f"has_{c}" not in cols]
-            for key, cols in served.items()
-        }
+        self._profile_columns = {key: _profile(key, columns) for key, columns in served.items()}
 
     @classmethod
     def from_run(cls, *, model_dir: Path, store: FeatureStore, service: str = SERVING_SERVICE) -> OnlineScorer:
@@ -190,12 +192,26 @@ class OnlineScorer:
         )
 
 
+def _profile(join_key: str, columns: Sequence[str]) -> list[str]:
+    """Profile features: a missing entity reads as None there (its vectors read as zeros, flagged by has_)."""
+    return [c for c in columns if c != join_key and not c.startswith("has_") and f"has_{c}" not in columns]
+
+
 def _missing(columns: Mapping[str, Any], names: Sequence[str], n: int) -> np.ndarray:
     """Rows where every profile feature is absent: the online store has no such entity."""
     missing = np.ones(n, dtype=bool)
     for name in names:
         missing &= np.array([value is None for value in columns[name]], dtype=bool)
     return missing
+
+
+def _ranker_columns(ranker: Ranker) -> set[str]:
+    """The frame columns the ranker reads, with the pre-adapted name of each knowledge field."""
+    from ctr.models import adapted_name
+
+    columns = set(ranker.encoder.spec.columns)
+    knowledge = ranker.config.knowledge.fields if ranker.config.knowledge else ()
+    return columns | {adapted_name(name) for name in knowledge}
 
 
 def _context_fields(ranker: Ranker, served: Mapping[str, Sequence[str]], *, service: str) -> dict[str, Any]:

@@ -166,6 +166,15 @@ def _check_online(feature_store, knowledge: dict) -> None:
                 else value == _plain(ref_user[column])
             ), column
 
+    # A subset of features (what a ranker reads): only those, a vector with its has_ flag.
+    subset = OnlineLookup(feature_store, service=store.TRAINING_SERVICE, features={"occupation", "item_knowledge"})
+    assert subset.columns() == {
+        "user_id": ["user_id", "occupation"],
+        "item_id": ["item_id", "item_knowledge", "has_item_knowledge"],
+    }
+    part = subset.fetch(user_id=1, item_ids=[11, 999])
+    assert part.user["occupation"] == "writer" and part.items["has_item_knowledge"].tolist() == [True, False]
+
     # Stores without a direct reader go through each view's online_read: the same values.
     for service in (store.TRAINING_SERVICE, store.SERVING_SERVICE):
         direct = OnlineLookup(feature_store, service=service)
