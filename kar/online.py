@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 Rows = list[dict[str, "Value"] | None]
 KEY_CACHE_SIZE = 200_000
+VALUE_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,9 +274,7 @@ class _RedisReader:
 
 
 def _row(read: _ViewRead, raws: list[bytes | None]) -> dict[str, Any] | None:
-    """One entity's raw hash values for one view, decoded; None when the entity has none of them."""
-    from feast.protos.feast.types.Value_pb2 import Value
-
+    """One entity's raw stored values for one view, decoded; None when the entity has none of them."""
     if all(raw is None for raw in raws):
         return None
     row: dict[str, Any] = {}
@@ -283,11 +282,19 @@ def _row(read: _ViewRead, raws: list[bytes | None]) -> dict[str, Any] | None:
         if name == read.vector and raw and (floats := packed_floats(raw, read.dim)) is not None:
             row[name] = floats
             continue
-        value = Value()
-        if raw:
-            value.ParseFromString(raw)
-        row[name] = value
+        row[name] = _parsed(raw or b"")
     return row
+
+
+@functools.lru_cache(maxsize=VALUE_CACHE_SIZE)
+def _parsed(raw: bytes) -> Value:
+    """A stored ``Value``, parsed once per distinct bytes: profile values (years, genre lists) repeat across
+    entities. Callers only read it (``_python_value`` copies lists out)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value()
+    value.ParseFromString(raw)
+    return value
 
 
 # Value.float_list_val is field 16, length-delimited: tag bytes 0x82 0x01; FloatList.val is field 1, packed (0x0A).
