@@ -445,7 +445,11 @@ def serve_command(
     from kar.service import ServiceLimits, serve
 
     limits = ServiceLimits(
-        max_candidates=max_candidates, max_body_bytes=max_body_bytes, timeout_s=timeout, workers=workers
+        max_candidates=max_candidates,
+        max_body_bytes=max_body_bytes,
+        timeout_s=timeout,
+        workers=workers,
+        threads=threads,
     )
     err_console.print(f"kar serve: loading {model}, then serving http://{host}:{port}/rank (Ctrl-C stops)")
     serve(
@@ -459,7 +463,6 @@ def serve_command(
         token_file=token_file,
         no_auth=no_auth,
         limits=limits,
-        threads=threads,
     )
 
 

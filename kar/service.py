@@ -60,16 +60,19 @@ class ServiceLimits:
         max_candidates: Items per request.
         max_body_bytes: Request body size; larger bodies get 413 before they are parsed.
         timeout_s: A request not answered within this gets 504.
-        workers: Requests scored at once (threads; torch uses one core per request).
+        workers: Requests scored at once (threads).
+        threads: torch CPU threads per forward pass, in each worker.
     """
 
     max_candidates: int = 1000
     max_body_bytes: int = 256 * 1024
     timeout_s: float = 1.0
     workers: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_candidates < 1 or self.max_body_bytes < 1 or self.timeout_s <= 0 or self.workers < 1:
+        values = (self.max_candidates, self.max_body_bytes, self.timeout_s, self.workers, self.threads)
+        if min(values) <= 0:
             raise KarError(f"service limits must be positive: {self}")
 
 
@@ -254,7 +257,13 @@ def create_app(*, scorer: OnlineScorer, token: str | None, limits: ServiceLimits
     limits = limits or ServiceLimits()
     metrics = _Metrics()
     request_model = _rank_request_model(limits.max_candidates)
-    executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="kar-rank")
+    # torch's thread count is per calling thread: set it where the forward passes run.
+    executor = ThreadPoolExecutor(
+        max_workers=limits.workers,
+        thread_name_prefix="kar-rank",
+        initializer=_torch_threads,
+        initargs=(limits.threads,),
+    )
     expected = f"Bearer {token}".encode() if token else None
 
     @contextlib.asynccontextmanager
@@ -321,6 +330,12 @@ def create_app(*, scorer: OnlineScorer, token: str | None, limits: ServiceLimits
     return app
 
 
+def _torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
 def _rank(scorer: OnlineScorer, user_id: int, item_ids: list[int], context: dict[str, Any]) -> Ranking:
     return scorer.rank(user_id=user_id, item_ids=item_ids, context=context)
 
@@ -337,7 +352,6 @@ def serve(
     token_file: Path | None = None,
     no_auth: bool = False,
     limits: ServiceLimits | None = None,
-    threads: int = 1,
 ) -> None:
     """Load the ranker and the feature store, then serve until interrupted (what ``kar serve`` runs).
 
@@ -351,13 +365,11 @@ def serve(
         port: Port to bind.
         token_file: File with the bearer token; ``$KAR_SERVE_TOKEN`` otherwise.
         no_auth: Serve without auth (loopback only).
-        limits: Request limits.
-        threads: torch CPU threads per forward pass.
+        limits: Request limits and scoring threads.
 
     Raises:
         KarError: Auth misconfigured, or the model and the feature service do not fit together.
     """
-    import torch
     import uvicorn
 
     from kar import store
@@ -365,7 +377,6 @@ def serve(
 
     # Before the slow loading: a misconfigured token fails in a second.
     token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
-    torch.set_num_threads(threads)
     feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
     scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service or store.SERVING_SERVICE)
     app = create_app(scorer=scorer, token=token, limits=limits)
