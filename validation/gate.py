@@ -83,7 +83,9 @@ class ValidationReport:
             f"{ok}/{len(self.outcomes)} expectations, {self.rows:,} rows, {self.rejected:,} quarantined"
         )
         if not self.passed:
-            line += "; failed " + "; ".join(f"{o.name} (observed {_fmt(o.observed)})" for o in self.outcomes if not o.success)
+            line += "; failed " + "; ".join(
+                f"{o.name} (observed {_fmt(o.observed)})" for o in self.outcomes if not o.success
+            )
         return line
 
     def as_dict(self) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def _column_rule(kind: str, kw: dict) -> tuple[Column, Column]:
         "expect_column_values_to_not_be_in_set": lambda: ~col.isin(list(kw["value_set"])),
         "expect_column_values_to_match_regex": lambda: col.rlike(kw["regex"]),
         "expect_column_values_to_not_match_regex": lambda: ~col.rlike(kw["regex"]),
-        "expect_column_values_to_not_match_regex_list": lambda: ~F.greatest(
-            *[col.rlike(r) for r in kw["regex_list"]], F.lit(False)
+        "expect_column_values_to_not_match_regex_list": lambda: (
+            ~F.greatest(*[col.rlike(r) for r in kw["regex_list"]], F.lit(False))
         ),
         "expect_column_value_lengths_to_be_between": lambda: _between(F.length(col), kw),
         "expect_column_value_lengths_to_equal": lambda: F.length(col) == F.lit(kw["value"]),

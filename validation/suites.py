@@ -145,7 +145,11 @@ def raw_interactions(t: Thresholds = DEFAULT, *, now: datetime | None = None) ->
             *[_row(E.ExpectColumnValuesToNotBeNull(column=c, mostly=keep)) for c in columns],
             _row(E.ExpectColumnValuesToBeBetween(column="user_id", min_value=1, mostly=keep)),
             _row(E.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, mostly=keep)),
-            _row(E.ExpectColumnValuesToBeBetween(column="rating", min_value=t.rating_min, max_value=t.rating_max, mostly=keep)),
+            _row(
+                E.ExpectColumnValuesToBeBetween(
+                    column="rating", min_value=t.rating_min, max_value=t.rating_max, mostly=keep
+                )
+            ),
             _row(E.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1], mostly=keep)),
             _row(
                 E.ExpectColumnValuesToBeBetween(
@@ -185,7 +189,9 @@ def raw_items(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
             E.ExpectColumnValuesToBeOfType(column="item_id", type_="LongType"),
             _row(E.ExpectColumnValuesToNotBeNull(column="item_id", mostly=keep)),
             _row(E.ExpectColumnValuesToNotBeNull(column="title", mostly=keep)),
-            _row(E.ExpectColumnValuesToBeBetween(column="year", min_value=t.year_min, max_value=t.year_max, mostly=keep)),
+            _row(
+                E.ExpectColumnValuesToBeBetween(column="year", min_value=t.year_min, max_value=t.year_max, mostly=keep)
+            ),
             E.ExpectColumnValuesToBeUnique(column="item_id"),
             E.ExpectTableRowCountToBeBetween(min_value=1),
         ],
