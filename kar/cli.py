@@ -672,5 +672,33 @@ def bench_train_command(
     )
 
 
+@bench_app.command("validate")
+@friendly
+def bench_validate_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    dataset: Annotated[str, typer.Option(help="Input dataset (default: synthetic sized to ML-1M, ~1M ratings).")] = (
+        "synthetic"
+    ),
+    path: Annotated[Path | None, typer.Option(help="Input folder for file datasets.")] = None,
+    protocol: Annotated[str, typer.Option(help="Split protocol: time or kar.")] = "kar",
+    rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 2,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """The prepare job with and without its data-quality gates on ~1M interactions: time and overhead."""
+    from kar.bench.validate import bench_validate
+
+    with steps() as step:
+        result = bench_validate(
+            out=out, dataset=dataset, path=path, protocol=protocol, rounds=rounds, master=master, progress=step
+        )
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    console.print(
+        f"[bold]gate overhead[/] {result['overhead']:+.1%} (goal ≤ {result['goal']:.0%}: {verdict}) · prepare "
+        f"{result['plain_seconds']:.1f} s plain vs {result['gated_seconds']:.1f} s gated · "
+        f"{result['interactions']:,} interactions, {len(result['suites'])} suites → {out} ({result['plot']})",
+        highlight=False,
+    )
+
+
 def main() -> None:
     app()
