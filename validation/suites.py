@@ -79,7 +79,7 @@ class Thresholds:
     year_min: int = 1800
     year_max: int = 2100
     max_over_budget: float = 0.05
-    answer_min_chars: int = 20
+    answer_min_chars: int = 12
     answer_max_chars: int = 8000
     max_empty_answers: float = 0.05
     max_truncated_answers: float = 0.5
@@ -112,12 +112,19 @@ def is_row_level(expectation: Expectation) -> bool:
     return bool((expectation.meta or {}).get(ROW_LEVEL))
 
 
+def _named(expectation: Expectation, label: str) -> Expectation:
+    """Tell apart two expectations of one type on one column: ``...(status: empty)``."""
+    expectation.meta = {**(expectation.meta or {}), "label": label}
+    return expectation
+
+
 def expectation_name(expectation: Expectation) -> str:
     """A readable, stable name: ``expect_column_values_to_be_between(rating)``."""
+    label = (expectation.meta or {}).get("label")
     config = expectation.configuration.kwargs
     columns = [config[k] for k in ("column", "column_A", "column_B") if config.get(k)]
     columns += list(config.get("column_list") or [])
-    return f"{expectation.expectation_type}({', '.join(columns)})"
+    return f"{expectation.expectation_type}({', '.join(columns)}{': ' + label if label else ''})"
 
 
 def _suite(stage: str, table: str, expectations: list[Expectation], **meta: Any) -> gx.ExpectationSuite:
@@ -240,3 +247,62 @@ def prepared_splits(t: Thresholds = DEFAULT, *, protocol: str = "kar") -> gx.Exp
 
 
 SuiteBuilder = Callable[..., gx.ExpectationSuite]
+
+
+def prompts(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """Knowledge prompts: a non-empty message (and history, for users); few prompts over the token budget."""
+    keep = 1 - t.max_row_reject
+    expectations = [
+        _row(E.ExpectColumnValuesToNotBeNull(column="prompt", mostly=keep)),
+        _row(E.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1, mostly=keep)),
+        E.ExpectColumnValuesToBeInSet(column="over_budget", value_set=[False], mostly=1 - t.max_over_budget),
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+    if kind == "user":
+        expectations.insert(2, _row(E.ExpectColumnValuesToBeBetween(column="n_history", min_value=1, mostly=keep)))
+    return _suite("prompts", kind, expectations)
+
+
+def answers(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """Usable (``ok``) LLM answers: text present, within length bounds, not a refusal or boilerplate."""
+    keep = 1 - t.max_bad_answers
+    return _suite(
+        "answers",
+        kind,
+        [
+            _row(E.ExpectColumnValuesToNotBeNull(column="text", mostly=keep)),
+            _row(
+                E.ExpectColumnValueLengthsToBeBetween(
+                    column="text", min_value=t.answer_min_chars, max_value=t.answer_max_chars, mostly=keep
+                )
+            ),
+            _row(
+                E.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(REFUSAL_PATTERNS), mostly=keep)
+            ),
+        ],
+    )
+
+
+def answer_statuses(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """Every prompt with its answer's ``status``: few empty or truncated answers, most entities covered."""
+    return _suite(
+        "answers",
+        f"{kind}_status",
+        [
+            _named(
+                E.ExpectColumnValuesToNotBeInSet(column="status", value_set=["empty"], mostly=1 - t.max_empty_answers),
+                "empty",
+            ),
+            _named(
+                E.ExpectColumnValuesToNotBeInSet(
+                    column="status", value_set=["truncated"], mostly=1 - t.max_truncated_answers
+                ),
+                "truncated",
+            ),
+            _named(
+                E.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=t.min_answer_coverage),
+                "coverage",
+            ),
+            E.ExpectTableRowCountToBeBetween(min_value=1),
+        ],
+    )
