@@ -239,6 +239,10 @@ def demo(
         f"(max |online − raw-vector score| {ranking['max_abs_diff_vs_raw']:.1e})",
         highlight=False,
     )
+    from validation.stages import stage_lines
+
+    for line in stage_lines(metrics["validation"]):
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
 
 
@@ -379,6 +383,30 @@ def encode(
     for line in _encode_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"vectors → {out} (summary: {out / 'summary.json'})", highlight=False)
+
+
+@app.command()
+@friendly
+def validate(
+    stage: Annotated[str, typer.Argument(help="raw, prepared, prompts, answers, embeddings, features or training.")],
+    data: DataDir,
+    out: Annotated[
+        Path | None, typer.Option(help="Results folder (default DATA/validation; Data Docs in docs/validate-STAGE).")
+    ] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Run one stage's data-quality suites on a data folder; prints a line per suite, writes JSON + Data Docs."""
+    from kar.pipeline import run_validate
+
+    with steps() as step:
+        reports, extra, docs = run_validate(stage=stage, data_dir=data, out=out, master=master, progress=step)
+    for report in reports:
+        console.print(report.summary_line(), highlight=False, soft_wrap=True)
+    if facts := extra.get("item_facts"):
+        console.print(facts["summary"], highlight=False)
+    console.print(f"results → {docs.parents[2]} (Data Docs: {docs})", highlight=False)
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
 
 
 adapt_app = typer.Typer(

@@ -4,7 +4,7 @@ batch-level stops; row-rule translations agree with great_expectations; hallucin
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -84,7 +84,9 @@ def test_raw_users_and_items(spark, tmp_path):
     users = spark.createDataFrame([(1, "M", 25), (2, "F", 40)], "user_id long, gender string, age int")
     assert v.validate(users, suites.raw_users())[1].passed
     dup = spark.createDataFrame([(1, "M", 25), (1, "F", 40)], "user_id long, gender string, age int")
-    assert v.validate(dup, suites.raw_users())[1].failed == ["expect_column_values_to_be_unique(user_id)"]
+    assert v.validate(dup, suites.raw_users())[1].failed == [
+        "expect_column_proportion_of_unique_values_to_be_between(user_id)"
+    ]
     items = spark.createDataFrame([(1, "A (1995)", 1995), (2, "B", 2001)], "item_id long, title string, year int")
     assert v.validate(items, suites.raw_items())[1].passed
     bad_year = spark.createDataFrame([(1, "A", 1995), (2, "B", 3001)], "item_id long, title string, year int")
@@ -118,7 +120,7 @@ def test_prepared_splits_catch_a_user_in_two_kar_splits(spark, tmp_path):
     rows = [(u, u % 2, "train") for u in range(1, 201)] + [(u, u % 2, "test") for u in range(201, 401)]
     v = validator(tmp_path)
     assert v.validate(split_stats(spark.createDataFrame(rows, schema)), suites.prepared_splits())[1].passed
-    leaked = spark.createDataFrame(rows + [(1, 1, "test")], schema)
+    leaked = spark.createDataFrame([*rows, (1, 1, "test")], schema)
     _, report = v.validate(split_stats(leaked), suites.prepared_splits())
     assert report.failed == ["expect_column_values_to_be_between(users_in_several_splits)"]
     # the time protocol splits by time, so a user may be in several splits
@@ -130,7 +132,7 @@ def test_prompts_without_history_are_quarantined_and_over_budget_fails(spark, tm
     good = [(u, f"user {u} watched …", 3, False) for u in range(1, 41)]
     v = validator(tmp_path)
     assert v.validate(spark.createDataFrame(good, schema), suites.prompts("user"))[1].passed
-    bad = good + [(99, "", 0, False)]
+    bad = [*good, (99, "", 0, False)]
     accepted, report = v.validate(spark.createDataFrame(bad, schema), suites.prompts("user"))
     assert report.rejected == 1 and accepted.count() == 40
     over = [(u, "p", 3, u % 2 == 0) for u in range(1, 41)]
@@ -143,7 +145,7 @@ def test_answers_refusals_and_short_texts_are_quarantined(spark, tmp_path):
     good = [(i, f"Item {i} is a 1995 drama about a long journey home.") for i in range(1, 21)]
     v = validator(tmp_path)
     assert v.validate(spark.createDataFrame(good, schema), suites.answers("item"))[1].passed
-    bad = good + [(90, "I'm sorry, I cannot help with that request."), (91, "ok"), (92, "As an AI model I think so.")]
+    bad = [*good, (90, "I'm sorry, I cannot help with that request."), (91, "ok"), (92, "As an AI model I think so.")]
     quarantine = tmp_path / "q"
     accepted, report = v.validate(spark.createDataFrame(bad, schema), suites.answers("item"), quarantine=quarantine)
     assert report.passed and accepted.count() == 20
@@ -251,3 +253,92 @@ def test_prepare_gates_write_results_and_stop_on_batch_failure(spark, tmp_path, 
         prepare(spark=spark, dataset="synthetic", out=tmp_path / "bad", synthetic=config, now=NOW, split=KAR)
     assert (tmp_path / "bad" / "samples").is_dir() and (tmp_path / "bad" / "interactions").is_dir()
     assert not json.loads((tmp_path / "bad" / "validation" / "prepared.splits.json").read_text())["passed"]
+
+
+VECTORS = "entity_id long, as_of timestamp, dim int, vector array<float>"
+
+
+def _vectors(spark, vectors):
+    return spark.createDataFrame([(i, datetime(2020, 1, 1), 3, v) for i, v in enumerate(vectors, start=1)], VECTORS)
+
+
+def test_embeddings_suite_catches_nan_wrong_dimension_and_collapse(spark, tmp_path):
+    from validation.frames import vector_spread, vector_stats
+
+    v = validator(tmp_path)
+    spread = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]]
+    good = _vectors(spark, spread)
+    assert v.validate(vector_stats(good), suites.embeddings("item"))[1].passed
+    _, report = v.validate(vector_spread(good), suites.embedding_spread("item"))
+    assert report.passed and report.outcomes[0].observed == pytest.approx((0.6 + 0.8) * 2 / 12)
+    bad = _vectors(spark, [*spread, [float("nan"), 0.0, 1.0], [1.0, 0.0]])
+    _, report = v.validate(vector_stats(bad), suites.embeddings("item"))
+    assert report.failed == [
+        "expect_column_pair_values_to_be_equal(n_values, dim)",
+        "expect_column_values_to_be_between(n_nonfinite)",
+        "expect_column_values_to_be_between(norm)",  # a NaN norm is out of range too
+    ]
+    collapsed = _vectors(spark, [[1.0, 0.01 * i, 0.0] for i in range(5)])
+    _, report = v.validate(vector_spread(collapsed), suites.embedding_spread("item"))
+    assert report.failed == ["expect_column_max_to_be_between(mean_pairwise_cosine)"]
+
+
+def test_features_suite_checks_freshness_and_null_vectors(spark, tmp_path):
+    v = validator(tmp_path)
+    table = _vectors(spark, [[1.0, 0.0, 0.0]] * 40)
+    newest = datetime(2020, 6, 1, tzinfo=UTC)
+    assert v.validate(table, suites.features("vectors/item", newest_event=newest))[1].passed
+    stale = suites.features("vectors/item", newest_event=datetime(2022, 1, 1, tzinfo=UTC))
+    assert v.validate(table, stale)[1].failed == ["expect_column_max_to_be_between(as_of)"]
+    nulls = _vectors(spark, [[1.0, 0.0, 0.0]] * 30 + [None] * 10)
+    _, report = v.validate(nulls, suites.features("vectors/item", newest_event=newest))
+    assert report.failed == ["expect_column_values_to_not_be_null(vector)"]
+
+
+def test_training_suite_checks_knowledge_join_coverage(tmp_path):
+    v = validator(tmp_path)
+    frame = pd.DataFrame(
+        {"label": [0, 1] * 10, "split": ["train"] * 20, "has_user_knowledge": [True] * 20,
+         "has_item_knowledge": [True] * 5 + [False] * 15}
+    )  # fmt: skip
+    report = v.validate_pandas(frame, suites.training())
+    assert report.failed == ["expect_column_mean_to_be_between(has_item_knowledge)"]
+    assert v.validate_pandas(frame, suites.training(knowledge=("user",))).passed
+
+
+def test_stage_lines_one_per_stage_in_pipeline_order(spark, tmp_path):
+    from validation.stages import stage_lines
+
+    v = validator(tmp_path)
+    v.validate(good_interactions(spark), suites.raw_interactions(now=NOW))
+    all_positive = _interactions(spark, [(u, 1, 5.0, 1, datetime(2020, 1, 1)) for u in range(1, 11)])
+    v.validate(all_positive, suites.raw_interactions(now=NOW))
+    v.validate_pandas(pd.DataFrame({"label": [0, 1], "split": ["train", "test"]}), suites.training(knowledge=()))
+    lines = stage_lines([r.as_dict() for r in reversed(v.reports)])
+    assert lines == [
+        "validation raw: FAILED (expect_column_mean_to_be_between(label)), 1/2 suites, 50 rows checked, "
+        "0 rejected by row rules",
+        "validation training: passed, 1/1 suites, 2 rows checked, 0 rejected by row rules",
+    ]
+
+
+def test_kar_validate_cli_prints_a_line_per_suite_and_exits_1_on_failure(spark, tmp_path):
+    from typer.testing import CliRunner
+
+    from kar.cli import app
+
+    data = tmp_path / "data"
+    good_interactions(spark).write.parquet(str(data / "interactions"))
+    spark.createDataFrame([(1, "M", 25)], "user_id long, gender string, age int").write.parquet(str(data / "users"))
+    spark.createDataFrame([(1, "A", 1995), (1, "B", 1999)], "item_id long, title string, year int").write.parquet(
+        str(data / "items")
+    )
+    result = CliRunner().invoke(app, ["validate", "raw", "--data", str(data), "--master", "local[2]"])
+    assert result.exit_code == 1, result.output
+    assert "validation raw.interactions v1: passed" in result.output
+    assert "validation raw.items v1: FAILED" in result.output
+    assert "expect_column_proportion_of_unique_values_to_be_between(item_id)" in result.output
+    assert (data / "validation" / "docs" / "validate-raw" / "index.html").is_file()
+    assert json.loads((data / "validation" / "raw.items.json").read_text())["passed"] is False
+    unknown = CliRunner().invoke(app, ["validate", "nope", "--data", str(data)])
+    assert unknown.exit_code != 0 and "unknown stage 'nope'" in unknown.output

@@ -33,3 +33,36 @@ def split_stats(samples: DataFrame, *, min_samples: int = MIN_SPLIT_SAMPLES) -> 
 def samples_with_cutoffs(samples: DataFrame, cutoffs: DataFrame) -> DataFrame:
     """Samples with their user's ``knowledge_cutoff`` (null for a user without knowledge history)."""
     return samples.join(F.broadcast(cutoffs.select("user_id", "knowledge_cutoff")), "user_id", "left")
+
+
+def vector_stats(vectors: DataFrame) -> DataFrame:
+    """Vectors with ``n_values`` (length), ``norm`` (L2) and ``n_nonfinite`` (NaN/inf values)."""
+    values = F.col("vector")
+    return vectors.withColumns(
+        {
+            "n_values": F.size(values),
+            "norm": F.sqrt(F.aggregate(values, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)),
+            "n_nonfinite": F.size(F.filter(values, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))),
+        }
+    )
+
+
+def vector_spread(vectors: DataFrame) -> DataFrame:
+    """One row: ``vectors`` and ``mean_pairwise_cosine`` over all pairs of distinct rows.
+
+    With unit vectors u_i and S = Σ u_i, Σ_{i≠j} u_i·u_j = |S|² − n, so the mean over the n(n−1) pairs needs one
+    sum per dimension, not n² products.
+    """
+    norm = F.sqrt(F.aggregate("vector", F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
+    unit = vectors.where(F.size("vector") > 0).select(
+        F.posexplode(F.transform("vector", lambda x: x / norm)).alias("pos", "value")
+    )
+    sums = unit.groupBy("pos").agg(F.sum("value").alias("s"))
+    n = vectors.where(F.size("vector") > 0).agg(F.count("*").alias("n"))
+    total = sums.agg(F.sum(F.col("s") * F.col("s")).alias("s2")).crossJoin(n)
+    return total.select(
+        F.col("n").alias("vectors"),
+        F.when(F.col("n") > 1, (F.col("s2") - F.col("n")) / (F.col("n") * (F.col("n") - 1))).alias(
+            "mean_pairwise_cosine"
+        ),
+    )

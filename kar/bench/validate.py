@@ -80,8 +80,9 @@ def bench_validate(
             synthetic=synthetic if dataset == "synthetic" else None, now=now, validate=side == "gated",
         )  # fmt: skip
         elapsed = time.perf_counter() - started
-        summary.update(result)
+        summary.update({k: v for k, v in result.items() if k != "validation"})
         if side == "gated":
+            summary["validation"] = result["validation"]
             validation_seconds.append(sum(r["seconds"] for r in result["validation"].values()))
         shutil.rmtree(target, ignore_errors=True)
         return elapsed
