@@ -199,17 +199,16 @@ class Validator:
         """Validate a Spark DataFrame; returns the accepted rows and the report (never raises on failures).
 
         Args:
-            df: The batch; cache it first when the caller reads it again (the gate reads it twice).
+            df: The batch. The gate reads it twice (our pass, then great_expectations): cache it first when it is
+                expensive to compute; a parquet read is better left uncached, since each pass reads only the
+                columns its rules name (caching the prepared samples with their history arrays cost more than
+                both reads).
             suite: The stage's suite (``validation.suites``).
             quarantine: Folder for rows that break a row-level expectation (``quarantine/<stage>/<table>``);
                 None keeps them out of the returned rows without writing them (``kar validate`` on data
                 already written).
         """
         started = time.perf_counter()
-        # Our pass and great_expectations' metric jobs all read the batch: compute it once.
-        cached_here = not df.storageLevel.useMemory
-        if cached_here:
-            df = df.cache()
         rules = [row_rule(e) for e in suite.expectations if is_row_level(e)]
         aggs = [F.count(F.lit(1)).alias("_rows")]
         for i, rule in enumerate(rules):
@@ -235,8 +234,6 @@ class Validator:
                 where = str(quarantine)
             accepted = marked.where(F.size(FAILED) == 0).drop(FAILED)
         outcomes += self._run_ge(accepted, suite, "spark")
-        if cached_here:
-            df.unpersist()
         report = ValidationReport(
             suite=suite.name, stage=suite.meta["stage"], version=int(suite.meta["version"]), rows=rows,
             rejected=rejected, outcomes=outcomes, quarantine=where, seconds=time.perf_counter() - started,
