@@ -61,7 +61,7 @@ def test_unknown_dataset_or_variant_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: Path) -> None:
-    from tests.test_adapt_export import _vector_table
+    from tests.conftest import _vector_table
 
     data = tmp_path / "prepared"
     shutil.copytree(tiny_prepared, data, ignore=shutil.ignore_patterns("feast", "vectors", "adapted"))
