@@ -239,6 +239,10 @@ def demo(
         f"(max |online − raw-vector score| {ranking['max_abs_diff_vs_raw']:.1e})",
         highlight=False,
     )
+    from validation.stages import stage_lines
+
+    for line in stage_lines(metrics["validation"]):
+        console.print(line, highlight=False, soft_wrap=True)
     for line in service_lines(metrics["service"]):
         console.print(line, highlight=False)
     console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
@@ -394,6 +398,30 @@ def encode(
     for line in _encode_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"vectors → {out} (summary: {out / 'summary.json'})", highlight=False)
+
+
+@app.command()
+@friendly
+def validate(
+    stage: Annotated[str, typer.Argument(help="raw, prepared, prompts, answers, embeddings, features or training.")],
+    data: DataDir,
+    out: Annotated[
+        Path | None, typer.Option(help="Results folder (default DATA/validation; Data Docs in docs/validate-STAGE).")
+    ] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Run one stage's data-quality suites on a data folder; prints a line per suite, writes JSON + Data Docs."""
+    from kar.pipeline import run_validate
+
+    with steps() as step:
+        reports, extra, docs = run_validate(stage=stage, data_dir=data, out=out, master=master, progress=step)
+    for report in reports:
+        console.print(report.summary_line(), highlight=False, soft_wrap=True)
+    if facts := extra.get("item_facts"):
+        console.print(facts["summary"], highlight=False)
+    console.print(f"results → {docs.parents[2]} (Data Docs: {docs})", highlight=False)
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
 
 
 adapt_app = typer.Typer(
@@ -771,6 +799,34 @@ def bench_train_command(
     console.print(
         f"{result['n_train']:,} train samples, batch {result['batch_size']}, {result['threads']} thread(s) → "
         f"{out} ({result['plot']})",
+        highlight=False,
+    )
+
+
+@bench_app.command("validate")
+@friendly
+def bench_validate_command(
+    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    dataset: Annotated[str, typer.Option(help="Input dataset (default: synthetic sized to ML-1M, ~1M ratings).")] = (
+        "synthetic"
+    ),
+    path: Annotated[Path | None, typer.Option(help="Input folder for file datasets.")] = None,
+    protocol: Annotated[str, typer.Option(help="Split protocol: time or kar.")] = "kar",
+    rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 2,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """The prepare job with and without its data-quality gates on ~1M interactions: time and overhead."""
+    from kar.bench.validate import bench_validate
+
+    with steps() as step:
+        result = bench_validate(
+            out=out, dataset=dataset, path=path, protocol=protocol, rounds=rounds, master=master, progress=step
+        )
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    console.print(
+        f"[bold]gate overhead[/] {result['overhead']:+.1%} (goal ≤ {result['goal']:.0%}: {verdict}) · prepare "
+        f"{result['plain_seconds']:.1f} s plain vs {result['gated_seconds']:.1f} s gated · "
+        f"{result['interactions']:,} interactions, {len(result['suites'])} suites → {out} ({result['plot']})",
         highlight=False,
     )
 

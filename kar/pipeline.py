@@ -152,6 +152,8 @@ def run_demo(
     store.apply(data_dir=data_dir)
     step("point-in-time training frame from Feast")
     frame = store.training_frame(data_dir=data_dir)
+    step("validating the training frame")
+    late_reports = validate_late_stage("training", data_dir=data_dir, frame=frame, knowledge=knowledge)
     results = {
         model: run_train(model=model, data_dir=data_dir, out=out / "models" / model, frame=frame, progress=step)
         for model in DEMO_MODELS
@@ -159,8 +161,12 @@ def run_demo(
     ranker_dir = out / "models" / "deepfm"
     step("exporting adapted knowledge to Feast (KAR pre-storage)")
     exported = run_adapt_export(run_dir=ranker_dir, data_dir=data_dir)
+    if knowledge:
+        step("validating the feature sources before materialize")
+        late_reports += validate_late_stage("features", data_dir=data_dir, frame=frame, knowledge=knowledge)
     step("materializing the online store")
     feature_store = store.materialize(data_dir=data_dir)
+    validation = collect_validation(summary, knowledge_summary, encode_summary) + late_reports
     lookup, ranking = _sample_ranking(feature_store, frame, ranker_dir=ranker_dir)
     step("starting `kar serve` and ranking one request over HTTP")
     served = served_ranking(data_dir=data_dir, model_dir=ranker_dir, request=ranking["request"])
@@ -170,6 +176,7 @@ def run_demo(
         "knowledge": knowledge_summary,
         "encode": encode_summary,
         "knowledge_coverage": knowledge_coverage(frame),
+        "validation": validation,
         "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
         "models": results,
         "adapted_export": {table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
@@ -180,6 +187,46 @@ def run_demo(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def collect_validation(*summaries: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every gate report (``ValidationReport.as_dict``) found in job summaries, at any depth, in order."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("validation"), dict):
+                found.extend(node["validation"].values())
+            for key, value in node.items():
+                if key != "validation":
+                    walk(value)
+
+    for summary in summaries:
+        walk(summary)
+    return found
+
+
+def validate_late_stage(stage: str, *, data_dir: Path, frame: Any, knowledge: bool) -> list[dict[str, Any]]:
+    """The demo's ``features`` gate (knowledge sources before materialize) or ``training`` gate (join coverage).
+
+    Raises:
+        DataError: A failed expectation (results and Data Docs are written first).
+    """
+    from spark_jobs.session import get_spark
+    from validation import stages
+    from validation.gate import VALIDATION_DIR, Validator
+    from validation.suites import training
+
+    validator = Validator(out_dir=data_dir / VALIDATION_DIR, name=f"demo-{stage}")
+    if stage == "features":
+        stages.features(get_spark(app_name="kar-validate"), data_dir, validator)
+    else:
+        has = tuple(k for k in stages.KINDS if knowledge and f"has_{k}_knowledge" in frame.columns)
+        validator.validate_pandas(frame, training(knowledge=has))
+    validator.finish()
+    for report in validator.reports:
+        report.raise_for_failures(kept=f"tables are in {data_dir}")
+    return [r.as_dict() for r in validator.reports]
 
 
 def _knowledge_sample(knowledge_dir: Path, *, user_id: Any) -> dict[str, Any] | None:
@@ -420,6 +467,29 @@ def run_encode(
         text_column=text_column,
         progress=step,
     )
+
+
+def run_validate(
+    *, stage: str, data_dir: Path, out: Path | None = None, master: str | None = None, progress: Progress | None = None
+) -> tuple[list[Any], dict[str, Any], Path]:
+    """Run one stage's data-quality suites on ``data_dir`` (see ``validation.stages``).
+
+    Returns:
+        The reports, the stage's extras (``item_facts`` for answers) and the Data Docs index.
+    """
+    from spark_jobs.session import get_spark
+    from validation.gate import DOCS_DIR, VALIDATION_DIR
+    from validation.stages import STAGES, validate_stage
+
+    step = progress or _noop
+    if stage not in STAGES:
+        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    step("starting Spark")
+    spark = get_spark(app_name=f"kar-validate-{stage}", master=master)
+    step(f"validating {stage}")
+    out = out or data_dir / VALIDATION_DIR
+    reports, extra = validate_stage(spark, stage, data_dir=data_dir, out_dir=out)
+    return reports, extra, out / DOCS_DIR / f"validate-{stage}" / "index.html"
 
 
 def run_adapt_export(

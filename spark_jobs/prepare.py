@@ -6,6 +6,8 @@ Layout of the output folder (names in ``spark_jobs.schema``)::
     samples/                             CTR samples with split and behaviour feature (Feast entity rows)
     knowledge_history/ knowledge_cutoffs/  what later knowledge prompts may see, and as of when
     quarantine/<table>/                  rejected rows with file, line and reason
+    quarantine/<stage>/<table>/          rows that broke a row-level expectation (``validation.suites``)
+    validation/                          JSON result per suite and Data Docs HTML (``docs/prepare``)
     id_maps/<users|items>/               raw string id -> int64 id (datasets with string ids)
     summary.json                         counts of everything above
 """
@@ -13,6 +15,7 @@ Layout of the output folder (names in ``spark_jobs.schema``)::
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,6 +31,9 @@ from spark_jobs.datasets import RawTables, load_dataset
 from spark_jobs.fields import REASON, add_reason
 from spark_jobs.quarantine import QuarantineReport, split_quarantine
 from spark_jobs.splits import SplitConfig, make_splits
+from validation import suites
+from validation.frames import samples_with_cutoffs, split_stats
+from validation.gate import VALIDATION_DIR, ValidationReport, Validator
 
 Progress = Callable[[str], None]
 # Row counts in the summary are read back from what was written (parquet metadata), not recomputed.
@@ -73,16 +79,60 @@ def _write(df: DataFrame, path: Path) -> None:
     df.write.mode("overwrite").parquet(str(path))
 
 
-def _label_rates(samples: DataFrame) -> dict[str, dict[str, float]]:
-    rows = samples.groupBy("split").agg(
-        F.count("*").alias("samples"),
-        F.avg("label").alias("label_rate"),
-        F.countDistinct("user_id").alias("users"),
-    )
+def _label_rates(stats: DataFrame) -> dict[str, dict[str, float]]:
     return {
         r["split"]: {"samples": r["samples"], "users": r["users"], "label_rate": round(r["label_rate"], 4)}
-        for r in rows.collect()
+        for r in stats.collect()
     }
+
+
+class _Gates:
+    """The prepare job's data-quality gates, or nothing when ``validate=False`` (the benchmark's baseline)."""
+
+    def __init__(self, out: Path, *, enabled: bool) -> None:
+        self.out = out
+        self.validator = Validator(out_dir=out / VALIDATION_DIR, name="prepare") if enabled else None
+
+    def check(self, df: DataFrame, suite, *, table: str) -> DataFrame:
+        """Validate ``df``; rows breaking a row-level rule go to ``quarantine/<stage>/<table>``."""
+        if self.validator is None:
+            return df
+        quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / table
+        accepted, report = self.validator.validate(df, suite, quarantine=quarantine)
+        self._stop_on(report)
+        return accepted
+
+    def check_written(self, path: Path, suite, *, derive=None) -> None:
+        """Validate a table already written; rejected rows are moved to quarantine and the table rewritten."""
+        if self.validator is None:
+            return
+        spark = SparkSession.getActiveSession()
+        table = spark.read.parquet(str(path))
+        frame = derive(table) if derive else table
+        quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / path.name
+        accepted, report = self.validator.validate(frame, suite, quarantine=quarantine)
+        if report.rejected:
+            tmp = path.with_name(path.name + ".accepted")
+            accepted.select(*table.columns).write.mode("overwrite").parquet(str(tmp))
+            shutil.rmtree(path)
+            tmp.rename(path)
+        self._stop_on(report)
+
+    def check_frame(self, frame: DataFrame, suite) -> None:
+        """Validate a derived frame (batch-level only)."""
+        if self.validator is not None:
+            self._stop_on(self.validator.validate(frame, suite)[1])
+
+    def _stop_on(self, report: ValidationReport) -> None:
+        if not report.passed:
+            self.finish()
+            report.raise_for_failures(kept=f"tables written so far stay in {self.out}")
+
+    def finish(self) -> dict[str, dict[str, object]]:
+        if self.validator is None:
+            return {}
+        self.validator.finish()
+        return {r.suite: r.as_dict() for r in self.validator.reports}
 
 
 def prepare(
@@ -95,6 +145,7 @@ def prepare(
     synthetic=None,
     progress: Progress | None = None,
     now: datetime | None = None,
+    validate: bool = True,
 ) -> dict[str, object]:
     """Run the prepare job and return its summary (also written to ``out/summary.json``).
 
@@ -107,28 +158,35 @@ def prepare(
         synthetic: ``SyntheticConfig`` for the synthetic dataset.
         progress: Called with a short description as each step starts.
         now: Reference time for "timestamp in the future" checks (tests pin it).
+        validate: Run the data-quality gates (``validation.suites`` raw and prepared); off only to measure
+            their cost.
 
     Raises:
-        DataError: Missing files, or an input so broken that most rows fail (wrong separator/encoding).
+        DataError: Missing files, an input so broken that most rows fail (wrong separator/encoding), or a
+            failed batch-level expectation (tables written before it stay).
     """
     split = split or SplitConfig()
     step = progress or (lambda _msg: None)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    max_timestamp = int(((now or datetime.now(UTC)) + timedelta(days=1)).timestamp())
+    now = now or datetime.now(UTC)
+    max_timestamp = int((now + timedelta(days=1)).timestamp())
+    gates = _Gates(out, enabled=validate)
 
     step("reading raw files")
     raw = load_dataset(spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic)
     step("validating rows")
     users, items, interactions, reports = _clean_tables(raw, out / schema.QUARANTINE_DIR)
 
-    interactions = interactions.select(
+    canonical = interactions.select(
         "user_id",
         "item_id",
         "rating",
         (F.col("rating") > F.lit(raw.positive_threshold)).cast("int").alias("label"),
         F.timestamp_seconds("timestamp").alias("event_timestamp"),
     ).persist()
+    step("validating canonical tables")
+    interactions = gates.check(canonical, suites.raw_interactions(now=now), table=schema.INTERACTIONS_DIR)
     stats = interactions.agg(
         F.count("*").alias("rows"), F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
         F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
@@ -143,6 +201,8 @@ def prepare(
     _write(interactions, out / schema.INTERACTIONS_DIR)
     users_out = users.select(*[c.name for c in schema.USERS.fields if c.name != "event_timestamp"])
     items_out = items.select(*[c.name for c in schema.ITEMS.fields if c.name != "event_timestamp"], "brand")
+    users_out = gates.check(users_out, suites.raw_users(), table=schema.USERS_DIR)
+    items_out = gates.check(items_out, suites.raw_items(), table=schema.ITEMS_DIR)
     _write(users_out.withColumn("event_timestamp", valid_from), out / schema.USERS_DIR)
     _write(items_out.withColumn("event_timestamp", valid_from), out / schema.ITEMS_DIR)
     for name, id_map in raw.id_maps.items():
@@ -153,7 +213,14 @@ def prepare(
     _write(splits.samples, out / schema.SAMPLES_DIR)
     _write(splits.history, out / schema.HISTORY_DIR)
     _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
+    step("validating splits")
+    cutoffs = spark.read.parquet(str(out / schema.CUTOFFS_DIR))
+    gates.check_written(
+        out / schema.SAMPLES_DIR, suites.prepared_samples(), derive=lambda s: samples_with_cutoffs(s, cutoffs)
+    )
     written = {name: spark.read.parquet(str(out / name)) for name in _COUNTED}
+    per_split = split_stats(written[schema.SAMPLES_DIR]).cache()
+    gates.check_frame(per_split, suites.prepared_splits(protocol=split.protocol))
 
     summary = {
         "dataset": dataset,
@@ -167,12 +234,13 @@ def prepare(
             "interacting_items": stats["items"],
         },
         "quarantine": {r.table: r.as_dict() for r in reports},
-        "splits": _label_rates(written[schema.SAMPLES_DIR]),
+        "splits": _label_rates(per_split),
+        "validation": gates.finish(),
         "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out / schema.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    interactions.unpersist()
+    canonical.unpersist()
     return summary
 
 

@@ -14,7 +14,10 @@ For each kind (``user``, ``item``):
 4. after the new parts are complete: parts of another model are deleted (a model change re-encodes
    everything first), and older parts are rewritten without rows whose knowledge changed or went away,
    so the table holds exactly one vector per current text;
-5. ``OUT/summary.json`` gets the counts, model, dimension, time and sentences/s per kind.
+5. ``OUT/summary.json`` gets the counts, model, dimension, time and sentences/s per kind;
+6. the embeddings gate (``validation.suites.embeddings``) checks the written tables: one dimension, finite
+   values, norms in range, vectors not collapsed (mean pairwise cosine); a failure stops the job with one line
+   after the vectors and summary are written. Results and Data Docs go to ``OUT/../validation``.
 """
 
 from __future__ import annotations
@@ -529,4 +532,18 @@ def encode_knowledge(
         summary = encode_kind(spark, kind=kind, job=job, ref=ref, progress=progress)
         write_summary(job.out, kind, summary)
         summaries[kind] = summary
+    # Imported here: the gate's great_expectations import is only paid by jobs that get this far.
+    from validation import stages
+    from validation.gate import VALIDATION_DIR, Validator
+
+    validator = Validator(out_dir=job.out.parent / VALIDATION_DIR, name="encode")
+    stages.embeddings(spark, None, validator, vectors_dir=job.out, kinds=job.kinds)
+    validator.finish()
+    for kind in job.kinds:
+        summaries[kind]["validation"] = {
+            r.suite: r.as_dict() for r in validator.reports if r.suite.startswith(f"embeddings.{kind}")
+        }
+        write_summary(job.out, kind, summaries[kind])
+    for report in validator.reports:
+        report.raise_for_failures(kept=f"vectors and summary are written in {job.out}")
     return summaries

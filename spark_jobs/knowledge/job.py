@@ -10,6 +10,12 @@ then complementary judgements per candidate entity pair):
 4. prompts are joined with the cache: usable answers go to ``OUT/<table>``, the rest (error, empty,
    refused, truncated, over budget) to ``OUT/quarantine/<table>`` with the reason; ``OUT/summary.json``
    gets counts by status, tokens, wall time, prompts/s and an estimated cost.
+
+Data-quality gates (``validation.suites``, user and item kinds): prompts that break a row-level rule (empty
+message, no history) go to ``OUT/quarantine/prompts/<table>`` and are not sent; usable answers that break one
+(too short or long, refusal/boilerplate) go to ``OUT/quarantine/answers/<table>``; item answers' year/genre
+claims are scored against the item table (``OUT/hallucination/item``). A batch-level failure (e.g. more than
+5% empty answers) stops the job after the tables and the summary are written, with one line naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import Kind, PromptSpec, Scenario, load_scenario, scenario_for_dataset
 from spark_jobs.llm.cache import ANSWER_SCHEMA, AnswerCache
 from spark_jobs.llm.client import Endpoint, EndpointDown, EndpointRejected, LLMClient, Request, answer_all
+from validation import hallucination, suites
+from validation.gate import VALIDATION_DIR, Validator
 
 JobKind = Literal["user", "item", "kerec"]
 JOB_KINDS: tuple[JobKind, ...] = ("user", "item", "kerec")
@@ -87,6 +95,7 @@ class KnowledgeJob:
         pricing: Prices for the cost estimate.
         tasks: Spark tasks for the LLM step (default: the cluster's parallelism).
         kerec_max_pairs: Candidate entity pairs LLM-KERec sends for judgement.
+        validation_dir: Where the gates' JSON results and Data Docs go (default ``DATA/validation``).
     """
 
     data_dir: Path
@@ -100,6 +109,11 @@ class KnowledgeJob:
     pricing: Pricing = field(default_factory=Pricing)
     tasks: int | None = None
     kerec_max_pairs: int = 500
+    validation_dir: Path | None = None
+
+    def validation_out(self) -> Path:
+        """JSON results and Data Docs of the gates (default ``DATA/validation``, beside the prepare job's)."""
+        return self.validation_dir or self.data_dir / VALIDATION_DIR
 
     def load_scenario(self) -> Scenario:
         if self.scenario is not None:
@@ -258,11 +272,18 @@ def _reason() -> F.Column:
     return F.concat_ws(": ", F.col("status"), F.coalesce(F.col("error"), F.col("finish_reason")))
 
 
-def write_answers(joined: DataFrame, *, kind: Kind, out: Path) -> dict[str, int]:
-    """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``; returns counts by status."""
+def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Validator | None = None) -> dict[str, int]:
+    """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``; returns counts by status.
+
+    With a ``validator``, usable answers that break a row-level rule of ``validation.suites.answers`` go to
+    ``OUT/quarantine/answers/<table>`` instead (they keep status ``ok`` there; the failed rules say why).
+    """
     table = TABLES[kind]
     kept = joined.drop(*DROPPED_PROMPT_COLUMNS)
-    ok = kept.filter(F.col("status") == "ok").orderBy(*ID_COLUMNS[kind])
+    ok = kept.filter(F.col("status") == "ok")
+    if validator is not None and kind in ("user", "item"):
+        ok, _ = validator.validate(ok, suites.answers(kind), quarantine=out / "quarantine" / "answers" / table)
+    ok = ok.orderBy(*ID_COLUMNS[kind])
     ok.write.mode("overwrite").parquet(str(out / table))
     bad = kept.filter(F.col("status") != "ok").withColumn("reason", _reason())
     bad.write.mode("overwrite").parquet(str(out / "quarantine" / table))
@@ -274,14 +295,35 @@ def _limited(prompts: DataFrame, kind: Kind, limit: int | None) -> DataFrame:
 
 
 def _run_kind(
-    spark: SparkSession, prompts: DataFrame, *, kind: Kind, scenario: Scenario, job: KnowledgeJob, progress: Progress
+    spark: SparkSession,
+    prompts: DataFrame,
+    *,
+    kind: Kind,
+    scenario: Scenario,
+    job: KnowledgeJob,
+    progress: Progress,
+    validator: Validator | None = None,
 ) -> tuple[DataFrame, dict[str, Any]]:
     progress(f"building {kind} prompts")
-    joined, stats = answer_prompts(
-        spark, _limited(prompts, kind, job.limit), kind=kind, spec=scenario.spec(kind), job=job, progress=progress
-    )
+    frame = _limited(prompts, kind, job.limit)
+    gated = validator is not None and kind in ("user", "item")
+    if gated:
+        frame = frame.cache()
+        quarantine = job.out / "quarantine" / "prompts" / TABLES[kind]
+        frame, report = validator.validate(frame, suites.prompts(kind), quarantine=quarantine)
+        if not report.passed:
+            validator.finish()
+            report.raise_for_failures(kept="no prompt of this kind was sent to the LLM")
+    joined, stats = answer_prompts(spark, frame, kind=kind, spec=scenario.spec(kind), job=job, progress=progress)
     joined = joined.cache()
-    stats["status"] = write_answers(joined, kind=kind, out=job.out)
+    stats["status"] = write_answers(joined, kind=kind, out=job.out, validator=validator)
+    if gated:
+        validator.validate(joined, suites.answer_statuses(kind))
+    if gated and kind == "item":
+        answers = spark.read.parquet(str(job.out / TABLES[kind]))
+        items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR))
+        facts = hallucination.check_item_facts(answers, items, out=job.out / hallucination.OUTPUT_DIR / "item")
+        stats["item_facts"] = facts.as_dict()
     tokens = joined.filter(F.col("status") != "over_budget").agg(
         F.sum("tokens_in").alias("i"), F.sum("tokens_out").alias("o"), F.sum("n_flagged").alias("f")
     )
@@ -308,12 +350,17 @@ def generate_knowledge(
     started = time.perf_counter()
     scenario = job.load_scenario()
     _require_prepared(job.data_dir)
+    validator = Validator(out_dir=job.validation_out(), name=f"knowledge-{kind}")
     if kind == "user":
         frame = prompts.user_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
-        _, summary = _run_kind(spark, frame, kind="user", scenario=scenario, job=job, progress=step)
+        _, summary = _run_kind(
+            spark, frame, kind="user", scenario=scenario, job=job, progress=step, validator=validator
+        )
     elif kind == "item":
         frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
-        _, summary = _run_kind(spark, frame, kind="item", scenario=scenario, job=job, progress=step)
+        _, summary = _run_kind(
+            spark, frame, kind="item", scenario=scenario, job=job, progress=step, validator=validator
+        )
     else:
         summary = _run_kerec(spark, scenario=scenario, job=job, progress=step)
     summary.update(
@@ -323,7 +370,12 @@ def generate_knowledge(
         endpoint=job.endpoint.base_url,
         wall_seconds=round(time.perf_counter() - started, 2),
     )
+    if validator.reports:
+        validator.finish()
+        summary["validation"] = {r.suite: r.as_dict() for r in validator.reports}
     write_summary(job.out, kind, summary)
+    for report in validator.reports:
+        report.raise_for_failures(kept=f"answers and summary are written in {job.out}; the cache keeps every answer")
     return summary
 
 

@@ -1,0 +1,344 @@
+"""Data-quality gates: per suite a good frame passes and a bad one fails naming the expectation; row quarantine;
+batch-level stops; row-rule translations agree with great_expectations; hallucination scoring."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from kar.errors import DataError
+from tests.conftest import NOW
+from validation import suites
+from validation.gate import Validator
+from validation.hallucination import score_answers, summarize
+from validation.rows import FAILED
+
+pytestmark = pytest.mark.spark
+
+INTERACTIONS = "user_id long, item_id long, rating double, label int, event_timestamp timestamp"
+
+
+def _interactions(spark, rows):
+    return spark.createDataFrame(rows, INTERACTIONS)
+
+
+def good_interactions(spark, n=40):
+    return _interactions(
+        spark, [(u, u + 1, float(1 + u % 5), int(u % 5 > 2), datetime(2020, 1, 1 + u % 28)) for u in range(1, n + 1)]
+    )
+
+
+def validator(tmp_path):
+    return Validator(out_dir=tmp_path / "validation", name="test")
+
+
+def test_raw_interactions_good_frame_passes(spark, tmp_path):
+    accepted, report = validator(tmp_path).validate(good_interactions(spark), suites.raw_interactions(now=NOW))
+    assert report.passed, report.summary_line()
+    assert report.rows == 40 and report.rejected == 0 and accepted.count() == 40
+
+
+def test_raw_interactions_bad_rows_go_to_quarantine_with_failed_expectations(spark, tmp_path):
+    bad = _interactions(
+        spark,
+        [
+            (900, 1, 7.0, 1, datetime(2020, 1, 1)),  # rating out of range
+            (None, 1, 3.0, 0, datetime(2020, 1, 1)),  # null user
+            (901, 1, 3.0, 0, datetime(2099, 1, 1)),  # in the future
+        ],
+    )
+    quarantine = tmp_path / "quarantine" / "raw" / "interactions"
+    accepted, report = validator(tmp_path).validate(
+        good_interactions(spark).unionByName(bad), suites.raw_interactions(now=NOW), quarantine=quarantine
+    )
+    assert report.passed and report.rejected == 3 and accepted.count() == 40
+    rows = pd.read_parquet(quarantine)
+    failed = dict(zip(rows["user_id"].fillna(0).astype(int), rows[FAILED].map(list), strict=True))
+    assert failed[900] == ["expect_column_values_to_be_between(rating)"]
+    assert failed[0] == ["expect_column_values_to_not_be_null(user_id)"]
+    assert failed[901] == ["expect_column_values_to_be_between(event_timestamp)"]
+
+
+def test_raw_interactions_batch_failure_names_expectation_and_observed_value(spark, tmp_path):
+    all_positive = _interactions(spark, [(u, 1, 5.0, 1, datetime(2020, 1, 1)) for u in range(1, 11)])
+    _, report = validator(tmp_path).validate(all_positive, suites.raw_interactions(now=NOW))
+    assert report.failed == ["expect_column_mean_to_be_between(label)"]
+    with pytest.raises(
+        DataError, match=r"raw.interactions failed: expect_column_mean_to_be_between\(label\) observed 1"
+    ):
+        report.raise_for_failures()
+
+
+def test_too_many_bad_rows_fail_the_batch(spark, tmp_path):
+    mostly_bad = _interactions(spark, [(u, 1, 9.0, 1, datetime(2020, 1, 1)) for u in range(1, 11)])
+    _, report = validator(tmp_path).validate(mostly_bad, suites.raw_interactions(now=NOW))
+    assert "expect_column_values_to_be_between(rating)" in report.failed
+    assert report.rejected == 10
+
+
+def test_raw_users_and_items(spark, tmp_path):
+    v = validator(tmp_path)
+    users = spark.createDataFrame([(1, "M", 25), (2, "F", 40)], "user_id long, gender string, age int")
+    assert v.validate(users, suites.raw_users())[1].passed
+    dup = spark.createDataFrame([(1, "M", 25), (1, "F", 40)], "user_id long, gender string, age int")
+    assert v.validate(dup, suites.raw_users())[1].failed == [
+        "expect_column_proportion_of_unique_values_to_be_between(user_id)"
+    ]
+    items = spark.createDataFrame([(1, "A (1995)", 1995), (2, "B", 2001)], "item_id long, title string, year int")
+    assert v.validate(items, suites.raw_items())[1].passed
+    bad_year = spark.createDataFrame([(1, "A", 1995), (2, "B", 3001)], "item_id long, title string, year int")
+    _, report = v.validate(bad_year, suites.raw_items())
+    assert report.passed and report.rejected == 1  # one bad row of two is within the 50% tolerance
+    (outcome,) = [o for o in report.outcomes if o.unexpected]
+    assert outcome.name == "expect_column_values_to_be_between(year)"
+
+
+def test_prepared_samples_before_cutoff_are_quarantined(spark, tmp_path):
+    from validation.frames import samples_with_cutoffs
+
+    schema = "user_id long, item_id long, label int, split string, event_timestamp timestamp"
+    samples = spark.createDataFrame(
+        [(1, 1, 1, "train", datetime(2020, 1, 5)), (1, 2, 0, "train", datetime(2020, 1, 1)),
+         (2, 3, 1, "test", datetime(2020, 1, 1))],
+        schema,
+    )  # fmt: skip
+    cutoffs = spark.createDataFrame([(1, datetime(2020, 1, 3))], "user_id long, knowledge_cutoff timestamp")
+    accepted, report = validator(tmp_path).validate(samples_with_cutoffs(samples, cutoffs), suites.prepared_samples())
+    assert report.rejected == 1 and accepted.count() == 2
+    assert report.passed  # user 2 has no cutoff: not checked
+    (bad,) = [o for o in report.outcomes if o.unexpected]
+    assert bad.name == "expect_column_pair_values_a_to_be_greater_than_b(event_timestamp, knowledge_cutoff)"
+
+
+def test_prepared_splits_catch_a_user_in_two_kar_splits(spark, tmp_path):
+    from validation.frames import split_stats
+
+    schema = "user_id long, label int, split string"
+    rows = [(u, u % 2, "train") for u in range(1, 201)] + [(u, u % 2, "test") for u in range(201, 401)]
+    v = validator(tmp_path)
+    assert v.validate(split_stats(spark.createDataFrame(rows, schema)), suites.prepared_splits())[1].passed
+    leaked = spark.createDataFrame([*rows, (1, 1, "test")], schema)
+    _, report = v.validate(split_stats(leaked), suites.prepared_splits())
+    assert report.failed == ["expect_column_values_to_be_between(users_in_several_splits)"]
+    # the time protocol splits by time, so a user may be in several splits
+    assert v.validate(split_stats(leaked), suites.prepared_splits(protocol="time"))[1].passed
+
+
+def test_prompts_without_history_are_quarantined_and_over_budget_fails(spark, tmp_path):
+    schema = "user_id long, prompt string, n_history int, over_budget boolean"
+    good = [(u, f"user {u} watched …", 3, False) for u in range(1, 41)]
+    v = validator(tmp_path)
+    assert v.validate(spark.createDataFrame(good, schema), suites.prompts("user"))[1].passed
+    bad = [*good, (99, "", 0, False)]
+    accepted, report = v.validate(spark.createDataFrame(bad, schema), suites.prompts("user"))
+    assert report.rejected == 1 and accepted.count() == 40
+    over = [(u, "p", 3, u % 2 == 0) for u in range(1, 41)]
+    _, report = v.validate(spark.createDataFrame(over, schema), suites.prompts("user"))
+    assert report.failed == ["expect_column_values_to_be_in_set(over_budget)"]
+
+
+def test_answers_refusals_and_short_texts_are_quarantined(spark, tmp_path):
+    schema = "item_id long, text string"
+    good = [(i, f"Item {i} is a 1995 drama about a long journey home.") for i in range(1, 21)]
+    v = validator(tmp_path)
+    assert v.validate(spark.createDataFrame(good, schema), suites.answers("item"))[1].passed
+    bad = [*good, (90, "I'm sorry, I cannot help with that request."), (91, "ok"), (92, "As an AI model I think so.")]
+    quarantine = tmp_path / "q"
+    accepted, report = v.validate(spark.createDataFrame(bad, schema), suites.answers("item"), quarantine=quarantine)
+    assert report.passed and accepted.count() == 20
+    rows = pd.read_parquet(quarantine).set_index("item_id")[FAILED].map(list).to_dict()
+    assert rows[90] == ["expect_column_values_to_not_match_regex_list(text)"]
+    assert rows[91] == ["expect_column_value_lengths_to_be_between(text)"]
+    assert rows[92] == ["expect_column_values_to_not_match_regex_list(text)"]
+
+
+def test_answer_statuses_stop_on_more_than_5_percent_empty(spark, tmp_path):
+    v = validator(tmp_path)
+    ok = spark.createDataFrame([(i, "ok") for i in range(100)], "item_id long, status string")
+    assert v.validate(ok, suites.answer_statuses("item"))[1].passed
+    empty = spark.createDataFrame([(i, "empty" if i < 6 else "ok") for i in range(100)], "item_id long, status string")
+    _, report = v.validate(empty, suites.answer_statuses("item"))
+    assert report.failed == ["expect_column_values_to_not_be_in_set(status: empty)"]
+    with pytest.raises(DataError, match=r"status: empty\) observed 6 of 100 rows \(6.0%\)"):
+        report.raise_for_failures()
+
+
+@pytest.mark.parametrize(
+    "expectation",
+    [
+        suites.E.ExpectColumnValuesToBeBetween(column="x", min_value=2, max_value=5),
+        suites.E.ExpectColumnValuesToBeBetween(column="x", min_value=2, strict_min=True),
+        suites.E.ExpectColumnValuesToNotBeNull(column="x"),
+        suites.E.ExpectColumnValuesToBeInSet(column="x", value_set=[1, 3]),
+        suites.E.ExpectColumnValuesToMatchRegex(column="s", regex="^a"),
+        suites.E.ExpectColumnValuesToNotMatchRegexList(column="s", regex_list=["b$", "^c"]),
+        suites.E.ExpectColumnValueLengthsToBeBetween(column="s", min_value=2, max_value=3),
+        suites.E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="x", column_B="y", or_equal=True),
+    ],
+    ids=lambda e: e.expectation_type,
+)
+def test_row_rules_count_what_great_expectations_counts(spark, tmp_path, expectation):
+    frame = spark.createDataFrame(
+        [(1, 0, "ab"), (2, 2, "b"), (3, 5, "abcd"), (None, 1, None), (6, None, "cab"), (5, 5, "a")],
+        "x long, y long, s string",
+    )
+    row_suite = suites._suite("raw", "t", [suites._row(expectation.copy(update={"id": None}))])
+    batch_suite = suites._suite("raw", "t", [expectation.copy(update={"id": None})])
+    v = validator(tmp_path)
+    ours = v.validate(frame, row_suite)[1].outcomes[0]
+    theirs = v.validate(frame, batch_suite)[1].outcomes[0]
+    assert (ours.unexpected, ours.success) == (theirs.unexpected, theirs.success)
+
+
+def test_unsupported_row_level_expectation_is_a_clear_error(spark, tmp_path):
+    suite = suites._suite("raw", "t", [suites._row(suites.E.ExpectColumnMeanToBeBetween(column="x", min_value=0))])
+    with pytest.raises(DataError, match="cannot be checked per row"):
+        validator(tmp_path).validate(spark.createDataFrame([(1,)], "x long"), suite)
+
+
+def test_finish_writes_json_and_data_docs(spark, tmp_path):
+    v = validator(tmp_path)
+    v.validate(good_interactions(spark), suites.raw_interactions(now=NOW))
+    index = v.finish()
+    assert index.is_file() and "raw.interactions" in index.read_text()
+    assert (tmp_path / "validation" / "raw.interactions.json").is_file()
+
+
+def test_hallucination_scores_year_and_genre_claims(spark):
+    items = spark.createDataFrame(
+        [(1, 1995, ["Animation", "Children's"]), (2, 1982, ["Sci-Fi", "Thriller"]), (3, 2001, ["Drama"])],
+        "item_id long, year int, genres array<string>",
+    )
+    answers = spark.createDataFrame(
+        [
+            (1, "An animated film for children, released in 1995."),  # year right, 2 of 2 genres right
+            (2, "A 1999 science fiction drama."),  # year wrong, 1 of 2 genres right
+            (3, "A quiet film about grief."),  # nothing checkable
+        ],
+        "item_id long, text string",
+    )
+    scored = {r["item_id"]: r for r in score_answers(answers, items).collect()}
+    assert scored[1]["consistency"] == 1.0 and sorted(scored[1]["asserted_genres"]) == ["Animation", "Children's"]
+    assert scored[2]["year_consistent"] is False and scored[2]["genre_precision"] == 0.5
+    assert scored[2]["consistency"] == 0.25
+    assert scored[3]["consistency"] is None
+    report = summarize(score_answers(answers, items))
+    assert (report.checkable, report.year_contradicted, report.genre_unsupported) == (2, 1, 1)
+    assert report.consistency_rate == pytest.approx(0.625)
+    assert "consistency 62.5%" in report.summary_line()
+
+
+def test_prepare_gates_write_results_and_stop_on_batch_failure(spark, tmp_path, monkeypatch):
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+    from spark_jobs.prepare import prepare
+    from spark_jobs.splits import SplitConfig
+
+    KAR = SplitConfig(protocol="kar")
+    original = suites.prepared_splits
+    config = SyntheticConfig(n_users=30, n_items=40, min_interactions=5, mean_interactions=10)
+    summary = prepare(spark=spark, dataset="synthetic", out=tmp_path / "ok", synthetic=config, now=NOW)
+    assert set(summary["validation"]) == {
+        "raw.interactions", "raw.users", "raw.items", "prepared.samples", "prepared.splits"
+    }  # fmt: skip
+    assert all(r["passed"] for r in summary["validation"].values())
+    assert (tmp_path / "ok" / "validation" / "docs" / "prepare" / "index.html").is_file()
+
+    # A stricter label-rate bound fails the per-split check: the job stops naming it, and what it wrote stays.
+    strict = suites.Thresholds(label_rate_max=0.3)
+    monkeypatch.setattr(suites, "prepared_splits", lambda protocol: original(strict, protocol=protocol))
+    with pytest.raises(DataError, match=r"prepared.splits failed: .*checked_label_rate\) observed"):
+        prepare(spark=spark, dataset="synthetic", out=tmp_path / "bad", synthetic=config, now=NOW, split=KAR)
+    assert (tmp_path / "bad" / "samples").is_dir() and (tmp_path / "bad" / "interactions").is_dir()
+    assert not json.loads((tmp_path / "bad" / "validation" / "prepared.splits.json").read_text())["passed"]
+
+
+VECTORS = "entity_id long, as_of timestamp, dim int, vector array<float>"
+
+
+def _vectors(spark, vectors):
+    return spark.createDataFrame([(i, datetime(2020, 1, 1), 3, v) for i, v in enumerate(vectors, start=1)], VECTORS)
+
+
+def test_embeddings_suite_catches_nan_wrong_dimension_and_collapse(spark, tmp_path):
+    from validation.frames import vector_spread, vector_stats
+
+    v = validator(tmp_path)
+    spread = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]]
+    good = _vectors(spark, spread)
+    assert v.validate(vector_stats(good), suites.embeddings("item"))[1].passed
+    _, report = v.validate(vector_spread(good), suites.embedding_spread("item"))
+    assert report.passed and report.outcomes[0].observed == pytest.approx((0.6 + 0.8) * 2 / 12)
+    bad = _vectors(spark, [*spread, [float("nan"), 0.0, 1.0], [1.0, 0.0]])
+    _, report = v.validate(vector_stats(bad), suites.embeddings("item"))
+    assert report.failed == [
+        "expect_column_pair_values_to_be_equal(n_values, dim)",
+        "expect_column_values_to_be_between(n_nonfinite)",
+        "expect_column_values_to_be_between(norm)",  # a NaN norm is out of range too
+    ]
+    collapsed = _vectors(spark, [[1.0, 0.01 * i, 0.0] for i in range(5)])
+    _, report = v.validate(vector_spread(collapsed), suites.embedding_spread("item"))
+    assert report.failed == ["expect_column_max_to_be_between(mean_pairwise_cosine)"]
+
+
+def test_features_suite_checks_freshness_and_null_vectors(spark, tmp_path):
+    v = validator(tmp_path)
+    table = _vectors(spark, [[1.0, 0.0, 0.0]] * 40)
+    newest = datetime(2020, 6, 1, tzinfo=UTC)
+    assert v.validate(table, suites.features("vectors/item", newest_event=newest))[1].passed
+    stale = suites.features("vectors/item", newest_event=datetime(2022, 1, 1, tzinfo=UTC))
+    assert v.validate(table, stale)[1].failed == ["expect_column_max_to_be_between(as_of)"]
+    nulls = _vectors(spark, [[1.0, 0.0, 0.0]] * 30 + [None] * 10)
+    _, report = v.validate(nulls, suites.features("vectors/item", newest_event=newest))
+    assert report.failed == ["expect_column_values_to_not_be_null(vector)"]
+
+
+def test_training_suite_checks_knowledge_join_coverage(tmp_path):
+    v = validator(tmp_path)
+    frame = pd.DataFrame(
+        {"label": [0, 1] * 10, "split": ["train"] * 20, "has_user_knowledge": [True] * 20,
+         "has_item_knowledge": [True] * 5 + [False] * 15}
+    )  # fmt: skip
+    report = v.validate_pandas(frame, suites.training())
+    assert report.failed == ["expect_column_mean_to_be_between(has_item_knowledge)"]
+    assert v.validate_pandas(frame, suites.training(knowledge=("user",))).passed
+
+
+def test_stage_lines_one_per_stage_in_pipeline_order(spark, tmp_path):
+    from validation.stages import stage_lines
+
+    v = validator(tmp_path)
+    v.validate(good_interactions(spark), suites.raw_interactions(now=NOW))
+    all_positive = _interactions(spark, [(u, 1, 5.0, 1, datetime(2020, 1, 1)) for u in range(1, 11)])
+    v.validate(all_positive, suites.raw_interactions(now=NOW))
+    v.validate_pandas(pd.DataFrame({"label": [0, 1], "split": ["train", "test"]}), suites.training(knowledge=()))
+    lines = stage_lines([r.as_dict() for r in reversed(v.reports)])
+    assert lines == [
+        "validation raw: FAILED (expect_column_mean_to_be_between(label)), 1/2 suites, 50 rows checked, "
+        "0 rejected by row rules",
+        "validation training: passed, 1/1 suites, 2 rows checked, 0 rejected by row rules",
+    ]
+
+
+def test_kar_validate_cli_prints_a_line_per_suite_and_exits_1_on_failure(spark, tmp_path):
+    from typer.testing import CliRunner
+
+    from kar.cli import app
+
+    data = tmp_path / "data"
+    good_interactions(spark).write.parquet(str(data / "interactions"))
+    spark.createDataFrame([(1, "M", 25)], "user_id long, gender string, age int").write.parquet(str(data / "users"))
+    spark.createDataFrame([(1, "A", 1995), (1, "B", 1999)], "item_id long, title string, year int").write.parquet(
+        str(data / "items")
+    )
+    result = CliRunner().invoke(app, ["validate", "raw", "--data", str(data), "--master", "local[2]"])
+    assert result.exit_code == 1, result.output
+    assert "validation raw.interactions v1: passed" in result.output
+    assert "validation raw.items v1: FAILED" in result.output
+    assert "expect_column_proportion_of_unique_values_to_be_between(item_id)" in result.output
+    assert (data / "validation" / "docs" / "validate-raw" / "index.html").is_file()
+    assert json.loads((data / "validation" / "raw.items.json").read_text())["passed"] is False
+    unknown = CliRunner().invoke(app, ["validate", "nope", "--data", str(data)])
+    assert unknown.exit_code != 0 and "unknown stage 'nope'" in unknown.output

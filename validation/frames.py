@@ -1,0 +1,68 @@
+"""Derived frames some expectations are stated on (a per-split table, samples beside their cutoff)."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+# Below this many samples a split's label rate says nothing (two samples are often both positive).
+MIN_SPLIT_SAMPLES = 100
+
+
+def split_stats(samples: DataFrame, *, min_samples: int = MIN_SPLIT_SAMPLES) -> DataFrame:
+    """One row per split: ``split, samples, users, label_rate, checked_label_rate, users_in_several_splits``.
+
+    ``checked_label_rate`` is the label rate of splits with at least ``min_samples`` samples (null otherwise,
+    which great_expectations skips).
+
+    A user in two splits counts once in the total of distinct users but once per split, so the difference of the
+    two sums is the number of users found in more than one split (0 under the KAR protocol).
+    """
+    per_split = samples.groupBy("split").agg(
+        F.count("*").alias("samples"),
+        F.countDistinct("user_id").alias("users"),
+        F.avg("label").alias("label_rate"),
+    )
+    distinct_users = samples.agg(F.countDistinct("user_id").alias("_all"))
+    shared = per_split.agg(F.sum("users").alias("_sum")).crossJoin(distinct_users)
+    return per_split.withColumn(
+        "checked_label_rate", F.when(F.col("samples") >= min_samples, F.col("label_rate"))
+    ).crossJoin(shared.select((F.col("_sum") - F.col("_all")).alias("users_in_several_splits")))
+
+
+def samples_with_cutoffs(samples: DataFrame, cutoffs: DataFrame) -> DataFrame:
+    """Samples with their user's ``knowledge_cutoff`` (null for a user without knowledge history)."""
+    return samples.join(F.broadcast(cutoffs.select("user_id", "knowledge_cutoff")), "user_id", "left")
+
+
+def vector_stats(vectors: DataFrame) -> DataFrame:
+    """Vectors with ``n_values`` (length), ``norm`` (L2) and ``n_nonfinite`` (NaN/inf values)."""
+    values = F.col("vector")
+    return vectors.withColumns(
+        {
+            "n_values": F.size(values),
+            "norm": F.sqrt(F.aggregate(values, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)),
+            "n_nonfinite": F.size(F.filter(values, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))),
+        }
+    )
+
+
+def vector_spread(vectors: DataFrame) -> DataFrame:
+    """One row: ``vectors`` and ``mean_pairwise_cosine`` over all pairs of distinct rows.
+
+    With unit vectors u_i and S = Σ u_i, Σ_{i≠j} u_i·u_j = |S|² − n, so the mean over the n(n−1) pairs needs one
+    sum per dimension, not n² products.
+    """
+    norm = F.sqrt(F.aggregate("vector", F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
+    unit = vectors.where(F.size("vector") > 0).select(
+        F.posexplode(F.transform("vector", lambda x: x / norm)).alias("pos", "value")
+    )
+    sums = unit.groupBy("pos").agg(F.sum("value").alias("s"))
+    n = vectors.where(F.size("vector") > 0).agg(F.count("*").alias("n"))
+    total = sums.agg(F.sum(F.col("s") * F.col("s")).alias("s2")).crossJoin(n)
+    return total.select(
+        F.col("n").alias("vectors"),
+        F.when(F.col("n") > 1, (F.col("s2") - F.col("n")) / (F.col("n") * (F.col("n") - 1))).alias(
+            "mean_pairwise_cosine"
+        ),
+    )

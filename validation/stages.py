@@ -1,0 +1,174 @@
+"""Each stage's suites run on a data folder as it is on disk: ``kar validate STAGE --data DIR`` and the demo.
+
+Nothing is moved here: rows that break a row-level rule are counted (and named in the JSON results), not
+quarantined; the jobs' own gates do that while they write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from kar.errors import DataError
+from spark_jobs import schema
+from validation import hallucination, suites
+from validation.frames import samples_with_cutoffs, split_stats, vector_spread, vector_stats
+from validation.gate import VALIDATION_DIR, ValidationReport, Validator
+
+KINDS = ("user", "item")
+
+
+def _read(spark: SparkSession, path: Path, *, fix: str) -> Any:
+    if not path.is_dir():
+        raise DataError(f"{path}: not found; {fix}")
+    return spark.read.parquet(str(path))
+
+
+def _protocol(data_dir: Path) -> str:
+    summary = data_dir / schema.SUMMARY_FILE
+    return json.loads(summary.read_text()).get("split", {}).get("protocol", "time") if summary.is_file() else "time"
+
+
+def raw(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    fix = f"run `kar prepare --out {data_dir}` first"
+    v.validate(_read(spark, data_dir / schema.INTERACTIONS_DIR, fix=fix), suites.raw_interactions())
+    v.validate(_read(spark, data_dir / schema.USERS_DIR, fix=fix), suites.raw_users())
+    v.validate(_read(spark, data_dir / schema.ITEMS_DIR, fix=fix), suites.raw_items())
+    return {}
+
+
+def prepared(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    fix = f"run `kar prepare --out {data_dir}` first"
+    samples = _read(spark, data_dir / schema.SAMPLES_DIR, fix=fix)
+    cutoffs = _read(spark, data_dir / schema.CUTOFFS_DIR, fix=fix)
+    v.validate(samples_with_cutoffs(samples, cutoffs), suites.prepared_samples())
+    v.validate(split_stats(samples), suites.prepared_splits(protocol=_protocol(data_dir)))
+    return {}
+
+
+def prompts(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    from spark_jobs.knowledge import prompts as builders
+    from spark_jobs.knowledge.config import load_scenario, scenario_for_dataset
+
+    dataset = json.loads((data_dir / schema.SUMMARY_FILE).read_text())["dataset"]
+    scenario = load_scenario(scenario_for_dataset(dataset))
+    # No tokenizer: token counts are the builders' estimate, as in a knowledge run without the served model.
+    v.validate(builders.user_prompts(spark, data_dir, scenario=scenario), suites.prompts("user"))
+    v.validate(builders.item_prompts(spark, data_dir, scenario=scenario), suites.prompts("item"))
+    return {}
+
+
+def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    knowledge = data_dir / "knowledge"
+    fix = f"run `kar knowledge --data {data_dir}` first"
+    extra: dict[str, Any] = {}
+    for kind in KINDS:
+        ok = _read(spark, knowledge / kind, fix=fix)
+        v.validate(ok, suites.answers(kind))
+        statuses = ok.select("status")
+        for bad in (knowledge / "quarantine" / kind, knowledge / "quarantine" / "answers" / kind):
+            if bad.is_dir():
+                statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
+        v.validate(statuses, suites.answer_statuses(kind))
+        if kind == "item":
+            items = _read(spark, data_dir / schema.ITEMS_DIR, fix=fix)
+            table = v.out_dir / hallucination.OUTPUT_DIR / "item" if v.out_dir else None
+            report = hallucination.check_item_facts(ok, items, out=table)
+            extra["item_facts"] = report.as_dict()
+    return extra
+
+
+def embeddings(
+    spark: SparkSession,
+    data_dir: Path | None,
+    v: Validator,
+    *,
+    vectors_dir: Path | None = None,
+    kinds: tuple[str, ...] = KINDS,
+) -> dict[str, Any]:
+    vectors_dir = vectors_dir or Path(data_dir or ".") / "vectors"
+    for kind in kinds:
+        vectors = _read(spark, vectors_dir / kind, fix=f"run `kar encode --data {data_dir}` first").cache()
+        v.validate(vector_stats(vectors), suites.embeddings(kind))
+        if vectors.limit(2).count() == 2:  # a spread needs two vectors
+            v.validate(vector_spread(vectors), suites.embedding_spread(kind))
+        vectors.unpersist()
+    return {}
+
+
+def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    fix = f"run `kar prepare --out {data_dir}` first"
+    newest = _read(spark, data_dir / schema.INTERACTIONS_DIR, fix=fix).agg(F.max("event_timestamp")).first()[0]
+    found = False
+    for table in ("vectors/user", "vectors/item", "adapted/user", "adapted/item"):
+        if (data_dir / table).is_dir():
+            found = True
+            v.validate(spark.read.parquet(str(data_dir / table)), suites.features(table, newest_event=newest))
+    if not found:
+        raise DataError(f"{data_dir}: no knowledge feature source (vectors/, adapted/); run `kar encode` first")
+    return {}
+
+
+def training(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
+    from kar import store
+
+    frame = store.training_frame(data_dir=data_dir)
+    knowledge = tuple(k for k in KINDS if f"has_{k}_knowledge" in frame.columns)
+    v.validate_pandas(frame, suites.training(knowledge=knowledge))
+    return {}
+
+
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
+    "raw": raw,
+    "prepared": prepared,
+    "prompts": prompts,
+    "answers": answers,
+    "embeddings": embeddings,
+    "features": features,
+    "training": training,
+}
+
+
+def validate_stage(
+    spark: SparkSession, stage: str, *, data_dir: Path, out_dir: Path | None = None
+) -> tuple[list[ValidationReport], dict[str, Any]]:
+    """Run ``stage``'s suites on ``data_dir``; JSON results and Data Docs go to ``out_dir`` (default
+    ``DATA/validation``, docs under ``docs/validate-<stage>``).
+
+    Returns:
+        The reports and stage extras (``item_facts`` for answers).
+    """
+    if stage not in STAGES:
+        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: folder not found")
+    v = Validator(out_dir=out_dir or data_dir / VALIDATION_DIR, name=f"validate-{stage}")
+    extra = STAGES[stage](spark, data_dir, v)
+    v.finish()
+    return v.reports, extra
+
+
+def stage_line(stage: str, reports: list[dict[str, Any]]) -> str:
+    """One line for a stage from its reports' dicts (``ValidationReport.as_dict``), as the demo prints it."""
+    failed = [name for r in reports for name in r["failed"]]
+    passed = sum(r["passed"] for r in reports)
+    rows = sum(r["rows"] for r in reports)
+    rejected = sum(r["rejected"] for r in reports)
+    verdict = "passed" if not failed else f"FAILED ({'; '.join(failed)})"
+    return (
+        f"validation {stage}: {verdict}, {passed}/{len(reports)} suites, {rows:,} rows checked, "
+        f"{rejected:,} rejected by row rules"
+    )
+
+
+def stage_lines(reports: list[dict[str, Any]]) -> list[str]:
+    """One line per stage, in pipeline order."""
+    by_stage: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        by_stage.setdefault(report["stage"], []).append(report)
+    return [stage_line(stage, by_stage[stage]) for stage in suites.STAGES if stage in by_stage]
