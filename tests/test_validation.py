@@ -4,7 +4,10 @@ batch-level stops; row-rule translations agree with great_expectations; hallucin
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +21,7 @@ from validation.rows import FAILED
 
 pytestmark = pytest.mark.spark
 
+REPO = Path(__file__).resolve().parents[1]
 INTERACTIONS = "user_id long, item_id long, rating double, label int, event_timestamp timestamp"
 
 
@@ -164,6 +168,29 @@ def test_answer_statuses_stop_on_more_than_5_percent_empty(spark, tmp_path):
     assert report.failed == ["expect_column_values_to_not_be_in_set(status: empty)"]
     with pytest.raises(DataError, match=r"status: empty\) observed 6 of 100 rows \(6.0%\)"):
         report.raise_for_failures()
+
+
+def test_share_rules_are_measured_but_not_judged_on_a_handful_of_answers(spark, tmp_path):
+    v = validator(tmp_path)
+    statuses = "item_id long, status string"
+    # 2 of 3 truncated (a --limit 3 smoke run of the small model) is reported, not a verdict on the server.
+    few = spark.createDataFrame([(0, "truncated"), (1, "truncated"), (2, "ok")], statuses)
+    _, report = v.validate(few, suites.answer_statuses("item"))
+    assert report.passed
+    truncated = next(o for o in report.outcomes if o.name.endswith("(status: truncated)"))
+    assert "not judged below 20 rows" in str(truncated.observed)
+    # From 20 rows on the same share fails.
+    many = spark.createDataFrame([(i, "truncated" if i % 3 else "ok") for i in range(30)], statuses)
+    assert v.validate(many, suites.answer_statuses("item"))[1].failed == [
+        "expect_column_values_to_not_be_in_set(status: truncated)"
+    ]
+
+
+def test_importing_the_gates_from_python_c_does_not_exit_silently():
+    # pyspark's Spark Connect check calls sys.exit(0) when __main__ has no __file__ and grpc is missing.
+    code = "import validation.gate; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "imported"), done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from kar.errors import DataError
 from validation.rows import FAILED, failed_column, row_rule
-from validation.suites import expectation_name, is_row_level
+from validation.suites import expectation_name, is_row_level, min_rows
 
 VALIDATION_DIR = "validation"
 DOCS_DIR = "docs"
@@ -166,7 +166,7 @@ class Validator:
         asset = source.add_dataframe_asset(name=f"{suite_name}.{len(self.reports)}")
         return asset.add_batch_definition_whole_dataframe("whole")
 
-    def _run_ge(self, frame: Any, suite: gx.ExpectationSuite, engine: str) -> list[Outcome]:
+    def _run_ge(self, frame: Any, suite: gx.ExpectationSuite, engine: str, *, rows: int) -> list[Outcome]:
         batch_only = [e for e in suite.expectations if not is_row_level(e)]
         if not batch_only:
             return []
@@ -185,10 +185,13 @@ class Validator:
             observed = res.get("observed_value")
             if observed is None and "unexpected_count" in res:
                 observed = _share(res["unexpected_count"], res.get("element_count") or 0)
+            success = bool(r.success)
             if r.exception_info and r.exception_info.get("raised_exception"):
                 observed = f"error: {r.exception_info.get('exception_message')}"
+            elif rows < min_rows(expectation):
+                success, observed = True, f"{observed}; not judged below {min_rows(expectation)} rows"
             outcomes.append(
-                Outcome(name=expectation_name(expectation), success=bool(r.success), observed=observed,
+                Outcome(name=expectation_name(expectation), success=success, observed=observed,
                         unexpected=res.get("unexpected_count"))
             )  # fmt: skip
         return outcomes
@@ -233,7 +236,7 @@ class Validator:
                 marked.where(F.size(FAILED) > 0).write.mode("overwrite").parquet(str(quarantine))
                 where = str(quarantine)
             accepted = marked.where(F.size(FAILED) == 0).drop(FAILED)
-        outcomes += self._run_ge(accepted, suite, "spark")
+        outcomes += self._run_ge(accepted, suite, "spark", rows=rows - rejected)
         report = ValidationReport(
             suite=suite.name, stage=suite.meta["stage"], version=int(suite.meta["version"]), rows=rows,
             rejected=rejected, outcomes=outcomes, quarantine=where, seconds=time.perf_counter() - started,
@@ -248,7 +251,7 @@ class Validator:
         for expectation in suite.expectations:
             meta = {k: v for k, v in (expectation.meta or {}).items() if k != "row_level"}
             everything.add_expectation(expectation.copy(update={"id": None, "meta": meta}))
-        outcomes = self._run_ge(frame, everything, "pandas")
+        outcomes = self._run_ge(frame, everything, "pandas", rows=len(frame))
         report = ValidationReport(
             suite=suite.name, stage=suite.meta["stage"], version=int(suite.meta["version"]), rows=len(frame),
             rejected=0, outcomes=outcomes, seconds=time.perf_counter() - started,

@@ -32,6 +32,7 @@ VERSION = {
 }
 STAGES = tuple(VERSION)
 ROW_LEVEL = "row_level"
+MIN_ROWS = "min_rows"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,9 @@ class Thresholds:
         max_empty_answers: Share of prompts whose answer may be empty (the issue's 5%).
         max_truncated_answers: Share of prompts whose answer may be cut off by max_tokens; the embedded 135M
             model truncates 18–43% of answers in the demo, a server with a broken max_tokens truncates all.
+        min_rows_for_shares: Fewest rows on which a share rule (empty, truncated, coverage, over budget) is
+            judged: on 3 answers one truncation is 33%, which says nothing about the model or the server. Below
+            it the share is still measured and reported, marked "not judged".
         max_bad_answers: Share of usable answers that may break a row-level text rule (refusal, length).
         min_answer_coverage: Share of entities that must get a usable answer.
         norm_min: Smallest plausible embedding norm (sentence-transformers' MiniLM normalises to 1).
@@ -83,6 +87,7 @@ class Thresholds:
     answer_max_chars: int = 8000
     max_empty_answers: float = 0.05
     max_truncated_answers: float = 0.5
+    min_rows_for_shares: int = 20
     max_bad_answers: float = 0.2
     min_answer_coverage: float = 0.3
     norm_min: float = 0.5
@@ -106,6 +111,17 @@ REFUSAL_PATTERNS = (
 def _row(expectation: Expectation) -> Expectation:
     expectation.meta = {**(expectation.meta or {}), ROW_LEVEL: True}
     return expectation
+
+
+def _share(expectation: Expectation, t: Thresholds) -> Expectation:
+    """A batch rule on a share of rows: judged only on batches of at least ``t.min_rows_for_shares`` rows."""
+    expectation.meta = {**(expectation.meta or {}), MIN_ROWS: t.min_rows_for_shares}
+    return expectation
+
+
+def min_rows(expectation: Expectation) -> int:
+    """Fewest rows on which the expectation is judged (0: always)."""
+    return int((expectation.meta or {}).get(MIN_ROWS) or 0)
 
 
 def is_row_level(expectation: Expectation) -> bool:
@@ -257,7 +273,7 @@ def prompts(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
     expectations = [
         _row(E.ExpectColumnValuesToNotBeNull(column="prompt", mostly=keep)),
         _row(E.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1, mostly=keep)),
-        E.ExpectColumnValuesToBeInSet(column="over_budget", value_set=[False], mostly=1 - t.max_over_budget),
+        _share(E.ExpectColumnValuesToBeInSet(column="over_budget", value_set=[False], mostly=1 - t.max_over_budget), t),
         E.ExpectTableRowCountToBeBetween(min_value=1),
     ]
     if kind == "user":
@@ -291,19 +307,30 @@ def answer_statuses(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
         "answers",
         f"{kind}_status",
         [
-            _named(
-                E.ExpectColumnValuesToNotBeInSet(column="status", value_set=["empty"], mostly=1 - t.max_empty_answers),
-                "empty",
-            ),
-            _named(
-                E.ExpectColumnValuesToNotBeInSet(
-                    column="status", value_set=["truncated"], mostly=1 - t.max_truncated_answers
+            _share(
+                _named(
+                    E.ExpectColumnValuesToNotBeInSet(
+                        column="status", value_set=["empty"], mostly=1 - t.max_empty_answers
+                    ),
+                    "empty",
                 ),
-                "truncated",
+                t,
             ),
-            _named(
-                E.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=t.min_answer_coverage),
-                "coverage",
+            _share(
+                _named(
+                    E.ExpectColumnValuesToNotBeInSet(
+                        column="status", value_set=["truncated"], mostly=1 - t.max_truncated_answers
+                    ),
+                    "truncated",
+                ),
+                t,
+            ),
+            _share(
+                _named(
+                    E.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=t.min_answer_coverage),
+                    "coverage",
+                ),
+                t,
             ),
             E.ExpectTableRowCountToBeBetween(min_value=1),
         ],
