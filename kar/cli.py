@@ -812,7 +812,7 @@ def bench_validate_command(
     ),
     path: Annotated[Path | None, typer.Option(help="Input folder for file datasets.")] = None,
     protocol: Annotated[str, typer.Option(help="Split protocol: time or kar.")] = "kar",
-    rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 2,
+    rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 3,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """The prepare job with and without its data-quality gates on ~1M interactions: time and overhead."""

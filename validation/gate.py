@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +217,10 @@ class Validator:
         rules = [row_rule(e) for e in suite.expectations if is_row_level(e)]
         aggs = [F.count(F.lit(1)).alias("_rows")]
         for i, rule in enumerate(rules):
-            aggs += [F.sum(rule.failed.cast("long")).alias(f"_f{i}"), F.sum(rule.counted.cast("long")).alias(f"_c{i}")]
+            aggs += [F.count_if(rule.failed).alias(f"_f{i}"), F.count_if(rule.counted).alias(f"_c{i}")]
         if rules:
-            aggs.append(F.sum(F.exists(failed_column(rules), lambda _x: F.lit(True)).cast("long")).alias("_rejected"))
+            # An OR of the predicates, not the array of names: no per-row array on the clean path.
+            aggs.append(F.count_if(reduce(operator.or_, (r.failed for r in rules))).alias("_rejected"))
         counts = df.agg(*aggs).first()
         rows, rejected = int(counts["_rows"]), int(counts["_rejected"] or 0) if rules else 0
         outcomes = []

@@ -44,7 +44,7 @@ def bench_validate(
     dataset: str = "synthetic",
     path: Path | None = None,
     protocol: str = "kar",
-    rounds: int = 2,
+    rounds: int = 3,
     master: str | None = None,
     work_dir: Path | None = None,
     synthetic: SyntheticConfig = ML1M_LIKE,
@@ -70,6 +70,7 @@ def bench_validate(
     temp = Path(tempfile.mkdtemp(prefix="kar-bench-validate-", dir=work_dir))
     seconds: dict[str, list[float]] = {side: [] for side in SIDES}
     validation_seconds: list[float] = []
+    suite_seconds: dict[str, list[float]] = {}
     summary: dict[str, Any] = {}
 
     def run(side: str, label: str) -> float:
@@ -84,12 +85,16 @@ def bench_validate(
         if side == "gated":
             summary["validation"] = result["validation"]
             validation_seconds.append(sum(r["seconds"] for r in result["validation"].values()))
+            for suite, report in result["validation"].items():
+                suite_seconds.setdefault(suite, []).append(report["seconds"])
         shutil.rmtree(target, ignore_errors=True)
         return elapsed
 
     try:
         step("warm-up run (not measured)")
         run("gated", "warmup")
+        validation_seconds.clear()
+        suite_seconds.clear()
         for index in range(rounds):
             order = SIDES if index % 2 == 0 else SIDES[::-1]
             for side in order:
@@ -112,6 +117,7 @@ def bench_validate(
         "plain_seconds": plain,
         "gated_seconds": gated,
         "validation_seconds_in_gated_runs": [round(s, 2) for s in validation_seconds],
+        "suite_seconds_median": {suite: round(median(times), 3) for suite, times in suite_seconds.items()},
         "overhead": round(overhead, 4),
         "goal": GOAL,
         "meets_goal": overhead <= GOAL,
