@@ -826,7 +826,8 @@ def bench_validate_command(
     console.print(
         f"[bold]gate overhead[/] {result['overhead']:+.1%} (goal ≤ {result['goal']:.0%}: {verdict}) · prepare "
         f"{result['plain_seconds']:.1f} s plain vs {result['gated_seconds']:.1f} s gated · "
-        f"{result['interactions']:,} interactions, {len(result['suites'])} suites → {out} ({result['plot']})",
+        f"{result['interactions']:,} interactions, {len(result['suites'])} suites; importing great_expectations "
+        f"adds {result['ge_import_seconds_once_per_process']:.1f} s once per process → {out} ({result['plot']})",
         highlight=False,
     )
 

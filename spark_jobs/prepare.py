@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -36,6 +38,8 @@ from validation.frames import samples_with_cutoffs, split_stats
 from validation.gate import VALIDATION_DIR, ValidationReport, Validator
 
 Progress = Callable[[str], None]
+# Suites are built only when the gates run: building one needs great_expectations' context.
+SuiteBuilder = Callable[[], Any]
 # Row counts in the summary are read back from what was written (parquet metadata), not recomputed.
 _COUNTED = (
     schema.INTERACTIONS_DIR,
@@ -93,19 +97,21 @@ class _Gates:
         self.out = out
         self.validator = Validator(out_dir=out / VALIDATION_DIR, name="prepare") if enabled else None
 
-    def check(self, df: DataFrame, suite, *, table: str) -> DataFrame:
+    def check(self, df: DataFrame, build: SuiteBuilder, *, table: str) -> DataFrame:
         """Validate ``df``; rows breaking a row-level rule go to ``quarantine/<stage>/<table>``."""
         if self.validator is None:
             return df
+        suite = build()
         quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / table
         accepted, report = self.validator.validate(df, suite, quarantine=quarantine)
         self._stop_on(report)
         return accepted
 
-    def check_written(self, path: Path, suite, *, derive=None) -> None:
+    def check_written(self, path: Path, build: SuiteBuilder, *, derive=None) -> None:
         """Validate a table already written; rejected rows are moved to quarantine and the table rewritten."""
         if self.validator is None:
             return
+        suite = build()
         spark = SparkSession.getActiveSession()
         table = spark.read.parquet(str(path))
         frame = derive(table) if derive else table
@@ -118,10 +124,10 @@ class _Gates:
             tmp.rename(path)
         self._stop_on(report)
 
-    def check_frame(self, frame: DataFrame, suite) -> None:
+    def check_frame(self, frame: DataFrame, build: SuiteBuilder) -> None:
         """Validate a derived frame (batch-level only)."""
         if self.validator is not None:
-            self._stop_on(self.validator.validate(frame, suite)[1])
+            self._stop_on(self.validator.validate(frame, build())[1])
 
     def _stop_on(self, report: ValidationReport) -> None:
         if not report.passed:
@@ -186,7 +192,7 @@ def prepare(
         F.timestamp_seconds("timestamp").alias("event_timestamp"),
     ).persist()
     step("validating canonical tables")
-    interactions = gates.check(canonical, suites.raw_interactions(now=now), table=schema.INTERACTIONS_DIR)
+    interactions = gates.check(canonical, partial(suites.raw_interactions, now=now), table=schema.INTERACTIONS_DIR)
     stats = interactions.agg(
         F.count("*").alias("rows"), F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
         F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
@@ -201,8 +207,8 @@ def prepare(
     _write(interactions, out / schema.INTERACTIONS_DIR)
     users_out = users.select(*[c.name for c in schema.USERS.fields if c.name != "event_timestamp"])
     items_out = items.select(*[c.name for c in schema.ITEMS.fields if c.name != "event_timestamp"], "brand")
-    users_out = gates.check(users_out, suites.raw_users(), table=schema.USERS_DIR)
-    items_out = gates.check(items_out, suites.raw_items(), table=schema.ITEMS_DIR)
+    users_out = gates.check(users_out, suites.raw_users, table=schema.USERS_DIR)
+    items_out = gates.check(items_out, suites.raw_items, table=schema.ITEMS_DIR)
     _write(users_out.withColumn("event_timestamp", valid_from), out / schema.USERS_DIR)
     _write(items_out.withColumn("event_timestamp", valid_from), out / schema.ITEMS_DIR)
     for name, id_map in raw.id_maps.items():
@@ -216,11 +222,11 @@ def prepare(
     step("validating splits")
     cutoffs = spark.read.parquet(str(out / schema.CUTOFFS_DIR))
     gates.check_written(
-        out / schema.SAMPLES_DIR, suites.prepared_samples(), derive=lambda s: samples_with_cutoffs(s, cutoffs)
+        out / schema.SAMPLES_DIR, suites.prepared_samples, derive=lambda s: samples_with_cutoffs(s, cutoffs)
     )
     written = {name: spark.read.parquet(str(out / name)) for name in _COUNTED}
     per_split = split_stats(written[schema.SAMPLES_DIR]).cache()
-    gates.check_frame(per_split, suites.prepared_splits(protocol=split.protocol))
+    gates.check_frame(per_split, partial(suites.prepared_splits, protocol=split.protocol))
 
     summary = {
         "dataset": dataset,

@@ -131,3 +131,18 @@ def test_duplicate_user_rows_are_quarantined(spark, tmp_path):
     bad = _quarantine(tmp_path / "out", "users")
     assert bad["reason"].tolist() == ["duplicate user_id, first at line 1"]
     assert pd.read_parquet(tmp_path / "out" / "users").set_index("user_id").loc[1, "age"] == 21
+
+
+@pytest.mark.spark
+def test_synthetic_reads_an_earlier_generation_instead_of_generating(spark, tmp_path):
+    from spark_jobs.datasets.generated import write_synthetic
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+
+    config = SyntheticConfig(n_users=40, n_items=60, mean_interactions=25)
+    raw = write_synthetic(tmp_path / "gen", config)
+    fresh = prepare(spark=spark, dataset="synthetic", out=tmp_path / "a", synthetic=config, now=NOW)
+    reread = prepare(spark=spark, dataset="synthetic", path=raw, out=tmp_path / "b", now=NOW)
+    assert reread["rows"] == fresh["rows"] and reread["splits"] == fresh["splits"]
+    (raw / "items.parquet").unlink()
+    with pytest.raises(DataError, match=r"no items\.parquet; pass a generated raw/ folder"):
+        prepare(spark=spark, dataset="synthetic", path=raw, out=tmp_path / "c", now=NOW)

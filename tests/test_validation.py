@@ -87,10 +87,13 @@ def test_raw_users_and_items(spark, tmp_path):
     v = validator(tmp_path)
     users = spark.createDataFrame([(1, "M", 25), (2, "F", 40)], "user_id long, gender string, age int")
     assert v.validate(users, suites.raw_users())[1].passed
-    dup = spark.createDataFrame([(1, "M", 25), (1, "F", 40)], "user_id long, gender string, age int")
-    assert v.validate(dup, suites.raw_users())[1].failed == [
-        "expect_column_proportion_of_unique_values_to_be_between(user_id)"
-    ]
+    dup = spark.createDataFrame([(1, "M", 25), (1, "F", 40), (2, "F", 30)], "user_id long, gender string, age int")
+    accepted, report = v.validate(dup, suites.raw_users(), quarantine=tmp_path / "q" / "users")
+    assert report.failed == ["expect_column_values_to_be_unique(user_id)"]
+    assert accepted.columns == dup.columns and [r.user_id for r in accepted.collect()] == [2]
+    rejected = pd.read_parquet(tmp_path / "q" / "users").sort_values("age")
+    assert rejected.columns.tolist() == [*dup.columns, FAILED]  # the window's helper column is not kept
+    assert rejected[FAILED].map(list).tolist() == [["expect_column_values_to_be_unique(user_id)"]] * 2
     items = spark.createDataFrame([(1, "A (1995)", 1995), (2, "B", 2001)], "item_id long, title string, year int")
     assert v.validate(items, suites.raw_items())[1].passed
     bad_year = spark.createDataFrame([(1, "A", 1995), (2, "B", 3001)], "item_id long, title string, year int")
@@ -204,12 +207,13 @@ def test_importing_the_gates_from_python_c_does_not_exit_silently():
         suites.E.ExpectColumnValuesToNotMatchRegexList(column="s", regex_list=["b$", "^c"]),
         suites.E.ExpectColumnValueLengthsToBeBetween(column="s", min_value=2, max_value=3),
         suites.E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="x", column_B="y", or_equal=True),
+        suites.E.ExpectColumnValuesToBeUnique(column="x"),
     ],
     ids=lambda e: e.expectation_type,
 )
 def test_row_rules_count_what_great_expectations_counts(spark, tmp_path, expectation):
     frame = spark.createDataFrame(
-        [(1, 0, "ab"), (2, 2, "b"), (3, 5, "abcd"), (None, 1, None), (6, None, "cab"), (5, 5, "a")],
+        [(1, 0, "ab"), (2, 2, "b"), (3, 5, "abcd"), (None, 1, None), (6, None, "cab"), (5, 5, "a"), (5, 2, "ab")],
         "x long, y long, s string",
     )
     row_suite = suites._suite("raw", "t", [suites._row(expectation.copy(update={"id": None}))])
@@ -218,6 +222,32 @@ def test_row_rules_count_what_great_expectations_counts(spark, tmp_path, expecta
     ours = v.validate(frame, row_suite)[1].outcomes[0]
     theirs = v.validate(frame, batch_suite)[1].outcomes[0]
     assert (ours.unexpected, ours.success) == (theirs.unexpected, theirs.success)
+
+
+@pytest.mark.parametrize(
+    "expectation",
+    [
+        suites.E.ExpectTableRowCountToBeBetween(min_value=1),
+        suites.E.ExpectTableRowCountToBeBetween(min_value=2, max_value=4),
+        suites.E.ExpectTableRowCountToBeBetween(max_value=5, strict_max=True),
+        suites.E.ExpectColumnMeanToBeBetween(column="x", min_value=2, max_value=4),
+        suites.E.ExpectColumnMeanToBeBetween(column="x", min_value=3.4, strict_min=True),
+        suites.E.ExpectColumnMeanToBeBetween(column="y", max_value=1),
+    ],
+    ids=lambda e: f"{e.expectation_type}-{e.configuration.kwargs.get('min_value')}",
+)
+@pytest.mark.parametrize("rejecting", [False, True], ids=["clean", "with-rejected-rows"])
+def test_table_rules_agree_with_great_expectations_on_the_accepted_rows(spark, tmp_path, expectation, rejecting):
+    frame = spark.createDataFrame([(1, 0), (2, 2), (3, None), (None, 1), (6, 5)], "x long, y long")
+    # A row rule rejecting x = 6 must take it out of the row count and the mean, as if it had never come.
+    v = validator(tmp_path)  # first: building a suite needs a great_expectations context
+    reject = [suites._row(suites.E.ExpectColumnValuesToBeBetween(column="x", max_value=5, mostly=0.5))]
+    ours = suites._suite("raw", "t", [*reject[:rejecting], expectation.copy(update={"id": None})])
+    accepted, report = v.validate(frame, ours)
+    assert report.rejected == int(rejecting)
+    (outcome,) = [o for o in report.outcomes if not o.row_level]
+    theirs = v.validate_pandas(accepted.toPandas(), suites._suite("raw", "t", [expectation.copy(update={"id": None})]))
+    assert (outcome.success, outcome.observed) == pytest.approx((theirs.passed, theirs.outcomes[0].observed))
 
 
 def test_unsupported_row_level_expectation_is_a_clear_error(spark, tmp_path):
@@ -362,10 +392,24 @@ def test_kar_validate_cli_prints_a_line_per_suite_and_exits_1_on_failure(spark, 
     )
     result = CliRunner().invoke(app, ["validate", "raw", "--data", str(data), "--master", "local[2]"])
     assert result.exit_code == 1, result.output
-    assert "validation raw.interactions v1: passed" in result.output
-    assert "validation raw.items v1: FAILED" in result.output
-    assert "expect_column_proportion_of_unique_values_to_be_between(item_id)" in result.output
+    assert "validation raw.interactions v2: passed" in result.output
+    assert "validation raw.items v2: FAILED" in result.output
+    assert "expect_column_values_to_be_unique(item_id)" in result.output
     assert (data / "validation" / "docs" / "validate-raw" / "index.html").is_file()
     assert json.loads((data / "validation" / "raw.items.json").read_text())["passed"] is False
     unknown = CliRunner().invoke(app, ["validate", "nope", "--data", str(data)])
     assert unknown.exit_code != 0 and "unknown stage 'nope'" in unknown.output
+
+
+def test_prepare_without_gates_builds_no_suite(spark, tmp_path):
+    from spark_jobs.prepare import _Gates
+
+    def build():  # building a suite needs great_expectations' context, which a run without gates never makes
+        raise AssertionError("a suite was built with the gates off")
+
+    gates = _Gates(tmp_path, enabled=False)
+    frame = spark.createDataFrame([(1,)], "x long")
+    assert gates.check(frame, build, table="t") is frame
+    gates.check_written(tmp_path / "t", build)
+    gates.check_frame(frame, build)
+    assert gates.finish() == {}

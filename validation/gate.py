@@ -2,10 +2,11 @@
 
 One :class:`Validator` per job holds an in-memory great_expectations context. ``validate`` does, per suite:
 
-1. one Spark aggregation evaluates every row-level expectation (``validation.rows``) with its counts;
-   when a row broke any, rejected rows are written to ``quarantine/<stage>/<table>`` with a
-   ``failed_expectations`` array and the accepted rows are returned;
-2. one ``ValidationDefinition.run`` of great_expectations over the accepted rows checks the batch-level
+1. one Spark aggregation evaluates every row-level expectation (``validation.rows``) with its counts, and
+   the row-count and column-mean expectations over the rows they accept; when a row broke any row rule,
+   rejected rows are written to ``quarantine/<stage>/<table>`` with a ``failed_expectations`` array and the
+   accepted rows are returned;
+2. one ``ValidationDefinition.run`` of great_expectations over the accepted rows checks the other batch-level
    expectations (a clean batch is passed through untouched: no copy, no ``toPandas``);
 3. a :class:`ValidationReport` merges both; ``raise_for_failures`` turns a failed expectation into a one-line
    ``DataError`` naming the suite, the expectation and the observed value.
@@ -20,6 +21,7 @@ import logging
 import operator
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -30,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
-from validation.rows import FAILED, failed_column, row_rule
+from validation.rows import FAILED, failed_column, is_table_rule, row_rule, table_rule
 from validation.suites import expectation_name, is_row_level, min_rows
 
 VALIDATION_DIR = "validation"
@@ -168,12 +170,15 @@ class Validator:
         asset = source.add_dataframe_asset(name=f"{suite_name}.{len(self.reports)}")
         return asset.add_batch_definition_whole_dataframe("whole")
 
-    def _run_ge(self, frame: Any, suite: gx.ExpectationSuite, engine: str, *, rows: int) -> list[Outcome]:
-        batch_only = [e for e in suite.expectations if not is_row_level(e)]
-        if not batch_only:
+    def _run_ge(
+        self, frame: Any, suite: gx.ExpectationSuite, engine: str, *, rows: int, ours: Callable[[Any], bool]
+    ) -> list[Outcome]:
+        """Run the suite's expectations that ``ours`` does not claim (our own pass evaluates those)."""
+        theirs = [e for e in suite.expectations if not ours(e)]
+        if not theirs:
             return []
         copy = gx.ExpectationSuite(name=f"{suite.name}.{len(self.reports)}", meta=suite.meta)
-        for expectation in batch_only:
+        for expectation in theirs:
             copy.add_expectation(expectation.copy(update={"id": None}))
         copy = self._context.suites.add(copy)
         definition = self._context.validation_definitions.add(
@@ -215,14 +220,17 @@ class Validator:
         """
         started = time.perf_counter()
         rules = [row_rule(e) for e in suite.expectations if is_row_level(e)]
-        aggs = [F.count(F.lit(1)).alias("_rows")]
+        table_rules = [table_rule(e) for e in suite.expectations if is_table_rule(e)]
+        # An OR of the predicates, not the array of names: no per-row array on the clean path.
+        rejects = reduce(operator.or_, (r.failed for r in rules)) if rules else F.lit(False)
+        aggs = [F.count(F.lit(1)).alias("_rows"), F.count_if(rejects).alias("_rejected")]
         for i, rule in enumerate(rules):
             aggs += [F.count_if(rule.failed).alias(f"_f{i}"), F.count_if(rule.counted).alias(f"_c{i}")]
-        if rules:
-            # An OR of the predicates, not the array of names: no per-row array on the clean path.
-            aggs.append(F.count_if(reduce(operator.or_, (r.failed for r in rules))).alias("_rejected"))
-        counts = df.agg(*aggs).first()
-        rows, rejected = int(counts["_rows"]), int(counts["_rejected"] or 0) if rules else 0
+        aggs += [rule.value(~rejects).alias(f"_t{i}") for i, rule in enumerate(table_rules)]
+        helpers = {name: column for rule in rules for name, column in rule.helpers.items()}
+        frame = df.withColumns(helpers) if helpers else df
+        counts = frame.agg(*aggs).first()
+        rows, rejected = int(counts["_rows"]), int(counts["_rejected"] or 0)
         outcomes = []
         for i, rule in enumerate(rules):
             failed, counted = int(counts[f"_f{i}"] or 0), int(counts[f"_c{i}"] or 0)
@@ -230,16 +238,21 @@ class Validator:
             outcomes.append(
                 Outcome(name=rule.name, success=ok, observed=_share(failed, counted), row_level=True, unexpected=failed)
             )
+        for i, rule in enumerate(table_rules):
+            value = counts[f"_t{i}"]
+            outcomes.append(Outcome(name=rule.name, success=rule.check(value), observed=value))
         accepted, where = df, None
         if quarantine is not None and quarantine.exists() and not rejected:
             shutil.rmtree(quarantine)  # rewritten every run: it tells the truth about the current data
         if rejected:
-            marked = df.withColumn(FAILED, failed_column(rules))
+            marked = frame.withColumn(FAILED, failed_column(rules))
             if quarantine is not None:
-                marked.where(F.size(FAILED) > 0).write.mode("overwrite").parquet(str(quarantine))
+                marked.where(F.size(FAILED) > 0).drop(*helpers).write.mode("overwrite").parquet(str(quarantine))
                 where = str(quarantine)
-            accepted = marked.where(F.size(FAILED) == 0).drop(FAILED)
-        outcomes += self._run_ge(accepted, suite, "spark", rows=rows - rejected)
+            accepted = marked.where(F.size(FAILED) == 0).drop(FAILED, *helpers)
+        outcomes += self._run_ge(
+            accepted, suite, "spark", rows=rows - rejected, ours=lambda e: is_row_level(e) or is_table_rule(e)
+        )
         report = ValidationReport(
             suite=suite.name, stage=suite.meta["stage"], version=int(suite.meta["version"]), rows=rows,
             rejected=rejected, outcomes=outcomes, quarantine=where, seconds=time.perf_counter() - started,
@@ -250,11 +263,7 @@ class Validator:
     def validate_pandas(self, frame: Any, suite: gx.ExpectationSuite) -> ValidationReport:
         """Validate a pandas frame (the training set lives in pandas); every expectation runs in great_expectations."""
         started = time.perf_counter()
-        everything = gx.ExpectationSuite(name=suite.name, meta=suite.meta)
-        for expectation in suite.expectations:
-            meta = {k: v for k, v in (expectation.meta or {}).items() if k != "row_level"}
-            everything.add_expectation(expectation.copy(update={"id": None, "meta": meta}))
-        outcomes = self._run_ge(frame, everything, "pandas", rows=len(frame))
+        outcomes = self._run_ge(frame, suite, "pandas", rows=len(frame), ours=lambda _e: False)
         report = ValidationReport(
             suite=suite.name, stage=suite.meta["stage"], version=int(suite.meta["version"]), rows=len(frame),
             rejected=0, outcomes=outcomes, seconds=time.perf_counter() - started,

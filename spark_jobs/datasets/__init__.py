@@ -25,12 +25,13 @@ def check_input(name: str, path: Path | None) -> None:
 def load_dataset(
     spark: SparkSession, name: str, *, path: Path | None, work_dir: Path, max_timestamp: int, synthetic=None
 ) -> RawTables:
-    """Load dataset ``name`` from ``path`` (``synthetic`` generates into ``work_dir`` instead)."""
+    """Load dataset ``name`` from ``path`` (``synthetic`` generates into ``work_dir`` instead, or reads the raw
+    folder of an earlier generation given as ``path``)."""
     if name == "synthetic":
         # Imported here: only this dataset needs the generator's word lists.
         from spark_jobs.datasets.generated import load_synthetic
 
-        return load_synthetic(spark, work_dir=work_dir, max_timestamp=max_timestamp, config=synthetic)
+        return load_synthetic(spark, work_dir=work_dir, max_timestamp=max_timestamp, config=synthetic, raw_dir=path)
     loaders = {
         "movielens-100k": load_movielens_100k,
         "movielens-1m": load_movielens_1m,

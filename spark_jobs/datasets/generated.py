@@ -12,6 +12,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from kar.errors import DataError
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.datasets.synthetic import SyntheticConfig, generate
 from spark_jobs.fields import FieldSpec, apply_field_specs
@@ -33,15 +34,40 @@ def _read_raw(spark: SparkSession, path: Path) -> DataFrame:
     )
 
 
-def load_synthetic(
-    spark: SparkSession, *, work_dir: Path, max_timestamp: int, config: SyntheticConfig | None = None
-) -> RawTables:
-    """Generate the synthetic dataset into ``work_dir/raw`` and load it as typed raw tables."""
+def write_synthetic(work_dir: Path, config: SyntheticConfig | None = None) -> Path:
+    """Generate the synthetic dataset into ``work_dir/raw`` (parquet with row numbers); returns that folder."""
     data = generate(config or SyntheticConfig())
     raw = work_dir / RAW_DIR
     for name, frame in (("users", data.users), ("items", data.items), ("interactions", data.interactions)):
         _write_raw(frame, raw / f"{name}.parquet")
     _write_raw(data.truth, raw / "truth.parquet")
+    return raw
+
+
+def load_synthetic(
+    spark: SparkSession,
+    *,
+    work_dir: Path,
+    max_timestamp: int,
+    config: SyntheticConfig | None = None,
+    raw_dir: Path | None = None,
+) -> RawTables:
+    """Load the synthetic dataset as typed raw tables.
+
+    Args:
+        spark: The session.
+        work_dir: Generated tables go to ``work_dir/raw``.
+        max_timestamp: Latest valid event time (seconds).
+        config: Generator config.
+        raw_dir: A ``raw`` folder written before (``write_synthetic``): read it instead of generating again.
+    """
+    if raw_dir is None:
+        raw = write_synthetic(work_dir, config)
+    else:
+        raw = raw_dir
+        missing = [n for n in ("users", "items", "interactions") if not (raw / f"{n}.parquet").is_file()]
+        if missing:
+            raise DataError(f"{raw}: no {', '.join(n + '.parquet' for n in missing)}; pass a generated raw/ folder")
 
     interactions = apply_field_specs(
         _read_raw(spark, raw / "interactions.parquet"),
@@ -71,4 +97,5 @@ def load_synthetic(
             FieldSpec(name="description", required=False),
         ],
     ).withColumn("brand", F.lit(None).cast("string"))
-    return RawTables(users=users, items=items, interactions=interactions, notes={"generator": repr(config)})
+    notes = {"generator": repr(config)} if raw_dir is None else {"generated_raw": str(raw_dir)}
+    return RawTables(users=users, items=items, interactions=interactions, notes=notes)
