@@ -7,6 +7,7 @@ the last ones start ``kar serve`` as its own process, as a user does.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -156,9 +157,18 @@ def test_service_scores_equal_offline_scores(client: TestClient, knowledge_run: 
     np.testing.assert_allclose(served, offline, atol=1e-5)
 
 
-def test_a_request_over_the_timeout_is_504(scorer: OnlineScorer, knowledge_run: dict) -> None:
+def test_a_request_over_the_timeout_is_504(scorer: OnlineScorer, knowledge_run: dict, monkeypatch) -> None:
     user, items = _known(knowledge_run)
-    limits = ServiceLimits(timeout_s=1e-4)  # far below one online read and forward pass
+    # Fault injection: a scorer stalled on I/O. A fast request against a tiny timeout is not enough: a scoring
+    # thread holding the GIL can finish before the event loop runs the timer, and asyncio then returns the result.
+    rank = scorer.rank
+
+    def stalled_rank(**kwargs):
+        time.sleep(1.0)
+        return rank(**kwargs)
+
+    monkeypatch.setattr(scorer, "rank", stalled_rank)
+    limits = ServiceLimits(timeout_s=0.1)
     with TestClient(create_app(scorer=scorer, token=None, limits=limits)) as client:
         before = _metrics(client, headers={})
         response = client.post("/rank", json={"user_id": user, "item_ids": items})
