@@ -10,6 +10,7 @@ Layout of the output folder (names in ``spark_jobs.schema``)::
     validation/                          JSON result per suite and Data Docs HTML (``docs/prepare``)
     id_maps/<users|items>/               raw string id -> int64 id (datasets with string ids)
     summary.json                         counts of everything above
+    <table>.unpublished/                 a gated table whose batch failed (the job stopped; never read downstream)
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
@@ -35,12 +37,14 @@ from spark_jobs.quarantine import QuarantineReport, split_quarantine
 from spark_jobs.splits import SplitConfig, make_splits
 from validation import suites
 from validation.frames import samples_with_cutoffs, split_stats
-from validation.gate import VALIDATION_DIR, ValidationReport, Validator
+from validation.gate import VALIDATION_DIR, Check, ValidationReport, Validator
 
 Progress = Callable[[str], None]
 # Suites are built only when the gates run: building one needs great_expectations' context.
 SuiteBuilder = Callable[[], Any]
 # Row counts in the summary are read back from what was written (parquet metadata), not recomputed.
+# A gated table is written here first and renamed into place once its batch passed.
+UNPUBLISHED = ".unpublished"
 _COUNTED = (
     schema.INTERACTIONS_DIR,
     schema.USERS_DIR,
@@ -83,6 +87,14 @@ def _write(df: DataFrame, path: Path) -> None:
     df.write.mode("overwrite").parquet(str(path))
 
 
+def _interaction_stats(interactions: DataFrame) -> Row:
+    return interactions.agg(
+        F.count("*").alias("rows"), F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
+        F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
+        F.min("user_id").alias("min_user"), F.max("user_id").alias("max_user"),
+    ).first()  # fmt: skip
+
+
 def _label_rates(stats: DataFrame) -> dict[str, dict[str, float]]:
     return {
         r["split"]: {"samples": r["samples"], "users": r["users"], "label_rate": round(r["label_rate"], 4)}
@@ -90,55 +102,98 @@ def _label_rates(stats: DataFrame) -> dict[str, dict[str, float]]:
     }
 
 
+class _Unchecked:
+    """What ``_Gates.observe`` returns with the gates off: the batch as it is."""
+
+    def __init__(self, df: DataFrame) -> None:
+        self.accepted = df
+
+    def report(self) -> tuple[DataFrame, None]:
+        return self.accepted, None
+
+
 class _Gates:
-    """The prepare job's data-quality gates, or nothing when ``validate=False`` (the benchmark's baseline)."""
+    """The prepare job's data-quality gates, or nothing when ``validate=False`` (the benchmark's baseline).
+
+    The gates count their rules during the job's own writes and aggregations (``Validator.observe``). A table
+    whose batch is judged after its write is written aside first and published (renamed into place) only when
+    it passes (write-audit-publish): a failed batch never sits where the next stage reads.
+    """
 
     def __init__(self, out: Path, *, enabled: bool) -> None:
         self.out = out
         self.validator = Validator(out_dir=out / VALIDATION_DIR, name="prepare") if enabled else None
 
-    def check(self, df: DataFrame, build: SuiteBuilder, *, table: str) -> DataFrame:
-        """Validate ``df``; rows breaking a row-level rule go to ``quarantine/<stage>/<table>``."""
+    def observe(self, df: DataFrame, build: SuiteBuilder, *, table: str) -> Check | _Unchecked:
+        """Attach ``build()``'s suite to ``df``; rows breaking a row-level rule go to ``quarantine/<stage>/<table>``."""
         if self.validator is None:
-            return df
+            return _Unchecked(df)
         suite = build()
         quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / table
-        accepted, report = self.validator.validate(df, suite, quarantine=quarantine)
-        self._stop_on(report)
-        return accepted
+        return self.validator.observe(df, suite, quarantine=quarantine)
 
-    def check_written(self, path: Path, build: SuiteBuilder, *, derive=None) -> None:
-        """Validate a table already written; rejected rows are moved to quarantine and the table rewritten."""
-        if self.validator is None:
-            return
-        suite = build()
-        spark = SparkSession.getActiveSession()
-        table = spark.read.parquet(str(path))
-        frame = derive(table) if derive else table
-        quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / path.name
-        accepted, report = self.validator.validate(frame, suite, quarantine=quarantine)
-        if report.rejected:
-            tmp = path.with_name(path.name + ".accepted")
-            accepted.select(*table.columns).write.mode("overwrite").parquet(str(tmp))
-            shutil.rmtree(path)
-            tmp.rename(path)
-        self._stop_on(report)
-
-    def check_frame(self, frame: DataFrame, build: SuiteBuilder) -> None:
-        """Validate a derived frame (batch-level only)."""
-        if self.validator is not None:
-            self._stop_on(self.validator.validate(frame, build())[1])
-
-    def _stop_on(self, report: ValidationReport) -> None:
-        if not report.passed:
+    def settle(self, check: Check | _Unchecked, *, kept: str = "") -> tuple[DataFrame, ValidationReport | None]:
+        """The check's verdict once the job's action ran; a failed batch stops the job."""
+        accepted, report = check.report()
+        if report is not None and not report.passed:
             self.finish()
-            report.raise_for_failures(kept=f"tables written so far stay in {self.out}")
+            report.raise_for_failures(kept=f"{kept}; " * bool(kept) + f"tables written so far stay in {self.out}")
+        return accepted, report
+
+    def publish(self, check: Check | _Unchecked, path: Path, *, shape: Callable[[DataFrame], DataFrame]) -> None:
+        """Write ``shape(check.accepted)`` to ``path``; with the gates on, aside first and renamed once it passes."""
+        if self.validator is None:
+            _write(shape(check.accepted), path)
+            return
+        staged = path.with_name(path.name + UNPUBLISHED)
+        _write(shape(check.accepted), staged)
+        self.settle(check, kept=f"the failed batch is in {staged}")
+        _replace(staged, path)
+
+    def check_frame(self, frame: DataFrame, build: SuiteBuilder, *, kept: str = "") -> None:
+        """Validate a small derived frame (batch-level only) in a pass of its own."""
+        if self.validator is not None:
+            self.settle(self.validator.observe(frame, build()), kept=kept)
 
     def finish(self) -> dict[str, dict[str, object]]:
         if self.validator is None:
             return {}
         self.validator.finish()
         return {r.suite: r.as_dict() for r in self.validator.reports}
+
+
+def _replace(source: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    source.rename(target)
+
+
+def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol: str) -> dict[str, dict[str, float]]:
+    """Validate the samples written to ``samples.unpublished`` and publish them; returns per-split statistics.
+
+    The samples are judged beside their user's knowledge cutoff, then per split. Rows that break a row rule stay
+    out of the published table (they are in ``quarantine/prepared/samples``); a failed batch stays unpublished.
+    """
+    path = out / schema.SAMPLES_DIR
+    staged = path.with_name(path.name + UNPUBLISHED)
+    samples = spark.read.parquet(str(staged))
+    kept = f"the failed batch is in {staged}"
+    judged = samples
+    if gates.validator is not None:
+        cutoffs = spark.read.parquet(str(out / schema.CUTOFFS_DIR))
+        judged = samples_with_cutoffs(samples, cutoffs).select(*samples.columns, "knowledge_cutoff")
+    accepted, report = gates.settle(gates.observe(judged, suites.prepared_samples, table=schema.SAMPLES_DIR), kept=kept)
+    rejected = report is not None and report.rejected
+    per_split = split_stats(accepted if rejected else samples).cache()
+    rates = _label_rates(per_split)
+    gates.check_frame(per_split, partial(suites.prepared_splits, protocol=protocol), kept=kept)
+    per_split.unpersist()
+    if rejected:
+        _write(accepted.drop("knowledge_cutoff"), path)
+        shutil.rmtree(staged)
+    else:
+        _replace(staged, path)
+    return rates
 
 
 def prepare(
@@ -192,12 +247,12 @@ def prepare(
         F.timestamp_seconds("timestamp").alias("event_timestamp"),
     ).persist()
     step("validating canonical tables")
-    interactions = gates.check(canonical, partial(suites.raw_interactions, now=now), table=schema.INTERACTIONS_DIR)
-    stats = interactions.agg(
-        F.count("*").alias("rows"), F.min("event_timestamp").alias("first"), F.max("event_timestamp").alias("last"),
-        F.countDistinct("user_id").alias("users"), F.countDistinct("item_id").alias("items"),
-        F.min("user_id").alias("min_user"), F.max("user_id").alias("max_user"),
-    ).first()  # fmt: skip
+    stats = _interaction_stats(canonical)  # materializes the cached canonical table
+    interactions, report = gates.settle(
+        gates.observe(canonical, partial(suites.raw_interactions, now=now), table=schema.INTERACTIONS_DIR)
+    )
+    if report is not None and report.rejected:
+        stats = _interaction_stats(interactions)
     if stats["rows"] == 0:
         raise DataError(f"{dataset}: no interactions left after validation")
     # Profiles are a static snapshot valid from the first logged event, so every sample can join them.
@@ -207,26 +262,29 @@ def prepare(
     _write(interactions, out / schema.INTERACTIONS_DIR)
     users_out = users.select(*[c.name for c in schema.USERS.fields if c.name != "event_timestamp"])
     items_out = items.select(*[c.name for c in schema.ITEMS.fields if c.name != "event_timestamp"], "brand")
-    users_out = gates.check(users_out, suites.raw_users, table=schema.USERS_DIR)
-    items_out = gates.check(items_out, suites.raw_items, table=schema.ITEMS_DIR)
-    _write(users_out.withColumn("event_timestamp", valid_from), out / schema.USERS_DIR)
-    _write(items_out.withColumn("event_timestamp", valid_from), out / schema.ITEMS_DIR)
+
+    def with_valid_from(profiles: DataFrame) -> DataFrame:
+        return profiles.withColumn("event_timestamp", valid_from)
+
+    # Profiles are small: the gate counts while they are written (observed metrics), with no pass of its own.
+    users_check = gates.observe(users_out, suites.raw_users, table=schema.USERS_DIR)
+    gates.publish(users_check, out / schema.USERS_DIR, shape=with_valid_from)
+    items_check = gates.observe(items_out, suites.raw_items, table=schema.ITEMS_DIR)
+    gates.publish(items_check, out / schema.ITEMS_DIR, shape=with_valid_from)
     for name, id_map in raw.id_maps.items():
         _write(id_map, out / "id_maps" / name)
 
     step(f"splitting ({split.protocol} protocol)")
     splits = make_splits(interactions, split)
-    _write(splits.samples, out / schema.SAMPLES_DIR)
+    _write(splits.samples, out / (schema.SAMPLES_DIR + UNPUBLISHED))
     _write(splits.history, out / schema.HISTORY_DIR)
     _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
     step("validating splits")
-    cutoffs = spark.read.parquet(str(out / schema.CUTOFFS_DIR))
-    gates.check_written(
-        out / schema.SAMPLES_DIR, suites.prepared_samples, derive=lambda s: samples_with_cutoffs(s, cutoffs)
-    )
+    label_rates = _publish_samples(spark, gates, out, protocol=split.protocol)
     written = {name: spark.read.parquet(str(out / name)) for name in _COUNTED}
-    per_split = split_stats(written[schema.SAMPLES_DIR]).cache()
-    gates.check_frame(per_split, partial(suites.prepared_splits, protocol=split.protocol))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        validation = pool.submit(gates.finish)  # JSON results and Data Docs, rendered while Spark counts rows
+        counts = {name: table.count() for name, table in written.items()}
 
     summary = {
         "dataset": dataset,
@@ -235,13 +293,13 @@ def prepare(
         "boundaries": splits.boundaries,
         "notes": {**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},
         "rows": {
-            **{name: table.count() for name, table in written.items()},
+            **counts,
             "interacting_users": stats["users"],
             "interacting_items": stats["items"],
         },
         "quarantine": {r.table: r.as_dict() for r in reports},
-        "splits": _label_rates(per_split),
-        "validation": gates.finish(),
+        "splits": label_rates,
+        "validation": validation.result(),
         "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -4,6 +4,7 @@ batch-level stops; row-rule translations agree with great_expectations; hallucin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -101,6 +102,51 @@ def test_raw_users_and_items(spark, tmp_path):
     assert report.passed and report.rejected == 1  # one bad row of two is within the 50% tolerance
     (outcome,) = [o for o in report.outcomes if o.unexpected]
     assert outcome.name == "expect_column_values_to_be_between(year)"
+
+
+def _jobs_in(spark, group, action):
+    """Spark jobs started by ``action`` (tagged with a job group)."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, group)
+    try:
+        action()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def test_observed_check_counts_during_the_jobs_own_write_with_no_pass_of_its_own(spark, tmp_path):
+    frame = good_interactions(spark).unionByName(
+        _interactions(spark, [(900, 1, 7.0, 1, datetime(2020, 1, 1)), (None, 1, 3.0, 0, datetime(2020, 1, 1))])
+    )
+    v = validator(tmp_path)
+    check = v.observe(frame, suites.raw_interactions(now=NOW), quarantine=tmp_path / "q")
+    check.accepted.write.parquet(str(tmp_path / "written"))  # the job's own action
+    assert pd.read_parquet(tmp_path / "written").shape[0] == 40  # the two bad rows never reach the table
+    accepted, report = check.report()
+    eager = validator(tmp_path / "eager").validate(frame, suites.raw_interactions(now=NOW))[1]
+    assert [(o.name, o.success, o.observed) for o in report.outcomes] == [
+        (o.name, o.success, o.observed) for o in eager.outcomes
+    ]
+    assert (report.rows, report.rejected, accepted.count()) == (42, 2, 40)
+    assert sorted(map(tuple, pd.read_parquet(tmp_path / "q")[FAILED].map(list))) == [
+        ("expect_column_values_to_be_between(rating)",),
+        ("expect_column_values_to_not_be_null(user_id)",),
+    ]
+    assert check.report() is check.report()  # settled once: no second quarantine write
+
+
+def test_a_clean_observed_batch_costs_no_spark_job_after_the_action(spark, tmp_path):
+    check = validator(tmp_path).observe(good_interactions(spark), suites.raw_interactions(now=NOW))
+    check.accepted.agg({"rating": "avg"}).first()
+    assert _jobs_in(spark, "report-after-action", check.report) == 0
+    assert check.report()[1].passed and check.report()[1].rows == 40
+
+
+def test_a_check_whose_batch_nothing_read_counts_on_its_own(spark, tmp_path):
+    check = validator(tmp_path).observe(good_interactions(spark), suites.raw_interactions(now=NOW))
+    accepted, report = check.report()  # must not wait for an action that never comes
+    assert report.passed and report.rows == 40 and accepted.count() == 40
 
 
 def test_prepared_samples_before_cutoff_are_quarantined(spark, tmp_path):
@@ -256,12 +302,24 @@ def test_unsupported_row_level_expectation_is_a_clear_error(spark, tmp_path):
         validator(tmp_path).validate(spark.createDataFrame([(1,)], "x long"), suite)
 
 
-def test_finish_writes_json_and_data_docs(spark, tmp_path):
+def test_finish_writes_json_and_data_docs_with_every_expectation(spark, tmp_path):
+    from validation.frames import split_stats
+
     v = validator(tmp_path)
     v.validate(good_interactions(spark), suites.raw_interactions(now=NOW))
+    rows = [(u, u % 2, "train") for u in range(1, 201)]
+    splits = split_stats(spark.createDataFrame(rows, "user_id long, label int, split string"))
+    v.validate(splits, suites.prepared_splits())
     index = v.finish()
     assert index.is_file() and "raw.interactions" in index.read_text()
     assert (tmp_path / "validation" / "raw.interactions.json").is_file()
+    # Our pass's verdicts are in the docs too, not only what great_expectations ran itself (the column types):
+    (page,) = index.parent.glob("validations/raw/interactions/**/*.html")
+    text = page.read_text()
+    assert re.search(r"Evaluated Expectations</div></td><td[^>]*><div[^>]*>16<", text)
+    assert "must be greater than or equal to" in text  # a row rule (rating, ids, event time)
+    # A suite our pass judges alone still gets its page.
+    assert list(index.parent.glob("validations/prepared/splits/**/*.html"))
 
 
 def test_hallucination_scores_year_and_genre_claims(spark):
@@ -303,12 +361,19 @@ def test_prepare_gates_write_results_and_stop_on_batch_failure(spark, tmp_path, 
     assert all(r["passed"] for r in summary["validation"].values())
     assert (tmp_path / "ok" / "validation" / "docs" / "prepare" / "index.html").is_file()
 
-    # A stricter label-rate bound fails the per-split check: the job stops naming it, and what it wrote stays.
+    assert not list((tmp_path / "ok").glob("*.unpublished"))
+
+    # A stricter label-rate bound fails the per-split check: the job stops naming it; the tables that passed are
+    # published, the failed samples stay aside where no later stage reads them.
     strict = suites.Thresholds(label_rate_max=0.3)
     monkeypatch.setattr(suites, "prepared_splits", lambda protocol: original(strict, protocol=protocol))
-    with pytest.raises(DataError, match=r"prepared.splits failed: .*checked_label_rate\) observed"):
+    with pytest.raises(
+        DataError, match=r"prepared.splits failed: .*checked_label_rate\) observed.*samples.unpublished"
+    ):
         prepare(spark=spark, dataset="synthetic", out=tmp_path / "bad", synthetic=config, now=NOW, split=KAR)
-    assert (tmp_path / "bad" / "samples").is_dir() and (tmp_path / "bad" / "interactions").is_dir()
+    bad = tmp_path / "bad"
+    assert (bad / "interactions").is_dir() and (bad / "users").is_dir() and (bad / "samples.unpublished").is_dir()
+    assert not (bad / "samples").exists()
     assert not json.loads((tmp_path / "bad" / "validation" / "prepared.splits.json").read_text())["passed"]
 
 
