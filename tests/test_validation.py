@@ -377,6 +377,23 @@ def test_prepare_gates_write_results_and_stop_on_batch_failure(spark, tmp_path, 
     assert not json.loads((tmp_path / "bad" / "validation" / "prepared.splits.json").read_text())["passed"]
 
 
+def test_a_profile_batch_failing_after_its_write_stays_unpublished(spark, tmp_path, monkeypatch):
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+    from spark_jobs.prepare import prepare
+
+    original = suites.raw_users
+    # No age passes: every user breaks the row rule, more than its 50% tolerance, so the batch fails.
+    monkeypatch.setattr(suites, "raw_users", lambda: original(suites.Thresholds(age_min=500, age_max=600)))
+    config = SyntheticConfig(n_users=30, n_items=40, min_interactions=5, mean_interactions=10)
+    out = tmp_path / "prepared"
+    with pytest.raises(
+        DataError, match=r"raw.users failed: expect_column_values_to_be_between\(age\).*users.unpublished"
+    ):
+        prepare(spark=spark, dataset="synthetic", out=out, synthetic=config, now=NOW)
+    assert (out / "interactions").is_dir() and not (out / "users").exists()
+    assert pd.read_parquet(out / "quarantine" / "raw" / "users").shape[0] == 30  # counted during the write
+
+
 VECTORS = "entity_id long, as_of timestamp, dim int, vector array<float>"
 
 
@@ -474,7 +491,9 @@ def test_prepare_without_gates_builds_no_suite(spark, tmp_path):
 
     gates = _Gates(tmp_path, enabled=False)
     frame = spark.createDataFrame([(1,)], "x long")
-    assert gates.check(frame, build, table="t") is frame
-    gates.check_written(tmp_path / "t", build)
+    check = gates.observe(frame, build, table="t")
+    assert check.accepted is frame and gates.settle(check) == (frame, None)
+    gates.publish(check, tmp_path / "t", shape=lambda f: f)
+    assert (tmp_path / "t").is_dir() and not (tmp_path / "t.unpublished").exists()  # no staging without gates
     gates.check_frame(frame, build)
     assert gates.finish() == {}

@@ -3,10 +3,9 @@
 One :class:`Validator` per job holds an in-memory great_expectations context. Per suite:
 
 1. every row-level expectation (``validation.rows``) with its counts, and the row-count and column-mean
-   expectations over the rows they accept, are Spark aggregates *observed* on the batch
-   (``DataFrame.observe``): ``Validator.observe`` returns a :class:`Check` whose ``accepted`` rows the job
-   writes or aggregates as it would anyway, and the counts arrive with that action, at no extra pass over the
-   data (``Validator.validate`` runs a pass of its own, for batches nothing else reads);
+   expectations over the rows they accept, are Spark aggregates, computed in one aggregation of the gate's own
+   (``Validator.validate``) or, for small tables, observed while the job writes the accepted rows
+   (``Validator.observe`` and :attr:`Check.accepted`, Spark's ``DataFrame.observe``: no pass of the gate's own);
 2. when a row broke any row rule, rejected rows are written to ``quarantine/<stage>/<table>`` with a
    ``failed_expectations`` array;
 3. one great_expectations ``Batch.validate`` over the accepted rows checks the other batch-level expectations
@@ -200,7 +199,6 @@ class Check:
         self._helpers = {name: column for rule in self._rules for name, column in rule.helpers.items()}
         self._frame = df.withColumns(self._helpers) if self._helpers else df
         self._observation: Observation | None = None
-        self._counts: dict[str, Any] | None = None
         self._result: tuple[DataFrame, ValidationReport] | None = None
 
     def _aggregates(self) -> list[Column]:
@@ -234,8 +232,6 @@ class Check:
         return judged
 
     def _count(self) -> dict[str, Any]:
-        if self._counts is not None:
-            return self._counts
         if self._observation is not None and _finished(self._observation):
             return self._observation.get
         return self._frame.agg(*self._aggregates()).first().asDict()
@@ -362,8 +358,9 @@ class Validator:
         return made
 
     def observe(self, df: DataFrame, suite: gx.ExpectationSuite, *, quarantine: Path | None = None) -> Check:
-        """Attach ``suite`` to ``df``: its row rules and table aggregates are counted while the job's own next
-        action (a write, an aggregation) runs on :attr:`Check.accepted`, with no pass of the gate's own.
+        """Attach ``suite`` to ``df``: when the job writes :attr:`Check.accepted`, its row rules and table
+        aggregates are counted during that write, with no pass of the gate's own (for small tables: see
+        :class:`Check`); else :meth:`Check.report` counts in a pass of its own.
 
         Args:
             df: The batch.
