@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,12 @@ def bar_chart(path: Path, *, title: str, panels: Sequence[Panel], note: str | No
         ``path``.
     """
     # Figure + Agg canvas instead of pyplot: no global backend switch, no GUI, safe in any thread.
-    figure = Figure(figsize=(4.2 * max(len(panels), 1), 4.2), layout="constrained")
+    width = 4.2 * max(len(panels), 1)
+    figure = Figure(figsize=(width, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
-    figure.suptitle(f"{title}\n{note}" if note else title, fontsize=11)
+    # Wrapped to the figure's width (~11 characters an inch at this size): a long note was cut at both edges.
+    wrapped = textwrap.fill(note, width=int(11 * width)) if note else ""
+    figure.suptitle(f"{title}\n{wrapped}" if note else title, fontsize=11)
     for index, panel in enumerate(panels, start=1):
         _draw_panel(figure.add_subplot(1, max(len(panels), 1), index), panel)
     path.parent.mkdir(parents=True, exist_ok=True)
