@@ -115,9 +115,10 @@ class _Unchecked:
 class _Gates:
     """The prepare job's data-quality gates, or nothing when ``validate=False`` (the benchmark's baseline).
 
-    The gates count their rules during the job's own writes and aggregations (``Validator.observe``). A table
-    whose batch is judged after its write is written aside first and published (renamed into place) only when
-    it passes (write-audit-publish): a failed batch never sits where the next stage reads.
+    Small tables (profiles) are counted during their own write (``Validator.observe``); large ones in one pass of
+    the gate's own. A table whose batch is judged after its write is written aside first (:func:`_staged`) and
+    published (renamed into place) only when it passes (write-audit-publish): a failed batch never sits where
+    the next stage reads.
     """
 
     def __init__(self, out: Path, *, enabled: bool) -> None:
@@ -145,7 +146,7 @@ class _Gates:
         if self.validator is None:
             _write(shape(check.accepted), path)
             return
-        staged = path.with_name(path.name + UNPUBLISHED)
+        staged = _staged(path)
         _write(shape(check.accepted), staged)
         self.settle(check, kept=f"the failed batch is in {staged}")
         _replace(staged, path)
@@ -162,6 +163,11 @@ class _Gates:
         return {r.suite: r.as_dict() for r in self.validator.reports}
 
 
+def _staged(path: Path) -> Path:
+    """Where a gated table is written before its batch passed."""
+    return path.with_name(path.name + UNPUBLISHED)
+
+
 def _replace(source: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -175,7 +181,7 @@ def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol:
     out of the published table (they are in ``quarantine/prepared/samples``); a failed batch stays unpublished.
     """
     path = out / schema.SAMPLES_DIR
-    staged = path.with_name(path.name + UNPUBLISHED)
+    staged = _staged(path)
     samples = spark.read.parquet(str(staged))
     kept = f"the failed batch is in {staged}"
     judged = samples
@@ -276,7 +282,7 @@ def prepare(
 
     step(f"splitting ({split.protocol} protocol)")
     splits = make_splits(interactions, split)
-    _write(splits.samples, out / (schema.SAMPLES_DIR + UNPUBLISHED))
+    _write(splits.samples, _staged(out / schema.SAMPLES_DIR))
     _write(splits.history, out / schema.HISTORY_DIR)
     _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
     step("validating splits")
