@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kar.errors import KarError
+from kar.paths import local_path, name_or_path
+from kar.processes import Terminated, sigterm_raises
 
 app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
 feast_app = typer.Typer(help="Register, materialize and read the Feast feature store.", no_args_is_help=True)
@@ -25,20 +35,109 @@ console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-DataDir = Annotated[Path, typer.Option("--data", help="Folder written by `kar prepare`.")]
-RepoOpt = Annotated[Path | None, typer.Option("--repo", help="Feast repo (default: ./feature_repo).")]
+# Set once per invocation by the root callback (``--debug`` / $KAR_DEBUG), read when a command fails.
+_DEBUG: ContextVar[bool] = ContextVar("kar_debug", default=False)
+# The step a command was in when it failed (set by ``steps()``), for the one-line error.
+_STAGE: ContextVar[str | None] = ContextVar("kar_stage", default=None)
+ERROR_LOG = "kar-error.log"
+
+
+def cli_path(value: str | os.PathLike[str]) -> Path:
+    """Every path option goes through here: made absolute against the directory the command was typed in.
+
+    Typer hands defaults in too, so ``runs/demo`` is resolved the same way as a typed value.
+    """
+    try:
+        return local_path(value)
+    except KarError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def cli_name_or_path(value: str) -> str:
+    """For options that take a bundled/hub name or a path (models, scenarios): see ``kar.paths.name_or_path``."""
+    return name_or_path(value)
+
+
+DataDir = Annotated[Path, typer.Option("--data", parser=cli_path, help="Folder written by `kar prepare`.")]
+RepoOpt = Annotated[Path | None, typer.Option("--repo", parser=cli_path, help="Feast repo (default: ./feature_repo).")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="KAR_DEBUG", help="Print the full traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    _DEBUG.set(debug)
+
+
+def _command_name(func: Callable[..., Any]) -> str:
+    return "kar " + func.__name__.removesuffix("_command").replace("_", " ")
+
+
+def _log_folder(arguments: Mapping[str, Any]) -> Path:
+    """The command's output folder (``--out``, else ``--data``, else ``--run``); a file option gives its folder."""
+    for key in ("out", "data", "run"):
+        value = arguments.get(key)
+        if isinstance(value, Path):
+            return value.parent if value.suffix else value
+    return Path(tempfile.gettempdir()) / "kar"
+
+
+def write_error_log(*, command: str, stage: str | None, error: BaseException, folder: Path) -> Path:
+    """Write the full traceback of ``error`` to ``folder/kar-error.log`` (the temp folder if that fails)."""
+    text = (
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} {command} failed"
+        f"{f' while {stage}' if stage else ''}\nargv: {sys.argv}\n\n" + "".join(traceback.format_exception(error))
+    )
+    for candidate in (folder, Path(tempfile.gettempdir()) / "kar"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            path = candidate / ERROR_LOG
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    raise error
 
 
 def friendly(func: F) -> F:
-    """Turn a ``KarError`` into one red line and exit code 2: users get the fix, not a traceback."""
+    """Errors as one line, never a traceback dump.
+
+    A ``KarError`` (a problem the user can fix) prints its message and exits 2. Anything else is a bug or an
+    environment problem we did not foresee: one line naming the command, the step it was in and the error,
+    the full traceback in ``kar-error.log`` in the output folder, exit 1; ``--debug`` also prints it here.
+    """
+    command = _command_name(func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _STAGE.set(None)
         try:
-            return func(*args, **kwargs)
+            with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: every child service is stopped on the way out
+                return func(*args, **kwargs)
         except KarError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except Terminated:
+            err_console.print(f"{command}: stopped by SIGTERM", highlight=False)
+            raise typer.Exit(128 + signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            err_console.print(f"{command}: interrupted", highlight=False)
+            raise typer.Exit(128 + signal.SIGINT) from None
+        except Exception as exc:
+            stage = _STAGE.get()
+            log = write_error_log(command=command, stage=stage, error=exc, folder=_log_folder(kwargs))
+            if _DEBUG.get():
+                sys.stderr.write("".join(traceback.format_exception(exc)))  # unwrapped, as Python prints it
+            where = f" while {stage}" if stage else ""
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            line = f"{command} failed{where}: {type(exc).__name__}: {message}"
+            line += f" (full traceback in {log}; --debug prints it)"
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -54,6 +153,7 @@ class _Steps:
     def __call__(self, message: str) -> None:
         self.finish()
         self._current = message
+        _STAGE.set(message)
         self._progress.update(self._task, description=message)
 
     def detail(self, message: str) -> None:
@@ -97,8 +197,10 @@ def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
 @friendly
 def prepare(
     dataset: Annotated[str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon")] = "synthetic",
-    out: Annotated[Path, typer.Option(help="Output folder for the prepared tables.")] = Path("runs/prepared"),
-    path: Annotated[Path | None, typer.Option(help="Input folder of a file-based dataset.")] = None,
+    out: Annotated[Path, typer.Option(parser=cli_path, help="Output folder for the prepared tables.")] = Path(
+        "runs/prepared"
+    ),
+    path: Annotated[Path | None, typer.Option(parser=cli_path, help="Input folder of a file-based dataset.")] = None,
     protocol: Annotated[str, typer.Option(help="Split: 'time' (global time split) or 'kar'.")] = "time",
     seed: Annotated[int, typer.Option(help="Seed of the KAR user split.")] = 1234,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
@@ -183,8 +285,12 @@ def online_lines(described: dict[str, Any]) -> list[str]:
 def train(
     model: Annotated[str, typer.Option(help="deepfm | dcnv2 | mmoe | wukong | xgboost")] = "deepfm",
     data: DataDir = Path("runs/prepared"),
-    out: Annotated[Path, typer.Option(help="Output folder for metrics.json and the model.")] = Path("runs/train"),
-    config: Annotated[Path | None, typer.Option(help="Experiment YAML (default: shipped one).")] = None,
+    out: Annotated[Path, typer.Option(parser=cli_path, help="Output folder for metrics.json and the model.")] = Path(
+        "runs/train"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Experiment YAML (default: shipped one).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
 ) -> None:
     """Train a ranker on the point-in-time Feast training frame; writes OUT/metrics.json.
@@ -202,7 +308,7 @@ def train(
 @app.command()
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(parser=cli_path, help="Run folder.")] = Path("runs/demo"),
     users: Annotated[int | None, typer.Option(help="Synthetic users (default 120).")] = None,
     items: Annotated[int | None, typer.Option(help="Synthetic items (default 120).")] = None,
     knowledge: Annotated[
@@ -286,7 +392,7 @@ def _knowledge_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
 @friendly
 def knowledge(
     data: DataDir,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA/knowledge).")] = None,
+    out: Annotated[Path | None, typer.Option(parser=cli_path, help="Output folder (default: DATA/knowledge).")] = None,
     kind: Annotated[
         list[str] | None, typer.Option(help="user | item | kerec; repeat for several (default: all three).")
     ] = None,
@@ -299,13 +405,18 @@ def knowledge(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model id (default: $KAR_LLM_MODEL or the server's first).")] = None,
     scenario: Annotated[
-        str | None, typer.Option(help="movies | books | products | a YAML path (default: from the dataset).")
+        str | None,
+        typer.Option(
+            parser=cli_name_or_path, help="movies | books | products | a YAML path (default: from the dataset)."
+        ),
     ] = None,
-    cache: Annotated[Path | None, typer.Option(help="Answer cache folder (default: OUT/cache).")] = None,
+    cache: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Answer cache folder (default: OUT/cache).")
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Only the first N prompts of each kind (trials).")] = None,
     tokenizer: Annotated[
-        Path | None, typer.Option(help="tokenizer.json of the served model, for exact token budgets.")
+        Path | None, typer.Option(parser=cli_path, help="tokenizer.json of the served model, for exact token budgets.")
     ] = None,
     compiled: Annotated[bool, typer.Option(help="torch.compile the embedded model (long jobs).")] = False,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
@@ -358,12 +469,18 @@ def _encode_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
 def encode(
     data: DataDir,
     knowledge: Annotated[
-        Path | None, typer.Option("--knowledge", help="`kar knowledge` output (default: DATA/knowledge).")
+        Path | None,
+        typer.Option("--knowledge", parser=cli_path, help="`kar knowledge` output (default: DATA/knowledge)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder for vector tables (default: DATA/vectors).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Output folder for vector tables (default: DATA/vectors).")
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="sentence-transformers model name or folder (default: the shipped all-MiniLM-L6-v2)."),
+        typer.Option(
+            parser=cli_name_or_path,
+            help="sentence-transformers model name or folder (default: the shipped all-MiniLM-L6-v2).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     kind: Annotated[list[str] | None, typer.Option(help="user | item; repeat for both (default: both).")] = None,
@@ -406,7 +523,10 @@ def validate(
     stage: Annotated[str, typer.Argument(help="raw, prepared, prompts, answers, embeddings, features or training.")],
     data: DataDir,
     out: Annotated[
-        Path | None, typer.Option(help="Results folder (default DATA/validation; Data Docs in docs/validate-STAGE).")
+        Path | None,
+        typer.Option(
+            parser=cli_path, help="Results folder (default DATA/validation; Data Docs in docs/validate-STAGE)."
+        ),
     ] = None,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
@@ -433,10 +553,12 @@ app.add_typer(adapt_app, name="adapt")
 @adapt_app.command("export")
 @friendly
 def adapt_export(
-    run: Annotated[Path, typer.Option(help="Ranker run trained with knowledge (`kar train --out`).")],
+    run: Annotated[Path, typer.Option(parser=cli_path, help="Ranker run trained with knowledge (`kar train --out`).")],
     data: DataDir,
-    vectors: Annotated[Path | None, typer.Option(help="Encoded knowledge (default: DATA/vectors).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Adapted tables (default: DATA/adapted).")] = None,
+    vectors: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Encoded knowledge (default: DATA/vectors).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(parser=cli_path, help="Adapted tables (default: DATA/adapted).")] = None,
 ) -> None:
     """Pre-store adapted knowledge: every user's and item's adapted vector into the Feast *_knowledge_adapted views.
 
@@ -452,7 +574,7 @@ def adapt_export(
 @app.command("serve")
 @friendly
 def serve_command(
-    model: Annotated[Path, typer.Option("--model", help="Torch run folder written by `kar train`.")],
+    model: Annotated[Path, typer.Option("--model", parser=cli_path, help="Torch run folder written by `kar train`.")],
     data: DataDir,
     repo: RepoOpt = None,
     redis: RedisOpt = None,
@@ -460,7 +582,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     token_file: Annotated[
-        Path | None, typer.Option(help="File holding the bearer token (default: $KAR_SERVE_TOKEN).")
+        Path | None, typer.Option(parser=cli_path, help="File holding the bearer token (default: $KAR_SERVE_TOKEN).")
     ] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No token (only on a loopback address).")] = False,
     max_candidates: Annotated[int, typer.Option(help="Items per request.")] = 1000,
@@ -498,14 +620,15 @@ def serve_command(
 @friendly
 def llm_serve(
     model: Annotated[
-        str, typer.Option(help="'embedded' (SmolLM2-135M on vLLM CPU) or an HF model dir/name.")
+        str,
+        typer.Option(parser=cli_name_or_path, help="'embedded' (SmolLM2-135M on vLLM CPU) or an HF model dir/name."),
     ] = "embedded",
     port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
     compiled: Annotated[
         bool, typer.Option(help="torch.compile the embedded model: ~100 s slower start, ~25% faster.")
     ] = False,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Where the vLLM env and model live (default ~/.cache/kar).")
+        Path | None, typer.Option(parser=cli_path, help="Where the vLLM env and model live (default ~/.cache/kar).")
     ] = None,
 ) -> None:
     """Start a vLLM OpenAI-compatible server on loopback and keep it up until Ctrl-C."""
@@ -523,7 +646,7 @@ def llm_serve(
 @friendly
 def llm_setup(
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Where the vLLM env and model live (default ~/.cache/kar).")
+        Path | None, typer.Option(parser=cli_path, help="Where the vLLM env and model live (default ~/.cache/kar).")
     ] = None,
 ) -> None:
     """Build the vLLM CPU env and the embedded model once (cached), without starting a server."""
@@ -541,9 +664,12 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("llm")
 @friendly
 def bench_llm_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Prepared folder (default: a small synthetic one, made and removed).")
+        Path | None,
+        typer.Option(
+            "--data", parser=cli_path, help="Prepared folder (default: a small synthetic one, made and removed)."
+        ),
     ] = None,
     prompts: Annotated[int, typer.Option(help="Item prompts per run.")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
@@ -590,10 +716,14 @@ def bench_llm_command(
 @bench_app.command("encode")
 @friendly
 def bench_encode_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Knowledge folder, or a prepared folder with knowledge/ (default: generated)."),
+        typer.Option(
+            "--data",
+            parser=cli_path,
+            help="Knowledge folder, or a prepared folder with knowledge/ (default: generated).",
+        ),
     ] = None,
     texts: Annotated[int | None, typer.Option(help="Only the first N texts (default: all, or 512 generated).")] = None,
     rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 3,
@@ -627,9 +757,10 @@ def bench_encode_command(
 @bench_app.command("online")
 @friendly
 def bench_online_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Prepared folder with vectors (default: a generated store).")
+        Path | None,
+        typer.Option("--data", parser=cli_path, help="Prepared folder with vectors (default: a generated store)."),
     ] = None,
     items: Annotated[int, typer.Option(help="Candidate items per request.")] = 100,
     requests: Annotated[int, typer.Option(help="Requests per round and way.")] = 300,
@@ -672,11 +803,14 @@ def bench_online_command(
 @bench_app.command("serve")
 @friendly
 def bench_serve_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     model: Annotated[
-        Path | None, typer.Option("--model", help="Torch run (default: an untrained DeepFM on a generated store).")
+        Path | None,
+        typer.Option("--model", parser=cli_path, help="Torch run (default: an untrained DeepFM on a generated store)."),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="The run's prepared folder with adapted vectors.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", parser=cli_path, help="The run's prepared folder with adapted vectors.")
+    ] = None,
     items: Annotated[int, typer.Option(help="Candidate items per request.")] = 100,
     requests: Annotated[int, typer.Option(help="Requests per measured level.")] = 300,
     backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or redis (repeatable; default both).")] = None,
@@ -716,10 +850,14 @@ def bench_serve_command(
 @friendly
 def bench_quality_command(
     dataset: Annotated[str, typer.Option(help="movielens-100k | movielens-1m (picks the bundled experiments).")],
-    out: Annotated[Path, typer.Option(help="Result folder: quality.json, quality.png, runs/.")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="Result folder: quality.json, quality.png, runs/.")],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Prepared folder with knowledge/ and vectors/ (default: runs/ml-100k|ml-1m)."),
+        typer.Option(
+            "--data",
+            parser=cli_path,
+            help="Prepared folder with knowledge/ and vectors/ (default: runs/ml-100k|ml-1m).",
+        ),
     ] = None,
     model: Annotated[list[str] | None, typer.Option(help="Backbone (repeatable; default all five).")] = None,
     variant: Annotated[list[str] | None, typer.Option(help="Variant (repeatable; default all).")] = None,
@@ -759,11 +897,12 @@ def bench_quality_command(
 @bench_app.command("train")
 @friendly
 def bench_train_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     data: Annotated[
         Path | None,
         typer.Option(
             "--data",
+            parser=cli_path,
             help="Prepared folder, or raw MovieLens-100K (default ../shared/data/ml-100k, prepared: --protocol kar).",
         ),
     ] = None,
@@ -806,11 +945,11 @@ def bench_train_command(
 @bench_app.command("validate")
 @friendly
 def bench_validate_command(
-    out: Annotated[Path, typer.Option(help="JSON result file (the plot goes next to it as .png).")],
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
     dataset: Annotated[str, typer.Option(help="Input dataset (default: synthetic sized to ML-1M, ~1M ratings).")] = (
         "synthetic"
     ),
-    path: Annotated[Path | None, typer.Option(help="Input folder for file datasets.")] = None,
+    path: Annotated[Path | None, typer.Option(parser=cli_path, help="Input folder for file datasets.")] = None,
     protocol: Annotated[str, typer.Option(help="Split protocol: time or kar.")] = "kar",
     rounds: Annotated[int, typer.Option(help="Measured rounds per side, alternating order.")] = 3,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,

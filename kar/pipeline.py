@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kar.errors import DataError, KarError
+from kar.paths import Location, local_path, name_or_path, optional_local_path
 
 Progress = Callable[[str], None]
 # The rankers the demo trains (every bundled model trains with `kar train`).
@@ -28,8 +29,8 @@ def _noop(_message: str) -> None:
 def run_prepare(
     *,
     dataset: str,
-    out: Path,
-    path: Path | None = None,
+    out: Location,
+    path: Location | None = None,
     protocol: str = "time",
     seed: int = 1234,
     master: str | None = None,
@@ -43,6 +44,7 @@ def run_prepare(
     from spark_jobs.splits import SplitConfig
 
     step = progress or _noop
+    out, path = local_path(out, what="out"), optional_local_path(path, what="path")
     check_input(dataset, path)  # before Spark starts: a typo should not cost a JVM start-up
     step("starting Spark")
     spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
@@ -50,7 +52,8 @@ def run_prepare(
     return prepare(spark=spark, dataset=dataset, path=path, out=out, split=split, synthetic=synthetic, progress=step)
 
 
-def read_summary(data_dir: Path) -> dict[str, Any]:
+def read_summary(data_dir: Location) -> dict[str, Any]:
+    data_dir = local_path(data_dir, what="data")
     path = data_dir / "summary.json"
     if not path.is_file():
         raise DataError(f"{data_dir}: no summary.json; run `kar prepare --out {data_dir}` first")
@@ -72,9 +75,9 @@ def _epoch_reporter(step: Progress) -> Callable[[Any], None]:
 def run_train(
     *,
     model: str,
-    data_dir: Path,
-    out: Path,
-    config_path: Path | None = None,
+    data_dir: Location,
+    out: Location,
+    config_path: Location | None = None,
     seed: int | None = None,
     frame: Any = None,
     progress: Progress | None = None,
@@ -94,6 +97,8 @@ def run_train(
     from kar import store
 
     step = progress or _noop
+    data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
+    config_path = optional_local_path(config_path, what="config")
     dataset = read_summary(data_dir)["dataset"]
     config = load_config(config_path or f"{model}_{dataset}")
     if seed is not None:
@@ -116,7 +121,7 @@ DEMO_KNOWLEDGE = ("user", "item", "kerec")
 
 def run_demo(
     *,
-    out: Path,
+    out: Location,
     n_users: int | None = None,
     n_items: int | None = None,
     knowledge: bool = True,
@@ -133,6 +138,7 @@ def run_demo(
 
     step = progress or _noop
     started = time.perf_counter()
+    out = local_path(out, what="out")
     data_dir = out / "prepared"
     synthetic = SyntheticConfig(n_users=n_users or DEMO_USERS, n_items=n_items or DEMO_ITEMS)
     summary = run_prepare(dataset="synthetic", out=data_dir, synthetic=synthetic, progress=step)
@@ -289,7 +295,7 @@ def _sample_ranking(feature_store: Any, frame: Any, *, ranker_dir: Path, n_items
 UNKNOWN_ITEM_ID = -1
 
 
-def served_ranking(*, data_dir: Path, model_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+def served_ranking(*, data_dir: Location, model_dir: Location, request: dict[str, Any]) -> dict[str, Any]:
     """Start ``kar serve`` on loopback, rank ``request`` plus an unknown item over HTTP, stop the service.
 
     The unknown item shows the fallback; ``max_abs_diff_vs_in_process`` compares the service's scores with
@@ -304,6 +310,7 @@ def served_ranking(*, data_dir: Path, model_dir: Path, request: dict[str, Any]) 
     from kar.service import ServiceProcess
     from kar.store import open_store
 
+    data_dir, model_dir = local_path(data_dir, what="data"), local_path(model_dir, what="model")
     body = {**request, "item_ids": [*request["item_ids"], UNKNOWN_ITEM_ID]}
     started = time.perf_counter()
     with ServiceProcess(model_dir=model_dir, data_dir=data_dir) as service:
@@ -332,7 +339,7 @@ def llm_endpoint(
     model: str | None = None,
     api_key: str | None = None,
     concurrency: int = 8,
-    tokenizer: Path | None = None,
+    tokenizer: Location | None = None,
     compiled: bool = False,
     progress: Progress | None = None,
 ) -> Iterator[tuple[Any, str, Path | None]]:
@@ -345,6 +352,7 @@ def llm_endpoint(
     from spark_jobs.llm.client import Endpoint, resolve_model
 
     step = progress or _noop
+    tokenizer = optional_local_path(tokenizer, what="tokenizer")
     base_url = base_url or os.environ.get("KAR_LLM_BASE_URL")
     model = model or os.environ.get("KAR_LLM_MODEL")
     if base_url:
@@ -360,16 +368,16 @@ def llm_endpoint(
 def run_knowledge(
     *,
     kinds: Sequence[str],
-    data_dir: Path,
-    out: Path,
+    data_dir: Location,
+    out: Location,
     base_url: str | None = None,
     model: str | None = None,
     api_key: str | None = None,
     scenario: str | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Location | None = None,
     concurrency: int = 8,
     limit: int | None = None,
-    tokenizer: Path | None = None,
+    tokenizer: Location | None = None,
     compiled: bool = False,
     kerec_max_pairs: int = 500,
     master: str | None = None,
@@ -383,6 +391,9 @@ def run_knowledge(
     from spark_jobs.session import get_spark
 
     step = progress or _noop
+    data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
+    cache_dir = optional_local_path(cache_dir, what="cache")
+    scenario = name_or_path(scenario) if scenario else None
     unknown = [k for k in kinds if k not in JOB_KINDS]
     if unknown:
         raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
@@ -414,9 +425,9 @@ def run_knowledge(
 
 def run_encode(
     *,
-    data_dir: Path,
-    knowledge_dir: Path | None = None,
-    out: Path | None = None,
+    data_dir: Location,
+    knowledge_dir: Location | None = None,
+    out: Location | None = None,
     model: str | None = None,
     batch_size: int = 64,
     kinds: Sequence[str] = ("user", "item"),
@@ -444,8 +455,10 @@ def run_encode(
     from spark_jobs.session import get_spark
 
     step = progress or _noop
-    knowledge_dir = knowledge_dir or data_dir / "knowledge"
-    out = out or data_dir / "vectors"
+    data_dir = local_path(data_dir, what="data")
+    knowledge_dir = optional_local_path(knowledge_dir, what="knowledge") or data_dir / "knowledge"
+    out = optional_local_path(out, what="out") or data_dir / "vectors"
+    model = name_or_path(model) if model else None
     # Fails with the fix before the JVM starts (a typo should not cost ~10 s).
     EncodeJob(
         knowledge_dir=knowledge_dir,
@@ -470,7 +483,12 @@ def run_encode(
 
 
 def run_validate(
-    *, stage: str, data_dir: Path, out: Path | None = None, master: str | None = None, progress: Progress | None = None
+    *,
+    stage: str,
+    data_dir: Location,
+    out: Location | None = None,
+    master: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[Any], dict[str, Any], Path]:
     """Run one stage's data-quality suites on ``data_dir`` (see ``validation.stages``).
 
@@ -482,6 +500,7 @@ def run_validate(
     from validation.stages import STAGES, validate_stage
 
     step = progress or _noop
+    data_dir, out = local_path(data_dir, what="data"), optional_local_path(out, what="out")
     if stage not in STAGES:
         raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     step("starting Spark")
@@ -493,7 +512,7 @@ def run_validate(
 
 
 def run_adapt_export(
-    *, run_dir: Path, data_dir: Path, vectors_dir: Path | None = None, out: Path | None = None
+    *, run_dir: Location, data_dir: Location, vectors_dir: Location | None = None, out: Location | None = None
 ) -> list[Any]:
     """Write every user's and item's adapted knowledge vector for the Feast ``*_knowledge_adapted`` views.
 
@@ -508,6 +527,9 @@ def run_adapt_export(
     """
     from adaptors.export import export_adapted
 
+    data_dir = local_path(data_dir, what="data")
     return export_adapted(
-        run_dir=run_dir, vectors_dir=vectors_dir or data_dir / "vectors", out=out or data_dir / "adapted"
+        run_dir=local_path(run_dir, what="run"),
+        vectors_dir=optional_local_path(vectors_dir, what="vectors") or data_dir / "vectors",
+        out=optional_local_path(out, what="out") or data_dir / "adapted",
     )

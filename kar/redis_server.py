@@ -1,7 +1,7 @@
 """A private ``redis-server`` on a loopback port, for tests, benchmarks and trying the Redis online store.
 
 Production points Feast at its own Redis (``kar feast materialize --redis HOST:PORT``); this module only starts
-a throwaway one: no persistence, bound to 127.0.0.1, stopped by the pid it wrote.
+a throwaway one: no persistence, bound to 127.0.0.1, in a guarded process group (``kar.processes``).
 
 Typical use::
 
@@ -13,9 +13,7 @@ Typical use::
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kar.errors import EnvironmentProblem
-from kar.llm_server import free_port
+from kar.processes import free_port, spawn_guarded, stop_group
 
 INSTALL_HINT = "install it with `apt-get install -y redis-server` (`make redis` does it)"
 
@@ -43,7 +41,8 @@ class RedisServer:
         self._executable = executable or shutil.which("redis-server")
         self._start_timeout = start_timeout
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self.pid: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # of the server's guard, which leads its process group
 
     @property
     def connection_string(self) -> str:
@@ -58,33 +57,30 @@ class RedisServer:
             raise EnvironmentProblem(f"redis-server not found: {INSTALL_HINT}")
         self._dir = tempfile.TemporaryDirectory(prefix="kar-redis-")
         folder = Path(self._dir.name)
-        pidfile = folder / "redis.pid"
+        # In the foreground under the guard (not --daemonize): it dies with this process, however that ends.
         # --save "" and no AOF: a cache for tests and benchmarks, nothing worth writing to disk.
         command = [
             self._executable,
             "--bind", self.host,
             "--port", str(self.port),
-            "--daemonize", "yes",
-            "--pidfile", str(pidfile),
+            "--daemonize", "no",
             "--dir", str(folder),
             "--save", "",
             "--appendonly", "no",
             "--logfile", str(folder / "redis.log"),
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        if result.returncode != 0:
-            raise EnvironmentProblem(f"redis-server failed to start: {(result.stderr or result.stdout).strip()}")
-        self._wait_ready(pidfile, folder / "redis.log")
+        self._process = spawn_guarded(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, grace_s=2.0)
+        self.pid = self._process.pid
+        self._wait_ready(folder / "redis.log")
         return self
 
-    def _wait_ready(self, pidfile: Path, log: Path) -> None:
+    def _wait_ready(self, log: Path) -> None:
         import redis
 
+        assert self._process is not None
         deadline = time.monotonic() + self._start_timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
-        while time.monotonic() < deadline:
-            if self.pid is None and pidfile.is_file() and pidfile.read_text().strip():
-                self.pid = int(pidfile.read_text())
+        while time.monotonic() < deadline and self._process.poll() is None:
             try:
                 if client.ping():
                     return
@@ -95,13 +91,10 @@ class RedisServer:
         raise EnvironmentProblem(f"redis-server on {self.connection_string} did not answer PING: {tail}")
 
     def stop(self) -> None:
-        """Kill the server by its pid and remove its folder; safe to call twice."""
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-                _wait_gone(self.pid)
-            except ProcessLookupError:
-                pass
+        """Stop the server's process group and remove its folder; safe to call twice."""
+        if self._process is not None:
+            stop_group(self._process, grace_s=10)
+            self._process = None
             self.pid = None
         if self._dir is not None:
             self._dir.cleanup()
@@ -114,14 +107,3 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)

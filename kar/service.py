@@ -38,6 +38,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from kar.errors import EnvironmentProblem, KarError
+from kar.paths import Location, local_path, optional_local_path
+from kar.processes import free_port, spawn_guarded, stop_group
 
 if TYPE_CHECKING:
     from kar.scorer import OnlineScorer, Ranking
@@ -342,14 +344,14 @@ def _rank(scorer: OnlineScorer, user_id: int, item_ids: list[int], context: dict
 
 def serve(
     *,
-    model_dir: Path,
-    data_dir: Path,
-    repo: Path | None = None,
+    model_dir: Location,
+    data_dir: Location,
+    repo: Location | None = None,
     online_store: dict[str, Any] | None = None,
     service: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
-    token_file: Path | None = None,
+    token_file: Location | None = None,
     no_auth: bool = False,
     limits: ServiceLimits | None = None,
 ) -> None:
@@ -375,6 +377,8 @@ def serve(
     from kar import store
     from kar.scorer import OnlineScorer
 
+    model_dir, data_dir = local_path(model_dir, what="model"), local_path(data_dir, what="data")
+    token_file = optional_local_path(token_file, what="token file")
     # Before the slow loading: a misconfigured token fails in a second.
     token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
     feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
@@ -399,17 +403,17 @@ class ServiceProcess:
     def __init__(
         self,
         *,
-        model_dir: Path,
-        data_dir: Path,
+        model_dir: Location,
+        data_dir: Location,
         redis: str | None = None,
         extra_args: list[str] | None = None,
         start_timeout: float = 120.0,
     ) -> None:
-        from kar.llm_server import free_port
-
         self.host = DEFAULT_HOST
         self.port = free_port(self.host)
         self.token = secrets.token_urlsafe(24)
+        # Absolute: the child may be started from another directory than the caller's paths are relative to.
+        model_dir, data_dir = local_path(model_dir, what="model"), local_path(data_dir, what="data")
         self._args = ["--model", str(model_dir), "--data", str(data_dir), *(["--redis", redis] if redis else [])]
         self._args += extra_args or []
         self._start_timeout = start_timeout
@@ -432,7 +436,7 @@ class ServiceProcess:
         env = {**os.environ, TOKEN_ENV: self.token}
         # A file, not a pipe: nobody reads the service's log while it runs, and a full pipe would block it.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._process = spawn_guarded(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, grace_s=5.0)
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -454,12 +458,7 @@ class ServiceProcess:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_group(self._process, grace_s=15)
         self._process = None
         if self._log is not None:
             self._log.close()

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from kar.errors import DataError, KarError
+from kar.paths import Location, local_path, optional_local_path
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
 
 if TYPE_CHECKING:
@@ -99,8 +100,8 @@ def profile_path(repo: Path, profile: str | None = None) -> Path:
 
 def repo_config(
     *,
-    data_dir: Path,
-    repo: Path | None = None,
+    data_dir: Location,
+    repo: Location | None = None,
     online_store: dict[str, Any] | None = None,
     profile: str | None = None,
 ) -> RepoConfig:
@@ -114,10 +115,11 @@ def repo_config(
     """
     from feast.repo_config import load_repo_config
 
-    repo = repo or default_repo()
+    data_dir = local_path(data_dir, what="data")
+    repo = optional_local_path(repo, what="repo") or default_repo()
     profile = profile or os.environ.get(PROFILE_ENV)
     config = load_repo_config(repo, profile_path(repo, profile))
-    state = feast_dir(data_dir.resolve())
+    state = feast_dir(data_dir)
     state.mkdir(parents=True, exist_ok=True)
     raw = config.model_dump(by_alias=True, exclude_none=True)
     # One registry per profile: its sources are typed for its offline store (FileSource vs SparkSource).
@@ -132,8 +134,8 @@ def repo_config(
 
 def open_store(
     *,
-    data_dir: Path,
-    repo: Path | None = None,
+    data_dir: Location,
+    repo: Location | None = None,
     online_store: dict[str, Any] | None = None,
     profile: str | None = None,
 ) -> FeatureStore:
@@ -195,11 +197,12 @@ def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
             )
 
 
-def apply(*, data_dir: Path, repo: Path | None = None, profile: str | None = None) -> list[str]:
+def apply(*, data_dir: Location, repo: Location | None = None, profile: str | None = None) -> list[str]:
     """Register the repo's definitions over ``data_dir`` (what ``feast apply`` does) and return object names."""
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-    repo = repo or default_repo()
+    data_dir = local_path(data_dir, what="data")
+    repo = optional_local_path(repo, what="repo") or default_repo()
     if not (data_dir / "users").is_dir():
         raise DataError(f"{data_dir}: not a prepared-data folder (run `kar prepare --out {data_dir}` first)")
     ensure_vector_tables(data_dir)
@@ -217,8 +220,8 @@ def apply(*, data_dir: Path, repo: Path | None = None, profile: str | None = Non
 
 def materialize(
     *,
-    data_dir: Path,
-    repo: Path | None = None,
+    data_dir: Location,
+    repo: Location | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
     online_store: dict[str, Any] | None = None,
@@ -229,6 +232,7 @@ def materialize(
     ``start`` defaults to the epoch: Feast's incremental default for views without TTL looks back one year
     only, which would silently skip logs older than that (all of MovieLens).
     """
+    data_dir = local_path(data_dir, what="data")
     store = open_store(data_dir=data_dir, repo=repo, online_store=online_store, profile=profile)
     check_dimensions(store, data_dir=data_dir)
     store.materialize(start_date=start or EPOCH, end_date=end or datetime.now(UTC))
@@ -242,8 +246,8 @@ def _view_keys(store: FeatureStore, view_name: str) -> list[str]:
 
 def training_frame(
     *,
-    data_dir: Path,
-    repo: Path | None = None,
+    data_dir: Location,
+    repo: Location | None = None,
     samples: pd.DataFrame | None = None,
     service: str = TRAINING_SERVICE,
     profile: str | None = None,
@@ -264,6 +268,7 @@ def training_frame(
         service: Feature service to retrieve.
         profile: Feast profile (``spark`` runs the joins on the Spark offline store).
     """
+    data_dir = local_path(data_dir, what="data")
     if samples is None:
         samples = pd.read_parquet(data_dir / "samples")
     store = open_store(data_dir=data_dir, repo=repo, profile=profile)

@@ -1,12 +1,15 @@
-"""The CLI as a user meets it: one-line errors with exit code 2, the Java check, the full demo."""
+"""The CLI as a user meets it: one-line errors, relative paths, the Java check, the full demo as the README runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,13 @@ from kar.errors import EnvironmentProblem
 from spark_jobs import session
 
 KAR = [sys.executable, "-m", "kar"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KAR, *args], capture_output=True, text=True, timeout=timeout, env=env)
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KAR, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def test_bad_path_is_one_line_without_traceback(tmp_path):
@@ -66,15 +72,18 @@ def test_missing_java_gets_one_clear_sentence(tmp_path, monkeypatch):
 @pytest.mark.spark
 @pytest.mark.llm
 @pytest.mark.timeout(1500)
-def test_demo_end_to_end(tmp_path, llm_base_url):
-    """What `make demo` runs, defaults included: every stage, real Spark, vLLM and Feast.
+def test_demo_end_to_end_as_the_readme_runs_it(llm_base_url):
+    """`make demo` from the repository root, defaults included (its relative `runs/demo`): every stage, real
+    Spark, vLLM and Feast. Only the LLM server is the session's (one vLLM process for the suite).
 
     ~10 min alone on 2 cores (the LLM stage is most of it); the limit leaves room for a loaded machine.
     """
     env = {**os.environ, "KAR_SPARK_MASTER": "local[2]", "KAR_LLM_BASE_URL": llm_base_url}
-    result = _run("demo", "--out", str(tmp_path), env=env, timeout=1400)
+    result = subprocess.run(readme_demo_command(), capture_output=True, text=True, timeout=1400, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    out = REPO / DEMO_OUT
+    assert f"metrics → {out / 'metrics.json'}" in result.stdout.replace("\n", "")
+    metrics = json.loads((out / "metrics.json").read_text())
     for kind in ("user", "item"):
         answered = metrics["knowledge"][kind]["status"]
         assert sum(answered.values()) == metrics["knowledge"][kind]["prompts"] > 0
@@ -101,3 +110,162 @@ def test_demo_end_to_end(tmp_path, llm_base_url):
     assert served["max_abs_diff_vs_in_process"] < 1e-5 and "fetch;dur=" in served["server_timing"]
     assert "kar serve (started in" in result.stdout
     assert "test AUC" in result.stdout and "user: user_id=" in result.stdout
+
+
+# --- the README's main command, exactly -------------------------------------------------------------------------
+
+DEMO_OUT = "runs/demo"  # the Makefile's DEMO_OUT and `kar demo`'s default
+
+
+def readme_demo_command() -> list[str]:
+    """`make demo` when this interpreter is the Makefile's venv (as under `make test` and CI); else the exact
+    command `make demo` runs, with this interpreter."""
+    if shutil.which("make") and Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
+        return ["make", "--no-print-directory", "demo"]
+    return [*KAR, "demo", "--out", DEMO_OUT]
+
+
+def test_make_demo_runs_kar_demo_on_the_relative_default_folder():
+    if not shutil.which("make"):
+        pytest.skip("make not installed")
+    dry = subprocess.run(["make", "-n", "demo"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert f".venv/bin/kar demo --out {DEMO_OUT}" in dry.stdout.splitlines()
+
+
+# --- errors nobody foresaw ---------------------------------------------------------------------------------------
+
+_FAULT_INJECTED_PREPARE = textwrap.dedent(
+    """
+    import sys
+    import kar.pipeline
+
+    def fault_injected_prepare(**kwargs):  # fails the way a library bug would, after one step
+        kwargs["progress"]("splitting (time protocol)")
+        raise ValueError("base_directory must be an absolute path if root_directory is not provided")
+
+    kar.pipeline.run_prepare = fault_injected_prepare
+    from kar.cli import app
+    app(sys.argv[1:], prog_name="kar")
+    """
+)
+
+
+def _run_fault_injected(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _FAULT_INJECTED_PREPARE, *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_an_unexpected_error_is_one_line_naming_the_step_with_the_traceback_in_the_output_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KAR_DEBUG"}
+    result = _run_fault_injected("prepare", "--out", "rel-out", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    log = tmp_path / "rel-out" / "kar-error.log"
+    assert errors == [
+        "error: kar prepare failed while splitting (time protocol): ValueError: base_directory must be an absolute "
+        f"path if root_directory is not provided (full traceback in {log}; --debug prints it)"
+    ]
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "fault_injected_prepare" in text
+
+
+@pytest.mark.parametrize("how", [["--debug"], ["KAR_DEBUG=1"]])
+def test_debug_prints_the_traceback(tmp_path, how):
+    env = {k: v for k, v in os.environ.items() if k != "KAR_DEBUG"}
+    args = ["prepare", "--out", "out"]
+    if how == ["--debug"]:
+        args = ["--debug", *args]
+    else:
+        env["KAR_DEBUG"] = "1"
+    result = _run_fault_injected(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "fault_injected_prepare" in result.stderr
+
+
+# --- every command with relative paths ---------------------------------------------------------------------------
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, (result.args, result.stdout[-2000:], result.stderr[-3000:])
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.llm
+@pytest.mark.timeout(1200)
+def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm_base_url):
+    """prepare → knowledge → encode → validate → feast apply → train → adapt export → materialize → online →
+    serve → bench online, each a `kar` process in a temp working directory, every path relative. Before paths
+    were resolved at the boundary, the first command already died in great_expectations' Data Docs."""
+    import httpx
+    import pandas as pd
+
+    from kar.processes import free_port
+    from spark_jobs.datasets.generated import write_synthetic
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+
+    work = tmp_path / "work dir"  # a space too: paths are passed as one argument everywhere
+    work.mkdir()
+    write_synthetic(work / "gen", SyntheticConfig(n_users=16, n_items=12, min_interactions=3, mean_interactions=5))
+    shutil.copytree(REPO / "feature_repo", work / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
+    env = {**os.environ, "KAR_SPARK_MASTER": "local[2]"}
+    env.pop("KAR_FEAST_REPO", None)
+
+    def kar(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return _ok(_run(*args, env=env, cwd=work, timeout=timeout))
+
+    kar("prepare", "--dataset", "synthetic", "--path", "gen/raw", "--out", "data")
+    assert (work / "data" / "summary.json").is_file() and (work / "data" / "validation").is_dir()
+    kar(
+        "knowledge", "--data", "data", "--kind", "user", "--kind", "item", "--limit", "3",
+        "--endpoint", llm_base_url, "--cache", "llm-cache",
+    )  # fmt: skip
+    assert any((work / "llm-cache").rglob("*.parquet"))
+    kar("encode", "--data", "data")
+    kar("validate", "embeddings", "--data", "data", "--out", "checks")
+    assert (work / "checks" / "docs" / "validate-embeddings" / "index.html").is_file()
+    kar("feast", "apply", "--data", "data", "--repo", "repo")
+    kar("train", "--model", "deepfm", "--data", "data", "--out", "run")
+    assert json.loads((work / "run" / "metrics.json").read_text())["test"]["auc"] >= 0
+    kar("adapt", "export", "--run", "run", "--data", "data")
+    kar("feast", "apply", "--data", "data", "--repo", "repo")
+    kar("feast", "materialize", "--data", "data", "--repo", "repo")
+    users = pd.read_parquet(work / "data" / "users")["user_id"].tolist()
+    items = pd.read_parquet(work / "data" / "items")["item_id"].tolist()
+    online = kar("feast", "online", "--data", "data", "--repo", "repo", "--user", str(users[0]),
+                 "--items", ",".join(map(str, items[:2])))  # fmt: skip
+    assert online.stdout.startswith(f"user: user_id={users[0]}")
+
+    port = free_port()
+    server = subprocess.Popen(
+        [*KAR, "serve", "--model", "run", "--data", "data", "--repo", "repo", "--no-auth", "--port", str(port)],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        ranked = _first_ranking(server, f"http://127.0.0.1:{port}", user=users[0], items=items[:2], client=httpx)
+        assert sorted(i["item_id"] for i in ranked["items"]) == sorted(items[:2])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    bench = ["--out", "bench/online.json", "--data", "data", "--items", "5", "--requests", "3", "--rounds", "1"]
+    kar("bench", "online", *bench, "--backend", "sqlite")
+    assert (work / "bench" / "online.json").is_file() and (work / "bench" / "online.png").is_file()
+
+
+def _first_ranking(server: subprocess.Popen[str], url: str, *, user: int, items: list[int], client) -> dict:
+    """POST /rank once `kar serve` answers /healthz (it loads the model and the store first; at most ~2 min)."""
+    for _ in range(600):
+        if server.poll() is not None:
+            raise AssertionError(f"kar serve exited {server.returncode}: {server.stdout.read()[-3000:]}")
+        with contextlib.suppress(client.TransportError):
+            if client.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=0.2)
+    response = client.post(f"{url}/rank", json={"user_id": user, "item_ids": items, "context": {}}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()

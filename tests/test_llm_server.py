@@ -2,7 +2,7 @@
 
 The first run builds the vLLM CPU venv (~4 min) and converts the embedded model (~1 min) into
 ``$KAR_CACHE_DIR`` (default ``~/.cache/kar``); later runs reuse both. Process-group and crash handling are
-also checked against a test double (``FAKE_SERVER``), which needs no vLLM and runs in seconds.
+also checked against a test double (``tests.fake_service``), which needs no vLLM and runs in seconds.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import importlib.util
 import json
 import os
 import signal
-import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -30,31 +28,7 @@ from kar.llm_server import (
     serve_forever,
     serve_model,
 )
-
-# Test double for fault injection: a "server" that forks a grandchild (like vLLM's engine core), answers
-# /health and /v1/models, and ignores SIGTERM when asked to, so stop() has to escalate to SIGKILL.
-FAKE_SERVER = textwrap.dedent(
-    """
-    import http.server, os, signal, sys, time
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-    if os.environ.get("FAKE_CRASH"):
-        print("fake-server: config.json not found in /no/such/model", flush=True)
-        sys.exit(3)
-    if os.environ.get("FAKE_IGNORE_TERM"):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if os.fork() == 0:  # grandchild: stays in the group, must be killed too
-        if os.environ.get("FAKE_IGNORE_TERM"):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        while True:
-            time.sleep(1)
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
-        def log_message(self, *args):
-            pass
-    http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    """
-)
+from tests.fake_service import fake_python
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
@@ -91,15 +65,9 @@ def _assert_gone(server_pgid: int, pids: list[int], host: str, port: int) -> Non
 
 
 def _fake(tmp_path: Path, **env: str) -> LLMServer:
-    script = tmp_path / "fake_server.py"
-    script.write_text(FAKE_SERVER)
-    # python=<a wrapper that runs the double instead of vLLM>: LLMServer runs `python -m vllm... --port P`.
-    wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/sh\nshift 2\nexec {sys.executable} {script} "$@"\n')
-    wrapper.chmod(0o755)
     return LLMServer(
-        model="fake", served_name="fake", python=wrapper, env=env, startup_timeout_s=30, stop_grace_s=2,
-        log_path=tmp_path / "fake.log", tmp_dir=tmp_path / "scratch",
+        model="fake", served_name="fake", python=fake_python(tmp_path), env=env, startup_timeout_s=30,
+        stop_grace_s=2, log_path=tmp_path / "fake.log", tmp_dir=tmp_path / "scratch",
     )  # fmt: skip
 
 

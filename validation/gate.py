@@ -280,7 +280,8 @@ class Validator:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
-        self.out_dir, self.name = out_dir, name
+        # great_expectations' file stores refuse relative folders, and a relative one would move with the cwd.
+        self.out_dir, self.name = (None if out_dir is None else Path(out_dir).absolute()), name
         self.reports: list[ValidationReport] = []
         self._context = gx.get_context(mode="ephemeral")
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)

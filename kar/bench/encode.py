@@ -44,6 +44,7 @@ from pyspark.sql import SparkSession
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.errors import DataError, KarError
+from kar.paths import Location, local_path, optional_local_path
 from spark_jobs.encoding.job import ID_COLUMNS, KINDS, encode_knowledge
 from spark_jobs.encoding.model import resolve_model
 from spark_jobs.session import get_spark
@@ -248,8 +249,8 @@ def _chart(result: Mapping[str, Any]) -> tuple[str, list[Panel], str]:
 
 def bench_encode(
     *,
-    out: Path,
-    data_dir: Path | None = None,
+    out: Location,
+    data_dir: Location | None = None,
     texts: int | None = None,
     rounds: int = 3,
     batch_size: int = 64,
@@ -275,6 +276,8 @@ def bench_encode(
         DataError: Bad arguments or no usable texts.
         KarError: The cached rerun still encoded texts.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
     for name, value in (("texts", texts), ("rounds", rounds), ("batch-size", batch_size)):
         if value is not None and value < 1:
             raise DataError(f"bench encode: --{name} must be at least 1, got {value}")

@@ -33,6 +33,7 @@ import httpx
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.errors import DataError, KarError
+from kar.paths import Location, local_path, optional_local_path
 
 GOAL = 0.95
 SCENARIO = "movies"
@@ -434,8 +435,8 @@ def _measure(setup: _Setup, *, rounds: int, step: Progress) -> tuple[list[dict[s
 
 def bench_llm(
     *,
-    out: Path,
-    data_dir: Path | None = None,
+    out: Location,
+    data_dir: Location | None = None,
     prompts: int = 64,
     concurrency: int = 8,
     rounds: int = 2,
@@ -467,6 +468,8 @@ def bench_llm(
         DataError: Bad arguments or a prepared folder without usable item prompts.
         KarError: The server failed, or the cached rerun still called the LLM.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
     from kar.pipeline import llm_endpoint
     from spark_jobs.session import get_spark
 

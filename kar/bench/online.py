@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from kar.bench.report import Panel, machine, percentiles, write_report
+from kar.errors import DataError
+from kar.paths import Location, local_path, optional_local_path
 
 GOAL_REDIS_P99_MS = 5.0
 SERVICES = ("ranking_training", "ranking_serving")
@@ -159,8 +161,8 @@ def online_store_for(backend: str) -> Iterator[dict[str, Any] | None]:
 
 def bench_online(
     *,
-    out: Path,
-    data_dir: Path | None = None,
+    out: Location,
+    data_dir: Location | None = None,
     items: int = 100,
     requests: int = 300,
     rounds: int = 3,
@@ -182,6 +184,8 @@ def bench_online(
         seed: Seed of the request sequence.
         progress: Step callback.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
     from kar import store
 
     step = progress or _noop
@@ -194,6 +198,8 @@ def bench_online(
         rng = np.random.default_rng(seed)
         user_ids = entity_ids(data_dir / "users", "user_id")
         item_ids = entity_ids(data_dir / "items", "item_id")
+        if items > len(item_ids):
+            raise DataError(f"--items {items}: {data_dir} has only {len(item_ids)} items to draw candidates from")
         sequence = [
             (int(rng.choice(user_ids)), [int(i) for i in rng.choice(item_ids, size=items, replace=False)])
             for _ in range(requests)

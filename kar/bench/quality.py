@@ -30,6 +30,7 @@ from typing import Any
 
 from kar.bench.report import machine
 from kar.errors import DataError
+from kar.paths import Location, local_path, optional_local_path
 
 BOTH = ("user_knowledge", "item_knowledge")
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
@@ -282,8 +283,8 @@ def _grouped_bars(
 def bench_quality(
     *,
     dataset: str,
-    out: Path,
-    data_dir: Path | None = None,
+    out: Location,
+    data_dir: Location | None = None,
     models: Sequence[str] = MODELS,
     variants: Sequence[str] = tuple(v.name for v in VARIANTS),
     seeds: int = 3,
@@ -308,6 +309,8 @@ def bench_quality(
     Raises:
         DataError: Unknown dataset/model/variant, or a data folder without what a variant needs.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
     from kar.pipeline import read_summary
 
     step = progress or _noop

@@ -28,6 +28,7 @@ import numpy as np
 
 from kar.bench.online import BACKENDS, entity_ids, generate_store, online_store_for
 from kar.bench.report import Panel, machine, percentiles, write_report
+from kar.paths import Location, local_path, optional_local_path
 
 GOAL_P99_MS = 20.0
 CONCURRENCY = (1, 8)
@@ -184,9 +185,9 @@ def _http(url: str, headers: dict[str, str], requests: Sequence[Request], concur
 
 def bench_serve(
     *,
-    out: Path,
-    model_dir: Path | None = None,
-    data_dir: Path | None = None,
+    out: Location,
+    model_dir: Location | None = None,
+    data_dir: Location | None = None,
     items: int = 100,
     requests: int = 300,
     concurrency: Sequence[int] = CONCURRENCY,
@@ -209,6 +210,9 @@ def bench_serve(
         seed: Seed of the request sequence.
         progress: Step callback.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
+    model_dir = optional_local_path(model_dir, what="model")
     from kar import store
     from kar.scorer import OnlineScorer
     from kar.service import ServiceProcess

@@ -47,6 +47,7 @@ import pandas as pd
 from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.errors import DataError, KarError
 from kar.llm_server import STAMP, TORCH_SPEC, _locked, _run_logged, _tail, default_cache_dir, venv_python
+from kar.paths import Location, local_path, optional_local_path
 
 if TYPE_CHECKING:
     from ctr.features import FeatureSpec, InputLayout
@@ -202,7 +203,7 @@ def ensure_fuxictr_env(*, cache_dir: Path | None = None, progress: Progress | No
     Raises:
         EnvironmentProblem: A pip step or the import check failed; the message names the log.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
     venv = cache_dir / "bench" / "fuxictr"
     python, stamp = venv_python(venv), venv / STAMP
     if stamp.is_file() and python.exists():
@@ -615,8 +616,8 @@ def _check(name: str, value: int, minimum: int = 1) -> None:
 
 def bench_train(
     *,
-    out: Path,
-    data_dir: Path | None = None,
+    out: Location,
+    data_dir: Location | None = None,
     rounds: int = 5,
     threads: int = 1,
     batch_size: int = 1024,
@@ -651,6 +652,8 @@ def bench_train(
         EnvironmentProblem: The scratch env could not be built.
         KarError: The FuxiCTR worker failed.
     """
+    out = local_path(out, what="out")
+    data_dir = optional_local_path(data_dir, what="data")
     for name, value in (("rounds", rounds), ("threads", threads), ("batch-size", batch_size)):
         _check(name, value)
     _check("fuxictr-workers", fuxictr_workers, minimum=0)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kar.bench.report import Panel, machine, median, write_report
+from kar.paths import Location, local_path, optional_local_path
 from spark_jobs.datasets.generated import write_synthetic
 from spark_jobs.datasets.synthetic import SyntheticConfig
 from spark_jobs.prepare import prepare
@@ -60,13 +61,13 @@ def import_seconds() -> float:
 
 def bench_validate(
     *,
-    out: Path,
+    out: Location,
     dataset: str = "synthetic",
-    path: Path | None = None,
+    path: Location | None = None,
     protocol: str = "kar",
     rounds: int = 3,
     master: str | None = None,
-    work_dir: Path | None = None,
+    work_dir: Location | None = None,
     synthetic: SyntheticConfig = ML1M_LIKE,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -83,6 +84,9 @@ def bench_validate(
         synthetic: Generator config for ``synthetic``.
         progress: Step callback.
     """
+    out = local_path(out, what="out")
+    path = optional_local_path(path, what="path")
+    work_dir = optional_local_path(work_dir, what="work dir")
     step = progress or _noop
     spark = get_spark(app_name="kar-bench-validate", master=master)
     split = SplitConfig(protocol=protocol)  # type: ignore[arg-type]
