@@ -34,6 +34,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from kar.errors import EnvironmentProblem, KarError
 from kar.paths import local_path
@@ -534,6 +535,7 @@ class LLMServer:
             "model": self.model,
             "served_name": self.served_name,
             "log": str(self.log_path),
+            "scratch": str(self._scratch) if self._scratch else None,
         }
         partial = self._record_path().with_suffix(".tmp")
         partial.write_text(json.dumps(record))
@@ -553,10 +555,10 @@ class LLMServer:
                 path.unlink(missing_ok=True)
                 continue
             if not group_alive(pgid):
-                path.unlink(missing_ok=True)
+                _forget(path, record)
                 continue
-            if pid_alive(owner) and owner != os.getpid():
-                continue  # another live job's server
+            if pid_alive(owner):
+                continue  # a live job's server (this process's own included): not a leftover
             ours = record.get("model") == self.model and record.get("served_name") == self.served_name
             healthy = self._get_ok("/health", port) and self._get_ok("/v1/models", port)
             if not adopted and ours and healthy and record.get("host") == self.host:
@@ -566,7 +568,7 @@ class LLMServer:
                 continue
             why = "another model" if not ours else "not healthy" if not healthy else "a second leftover"
             stop_pgid(pgid, grace_s=self.stop_grace_s)
-            path.unlink(missing_ok=True)
+            _forget(path, record)
             self._progress(f"stopped a server left running by an earlier run (pid {pgid}, port {port}: {why})")
         return adopted
 
@@ -607,6 +609,13 @@ class LLMServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _forget(path: Path, record: Mapping[str, Any]) -> None:
+    """Remove a dead server's record and the temp folder it left (vLLM's socket files)."""
+    if record.get("scratch"):
+        shutil.rmtree(record["scratch"], ignore_errors=True)
+    path.unlink(missing_ok=True)
 
 
 def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | None = None) -> None:

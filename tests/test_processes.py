@@ -161,3 +161,11 @@ def test_redis_server_dies_with_its_parent(tmp_path):
     parent.kill()
     parent.wait(timeout=30)
     assert _gone_within(service["pgid"], service["port"], 10)
+
+
+def test_a_server_this_process_runs_is_not_a_leftover(tmp_path):
+    """Regression: a second server of one process (the test session's and a module's) must not adopt the first."""
+    said: list[str] = []
+    with _server(tmp_path, said) as first, _server(tmp_path, said) as second:
+        assert second.pid != first.pid and said == []
+        assert first.running
