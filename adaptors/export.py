@@ -117,8 +117,12 @@ def _adapt(adaptor: HybridExpertAdaptor, field: str, table: pa.Table) -> np.ndar
 
 
 def _vector_table(source: pa.Table, adapted: np.ndarray, *, kind: str, model: str) -> pa.Table:
+    entity_id = source["entity_id"].combine_chunks()
+    # Parts encoded before entity_key existed read it as null: their ids were the dataset's own.
+    entity_key = pc.coalesce(source["entity_key"].combine_chunks(), pc.cast(entity_id, pa.string()))
     return vector_table(
-        entity_id=source["entity_id"].combine_chunks(),
+        entity_id=entity_id,
+        entity_key=entity_key,
         as_of=source["as_of"].combine_chunks(),
         vectors=adapted,
         n_chunks=source["n_chunks"].combine_chunks(),

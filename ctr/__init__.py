@@ -1,10 +1,9 @@
 """CTR rankers (DeepFM, ...) and an XGBoost baseline trained on the Feast training frame."""
 
 from ctr.config import ExperimentConfig, load_config
-from ctr.experiment import check_experiment, train_experiment
+from ctr.experiment import check_experiment, load_ranker, train_experiment
 from ctr.features import Encoder, FeatureSpec
 from ctr.progress import ProgressEvent
-from ctr.trainer import load_ranker
 
 __all__ = [
     "Encoder",

@@ -82,6 +82,8 @@ class ExperimentConfig:
         dataset: Name of the prepared dataset the experiment is meant for (informational for ``ctr``).
         knowledge: Which dense fields are knowledge vectors and the adaptor that projects them before the
             model reads them (None: dense fields go to the model as they are).
+        inputs: For a model named by import path (``team.ranker:TeamRanker``): what its ``forward`` receives,
+            in order (feature fields, or ``dense``); see ``ctr.models.external``.
     """
 
     model: str
@@ -91,6 +93,7 @@ class ExperimentConfig:
     seed: int = 2024
     dataset: str | None = None
     knowledge: AdaptorConfig | None = None
+    inputs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.knowledge is None:
@@ -161,6 +164,7 @@ class ExperimentConfig:
             "model_params": self.model_params,
             "train": asdict(self.train),
             "knowledge": None if self.knowledge is None else _yaml_ready(asdict(self.knowledge)),
+            **({"inputs": list(self.inputs)} if self.inputs is not None else {}),
         }
 
     def save(self, path: Path) -> None:

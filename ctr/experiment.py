@@ -10,9 +10,11 @@ import pandas as pd
 from ctr.config import ExperimentConfig
 from ctr.models import check_model_params
 from ctr.progress import ProgressCallback
-from ctr.trainer import train_torch
+from ctr.runs import TORCH_MODEL_FILE, XGBOOST_MODEL_FILE
+from ctr.trainer import Ranker, load_torch_ranker, train_torch
 from ctr.xgb import MODEL_NAME as XGBOOST
-from ctr.xgb import train_xgboost, xgboost_params
+from ctr.xgb import XGBoostRanker, load_xgboost_ranker, train_xgboost, xgboost_params
+from kar.errors import DataError
 
 
 def train_experiment(
@@ -37,6 +39,20 @@ def train_experiment(
     return train(frame, config, Path(out_dir), progress=progress)
 
 
+def load_ranker(run_dir: Path) -> Ranker | XGBoostRanker:
+    """The ranker a ``kar train`` run wrote (torch or XGBoost): ``.predict(frame)`` gives click probabilities.
+
+    Raises:
+        kar.errors.DataError: ``run_dir`` holds no finished run.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / XGBOOST_MODEL_FILE).is_file():
+        return load_xgboost_ranker(run_dir)
+    if (run_dir / TORCH_MODEL_FILE).is_file():
+        return load_torch_ranker(run_dir)
+    raise DataError(f"{run_dir}: no {TORCH_MODEL_FILE} or {XGBOOST_MODEL_FILE}; pass a run folder `kar train` wrote")
+
+
 def check_experiment(config: ExperimentConfig) -> None:
     """Fail fast on an unknown model or model parameter, before any data is fetched.
 
@@ -46,4 +62,4 @@ def check_experiment(config: ExperimentConfig) -> None:
     if config.model == XGBOOST:
         xgboost_params(config.model_params)
     else:
-        check_model_params(config.model, config.model_params)
+        check_model_params(config.model, config.model_params, config.inputs)

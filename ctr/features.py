@@ -74,10 +74,10 @@ class SequenceField:
 
 @dataclass(frozen=True, kw_only=True)
 class DenseField:
-    """A fixed-size float vector per row; null rows become zeros.
+    """A fixed-size float vector per row; null rows become zeros. A numeric scalar column is a 1-d vector.
 
     Attributes:
-        name: Column of the training frame (lists or arrays of floats).
+        name: Column of the training frame (lists or arrays of floats, or numbers).
         dim: Expected vector size; None takes it from the train split.
     """
 
@@ -343,8 +343,22 @@ def _arrow_lists(values: pd.Series, *, name: str) -> pa.Array:
     return lists
 
 
+def _dense_lists(values: pd.Series, *, name: str) -> pa.Array:
+    """A dense column as lists: vectors as they are, a number as a 1-element vector (null stays null)."""
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return _arrow_lists(values, name=name)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type)):
+        return _arrow_lists(values, name=name)
+    offsets = pa.array(np.arange(len(array) + 1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, array.cast(pa.float32()), mask=array.is_null())
+
+
 def _dense_dim(values: pd.Series, field: DenseField) -> int:
-    lengths = pc.list_value_length(_arrow_lists(values, name=field.name)).drop_null().to_numpy()
+    lengths = pc.list_value_length(_dense_lists(values, name=field.name)).drop_null().to_numpy()
     if len(lengths) == 0:
         if field.dim is None:
             raise DataError(f"{field.name}: no vectors in the train split; set dim in the feature spec")
@@ -361,7 +375,7 @@ def dense_matrix(values: pd.Series, *, name: str, dim: int) -> np.ndarray:
     Raises:
         DataError: Naming the row of a vector of another size or with a non-finite value.
     """
-    lists = _arrow_lists(values, name=name)
+    lists = _dense_lists(values, name=name)
     lengths = pc.fill_null(pc.list_value_length(lists), dim).to_numpy()
     if (lengths != dim).any():
         row = np.argmax(lengths != dim)

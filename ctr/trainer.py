@@ -92,7 +92,9 @@ def train_torch(
     seed_everything(config.seed)
     splits = split_frame(frame)
     encoder = Encoder.fit(splits["train"], spec=config.features)
-    model = build_model(config.model, layout=encoder.layout, knowledge=config.knowledge, **config.model_params)
+    model = build_model(
+        config.model, layout=encoder.layout, knowledge=config.knowledge, inputs=config.inputs, **config.model_params
+    )
     tasks = model_tasks(model)
     data = {name: to_tensors(encoder.transform(part), labels=task_labels(part, tasks)) for name, part in splits.items()}
     out_dir = prepare_run_dir(out_dir, config=config, encoder=encoder)
@@ -126,12 +128,14 @@ def train_torch(
     return metrics
 
 
-def load_ranker(run_dir: Path) -> Ranker:
+def load_torch_ranker(run_dir: Path) -> Ranker:
     """Load the model, encoder and config a :func:`train_torch` run wrote to ``run_dir``."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE)
     encoder = Encoder.load(run_dir / ENCODER_FILE)
-    model = build_model(config.model, layout=encoder.layout, knowledge=config.knowledge, **config.model_params)
+    model = build_model(
+        config.model, layout=encoder.layout, knowledge=config.knowledge, inputs=config.inputs, **config.model_params
+    )
     model.load_state_dict(torch.load(run_dir / TORCH_MODEL_FILE, weights_only=True))
     model.eval()
     return Ranker(model=model, encoder=encoder, config=config)

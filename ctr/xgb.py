@@ -23,12 +23,12 @@ import pandas as pd
 import xgboost as xgb
 
 from ctr._mapping import from_mapping
-from ctr.config import ExperimentConfig
+from ctr.config import ExperimentConfig, load_config
 from ctr.features import UNKNOWN, Encoder
 from ctr.frame import LABEL, split_frame
 from ctr.metrics import binary_metrics
 from ctr.progress import ProgressCallback, ProgressEvent
-from ctr.runs import XGBOOST_MODEL_FILE, prepare_run_dir, write_metrics
+from ctr.runs import CONFIG_FILE, ENCODER_FILE, XGBOOST_MODEL_FILE, prepare_run_dir, write_metrics
 
 MODEL_NAME = "xgboost"
 
@@ -214,3 +214,34 @@ def _sequence_summary(name: str, ids: np.ndarray) -> dict[str, np.ndarray]:
         f"{name}_mean": np.where(empty, np.nan, mean).astype(np.float32),
         f"{name}_min": np.where(empty, np.nan, least).astype(np.float32),
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class XGBoostRanker:
+    """Trained trees with the encoder and config they were trained with: scores frames as ``Ranker`` does.
+
+    Attributes:
+        booster: The trees up to the best round.
+        encoder: Encodes frames exactly as in training.
+        config: The experiment it came from.
+    """
+
+    booster: xgb.Booster
+    encoder: Encoder
+    config: ExperimentConfig
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Click probabilities for the rows of ``frame`` (feature columns as in the training frame)."""
+        params = xgboost_params(self.config.model_params)
+        matrix = feature_matrix(self.encoder, frame, params=params, nthread=self.config.train.num_threads)
+        return self.booster.predict(matrix)
+
+
+def load_xgboost_ranker(run_dir: Path) -> XGBoostRanker:
+    """Load the trees, encoder and config a :func:`train_xgboost` run wrote to ``run_dir``."""
+    run_dir = Path(run_dir)
+    booster = xgb.Booster()
+    booster.load_model(run_dir / XGBOOST_MODEL_FILE)
+    return XGBoostRanker(
+        booster=booster, encoder=Encoder.load(run_dir / ENCODER_FILE), config=load_config(run_dir / CONFIG_FILE)
+    )

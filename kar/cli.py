@@ -59,7 +59,16 @@ def cli_name_or_path(value: str) -> str:
 
 
 DataDir = Annotated[Path, typer.Option("--data", parser=cli_path, help="Folder written by `kar prepare`.")]
-RepoOpt = Annotated[Path | None, typer.Option("--repo", parser=cli_path, help="Feast repo (default: ./feature_repo).")]
+RepoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo", parser=cli_path, help="Your Feast repo, used as it is (default: the folder's example repo)."
+    ),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option(help="Feature service (default: ranking_* in the example repo, kar_* in your repo)."),
+]
 
 
 @app.callback()
@@ -196,11 +205,16 @@ def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
 @app.command()
 @friendly
 def prepare(
-    dataset: Annotated[str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon")] = "synthetic",
+    dataset: Annotated[
+        str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon | table (with --spec)")
+    ] = "synthetic",
     out: Annotated[Path, typer.Option(parser=cli_path, help="Output folder for the prepared tables.")] = Path(
         "runs/prepared"
     ),
     path: Annotated[Path | None, typer.Option(parser=cli_path, help="Input folder of a file-based dataset.")] = None,
+    spec: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="--dataset table: YAML naming your tables and columns.")
+    ] = None,
     protocol: Annotated[str, typer.Option(help="Split: 'time' (global time split) or 'kar'.")] = "time",
     seed: Annotated[int, typer.Option(help="Seed of the KAR user split.")] = 1234,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
@@ -210,7 +224,7 @@ def prepare(
 
     with steps() as step:
         summary = run_prepare(
-            dataset=dataset, out=out, path=path, protocol=protocol, seed=seed, master=master, progress=step
+            dataset=dataset, out=out, path=path, spec=spec, protocol=protocol, seed=seed, master=master, progress=step
         )
     rejected = {t: q["rejected"] for t, q in summary["quarantine"].items() if q["rejected"]}
     console.print(f"[bold]{dataset}[/]: {json.dumps(summary['rows'])}")
@@ -233,22 +247,68 @@ def _online_store(redis: str | None) -> dict[str, str] | None:
 
 @feast_app.command("apply")
 @friendly
-def feast_apply(data: DataDir, repo: RepoOpt = None, profile: ProfileOpt = None) -> None:
-    """Register entities, feature views and services over a prepared folder (like `feast apply`)."""
+def feast_apply(
+    data: DataDir,
+    repo: RepoOpt = None,
+    profile: ProfileOpt = None,
+    knowledge_dim: Annotated[
+        int | None, typer.Option(help="Example repo: the raw knowledge views' size (default: the vectors').")
+    ] = None,
+    adapted_dim: Annotated[
+        int | None, typer.Option(help="Example repo: the adapted views' size (default: the vectors').")
+    ] = None,
+) -> None:
+    """Register the example repo over a prepared folder (DATA/feast/repo), or run `feast apply` in --repo."""
+    from kar import store
+    from kar.feast import Dimensions, vector_dims
+
+    dims = None
+    if knowledge_dim or adapted_dim:
+        found = vector_dims(data)
+        dims = Dimensions(knowledge=knowledge_dim or found.knowledge, adapted=adapted_dim or found.adapted)
+    names = store.apply(data_dir=data, repo=repo, profile=profile, dims=dims)
+    console.print(f"applied {len(names)} objects: {', '.join(names)}")
+
+
+@feast_app.command("init")
+@friendly
+def feast_init(
+    repo: Annotated[Path, typer.Option("--repo", parser=cli_path, help="Your Feast repo (has feature_store.yaml).")],
+    user_entity: Annotated[str, typer.Option(help="Name of your entity that rankings are for.")],
+    item_entity: Annotated[str, typer.Option(help="Name of your entity that is ranked.")],
+    data: DataDir,
+    with_view: Annotated[
+        list[str] | None,
+        typer.Option(help="Your view (its variable name) the services include; repeat (default: all of them)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rewrite a kar_knowledge.py that kar wrote before.")] = False,
+) -> None:
+    """Write kar_knowledge.py into your Feast repo: knowledge views for your entities and services
+    kar_training/kar_serving over your views. Then run Feast's own `feast apply` there."""
     from kar import store
 
-    names = store.apply(data_dir=data, repo=repo, profile=profile)
-    console.print(f"applied {len(names)} objects: {', '.join(names)}")
+    path = store.init_repo(
+        repo=repo, user_entity=user_entity, item_entity=item_entity, data_dir=data, with_views=with_view, force=force
+    )
+    console.print(f"wrote {path}; now run `feast apply` in {repo}", highlight=False)
 
 
 @feast_app.command("materialize")
 @friendly
-def feast_materialize(data: DataDir, repo: RepoOpt = None, profile: ProfileOpt = None, redis: RedisOpt = None) -> None:
-    """Load the latest feature values into the online store (SQLite by default, Redis with --redis)."""
+def feast_materialize(
+    data: DataDir,
+    repo: RepoOpt = None,
+    profile: ProfileOpt = None,
+    redis: RedisOpt = None,
+    service: Annotated[
+        str | None, typer.Option(help="In your repo: load only this service's views (default: the knowledge views).")
+    ] = None,
+) -> None:
+    """Load the latest feature values into the online store (the repo's own; Redis with --redis)."""
     from kar import store
 
-    store.materialize(data_dir=data, repo=repo, profile=profile, online_store=_online_store(redis))
-    target = f"redis://{redis}" if redis else store.feast_dir(data)
+    store.materialize(data_dir=data, repo=repo, profile=profile, online_store=_online_store(redis), service=service)
+    target = f"redis://{redis}" if redis else ("the repo's online store" if repo else store.feast_dir(data))
     console.print(f"materialized into {target}")
 
 
@@ -256,18 +316,19 @@ def feast_materialize(data: DataDir, repo: RepoOpt = None, profile: ProfileOpt =
 @friendly
 def feast_online(
     data: DataDir,
-    user: Annotated[int, typer.Option(help="User id.")],
+    user: Annotated[str, typer.Option(help="User id (your entity's own, e.g. C-0042).")],
     items: Annotated[str, typer.Option(help="Comma-separated item ids.")],
     repo: RepoOpt = None,
     redis: RedisOpt = None,
-    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranking_serving",
+    service: ServiceOpt = None,
 ) -> None:
     """Serving-time lookup of one user's and N items' features from the online store (kar.online)."""
     from kar import store
     from kar.online import OnlineLookup
 
-    item_ids = [int(i) for i in items.split(",") if i.strip()]
+    item_ids = [i.strip() for i in items.split(",") if i.strip()]
     feature_store = store.open_store(data_dir=data, repo=repo, online_store=_online_store(redis))
+    service = service or ("kar_serving" if repo else store.SERVING_SERVICE)
     found = OnlineLookup(feature_store, service=service).fetch(user_id=user, item_ids=item_ids)
     for line in online_lines(found.describe()):
         console.print(line, highlight=False, soft_wrap=True)
@@ -283,25 +344,40 @@ def online_lines(described: dict[str, Any]) -> list[str]:
 @app.command()
 @friendly
 def train(
-    model: Annotated[str, typer.Option(help="deepfm | dcnv2 | mmoe | wukong | xgboost")] = "deepfm",
+    model: Annotated[
+        str, typer.Option(help="deepfm | dcnv2 | mmoe | wukong | xgboost | package.module:Class (your torch model)")
+    ] = "deepfm",
     data: DataDir = Path("runs/prepared"),
     out: Annotated[Path, typer.Option(parser=cli_path, help="Output folder for metrics.json and the model.")] = Path(
         "runs/train"
     ),
     config: Annotated[
-        Path | None, typer.Option(parser=cli_path, help="Experiment YAML (default: shipped one).")
+        Path | None,
+        typer.Option(parser=cli_path, help="Experiment YAML, complete or only the keys to override."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    repo: RepoOpt = None,
+    service: ServiceOpt = None,
 ) -> None:
     """Train a ranker on the point-in-time Feast training frame; writes OUT/metrics.json.
 
     The bundled experiment (`<model>_<dataset>.yaml`) reads both knowledge views through the hybrid-expert
-    adaptor; `kar adapt export --run OUT` then pre-stores the adapted vectors for serving.
+    adaptor; any other prepared folder gets an experiment derived from its columns (a --config YAML overrides).
+    `kar adapt export --run OUT` then pre-stores the adapted vectors for serving.
     """
     from kar.pipeline import run_train
 
     with steps() as step:
-        metrics = run_train(model=model, data_dir=data, out=out, config_path=config, seed=seed, progress=step)
+        metrics = run_train(
+            model=model,
+            data_dir=data,
+            out=out,
+            config_path=config,
+            seed=seed,
+            repo=repo,
+            service=service,
+            progress=step,
+        )
     console.print(_metrics_table({metrics["model"]: metrics}, f"{data}"))
 
 
@@ -414,7 +490,12 @@ def knowledge(
         Path | None, typer.Option(parser=cli_path, help="Answer cache folder (default: OUT/cache).")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Only the first N prompts of each kind (trials).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only N users/items/pairs of each kind: a fixed sample, for trials.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print a few prompts, counts and a token estimate; call no LLM.")
+    ] = False,
     tokenizer: Annotated[
         Path | None, typer.Option(parser=cli_path, help="tokenizer.json of the served model, for exact token budgets.")
     ] = None,
@@ -426,8 +507,22 @@ def knowledge(
     The API key comes from $KAR_LLM_API_KEY or $OPENAI_API_KEY. Answers are cached by (model, params,
     prompt): a rerun asks only for what is missing, and a killed job resumes where it stopped.
     """
-    from kar.pipeline import run_knowledge
+    from kar.pipeline import plan_knowledge, run_knowledge
 
+    if dry_run:
+        with steps() as step:
+            plans = plan_knowledge(
+                kinds=kind or ["user", "item", "kerec"],
+                data_dir=data,
+                scenario=scenario,
+                limit=limit,
+                tokenizer=tokenizer,
+                master=master,
+                progress=step,
+            )
+        for line in plan_lines(plans):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+        return
     with steps() as step:
         summaries = run_knowledge(
             kinds=kind or ["user", "item", "kerec"],
@@ -447,6 +542,22 @@ def knowledge(
     for line in _knowledge_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"summary → {(out or data / 'knowledge') / 'summary.json'}")
+
+
+def plan_lines(plans: list[Any]) -> list[str]:
+    """``kar knowledge --dry-run``: per kind its counts and token estimate, then its sample prompts."""
+    lines = []
+    for plan in plans:
+        fields = ", ".join(f"{role}: {', '.join(names) or 'none'}" for role, names in plan.prompt_fields.items())
+        lines.append(
+            f"{plan.kind}: {plan.prompts} prompts ({plan.over_budget} over budget, not sent) · "
+            f"{plan.prompt_tokens:,} prompt tokens + at most {plan.max_answer_tokens:,} answer tokens · "
+            f"at most ${plan.usd_estimate_max:.4f} · fields shown: {fields}"
+        )
+        for system, prompt in plan.samples:
+            lines += [f"--- {plan.kind} prompt ---", f"[system] {system}", prompt]
+    lines.append("dry run: no LLM was started or called")
+    return lines
 
 
 def _encode_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
@@ -574,11 +685,13 @@ def adapt_export(
 @app.command("serve")
 @friendly
 def serve_command(
-    model: Annotated[Path, typer.Option("--model", parser=cli_path, help="Torch run folder written by `kar train`.")],
+    model: Annotated[
+        Path, typer.Option("--model", parser=cli_path, help="Run folder written by `kar train` (torch or XGBoost).")
+    ],
     data: DataDir,
     repo: RepoOpt = None,
     redis: RedisOpt = None,
-    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranking_serving",
+    service: ServiceOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     token_file: Annotated[

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kar.store import TRAINING_SERVICE, is_knowledge_view, vector_dim
+from kar.store import TRAINING_SERVICE, is_knowledge_view, service_roles, vector_dim
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -50,10 +50,21 @@ class _ViewRead:
 
 @dataclass(frozen=True, kw_only=True)
 class OnlineFeatures:
-    """One request's features: the user's as scalars, the items' as columns aligned with ``item_ids``."""
+    """One request's features: the user's as scalars, the items' as columns aligned with ``item_ids``.
+
+    Attributes:
+        user: The user's features, by name (the join key included).
+        items: The candidates' features as columns (the join key included).
+        item_key: The items' join key (``item_id`` in the example repo, e.g. ``sku`` in a team's).
+    """
 
     user: dict[str, Any]
     items: dict[str, Any]
+    item_key: str = "item_id"
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items.get(self.item_key, ()))
 
     def items_frame(self) -> pd.DataFrame:
         """The items as a DataFrame (a vector column holds one float32 array per row)."""
@@ -65,7 +76,7 @@ class OnlineFeatures:
         This is the frame a ranker scores (``Ranker.predict``); ``context`` carries what the request knows and
         the store does not, e.g. ``hist_item_ids=[...]``, the user's recent items.
         """
-        n = len(self.items.get("item_id", ()))
+        n = self.n_items
         columns = {k: list(v) if getattr(v, "ndim", 1) == 2 else v for k, v in self.items.items()}
         for name, value in {**self.user, **context}.items():
             columns[name] = [value] * n
@@ -74,7 +85,7 @@ class OnlineFeatures:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary: scalars as they are, vectors as ``"384-d [0.012, -0.034, 0.101, …]"``."""
-        n_items = len(self.items.get("item_id", ()))
+        n_items = self.n_items
         return {
             "user": {k: _show(v) for k, v in self.user.items()},
             "items": [{k: _show(v[i]) for k, v in self.items.items()} for i in range(n_items)],
@@ -94,11 +105,15 @@ class OnlineLookup:
         store: An applied and materialized ``FeatureStore`` (SQLite, Redis or any online store Feast supports).
         service: The feature service whose views to read (``ranking_serving`` at serving time).
         features: Read only these of the service's features (e.g. what a ranker uses); all when None.
+
+    Attributes:
+        roles: Which entity (join key, key type) is the user and which the item (``kar.store.service_roles``).
     """
 
     def __init__(
         self, store: FeatureStore, *, service: str = TRAINING_SERVICE, features: Collection[str] | None = None
     ) -> None:
+        self.roles = service_roles(store, service)
         self._config = store.config
         # online_read is Feast's store interface; reaching it skips only get_online_features' per-call
         # registry lookups and response building.
@@ -126,13 +141,24 @@ class OnlineLookup:
             out[key] = names
         return out
 
-    def fetch(self, *, user_id: int, item_ids: Sequence[int]) -> OnlineFeatures:
-        """The user's and the candidates' features, in the order of ``item_ids``."""
-        requests = {"user_id": [int(user_id)], "item_id": [int(i) for i in item_ids]}
-        columns = self.read(requests)
-        return OnlineFeatures(user={k: v[0] for k, v in columns["user_id"].items()}, items=columns["item_id"])
+    def fetch(self, *, user_id: Any, item_ids: Sequence[Any]) -> OnlineFeatures:
+        """The user's and the candidates' features, in the order of ``item_ids``.
 
-    def read(self, requests: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
+        Ids are the entities' join-key values (a team's ``"C-0042"``; kar's int64 ids in the example repo).
+        """
+        user, item = self.roles.user, self.roles.item
+        requests = {
+            user.join_key: [_value(user_id, user.key_type)],
+            item.join_key: [_value(i, item.key_type) for i in item_ids],
+        }
+        columns = self.read(requests)
+        return OnlineFeatures(
+            user={k: v[0] for k, v in columns[user.join_key].items()},
+            items=columns[item.join_key],
+            item_key=item.join_key,
+        )
+
+    def read(self, requests: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
         """Columns of every view keyed by each join key, for that key's ids (the key column included)."""
         plans = {key: self._reads.get(key, []) for key in requests}
         if self._fast is not None:
@@ -141,7 +167,7 @@ class OnlineLookup:
             rows = {key: [self._online_read(read, key, ids) for read in plans[key]] for key, ids in requests.items()}
         out: dict[str, dict[str, Any]] = {}
         for key, ids in requests.items():
-            columns: dict[str, Any] = {key: np.asarray(ids, dtype=np.int64)}
+            columns: dict[str, Any] = {key: np.asarray(ids, dtype=np.int64 if _ints(ids) else object)}
             for read, view_rows in zip(plans[key], rows[key], strict=True):
                 columns.update(_decode(read, view_rows))
             out[key] = columns
@@ -164,11 +190,22 @@ def _plan(view: FeatureView, features: list[str]) -> _ViewRead:
     return _ViewRead(view=view, join_key=join_key, features=tuple(features), vector=vector, dim=dim)
 
 
-def _entity_keys(join_key: str, ids: Sequence[int]) -> list[Any]:
+def _value(value: Any, key_type: str) -> Any:
+    return int(value) if key_type == "int64" else str(value)
+
+
+def _ints(ids: Sequence[Any]) -> bool:
+    return all(isinstance(i, int | np.integer) for i in ids)
+
+
+def _entity_keys(join_key: str, ids: Sequence[Any]) -> list[Any]:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    return [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=i)]) for i in ids]
+    def value(entity_id: Any) -> Value:
+        return Value(string_val=entity_id) if isinstance(entity_id, str) else Value(int64_val=int(entity_id))
+
+    return [EntityKey(join_keys=[join_key], entity_values=[value(i)]) for i in ids]
 
 
 def _fast_reader(online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> Any:
@@ -201,13 +238,13 @@ class _SqliteReader:
         }
         version = config.entity_key_serialization_version
 
-        def key(join_key: str, entity_id: int) -> bytes:
+        def key(join_key: str, entity_id: Any) -> bytes:
             (entity,) = _entity_keys(join_key, [entity_id])
             return serialize_entity_key(entity, entity_key_serialization_version=version)
 
         self.key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(key)
 
-    def read(self, requests: dict[str, list[int]]) -> dict[str, list[Rows]]:
+    def read(self, requests: dict[str, list[Any]]) -> dict[str, list[Rows]]:
         """Per join key, one list of rows per planned view, for that key's ids."""
         out: dict[str, list[Rows]] = {}
         for join_key, ids in requests.items():
@@ -240,7 +277,7 @@ class _RedisReader:
         # Serializing an entity key costs more than fetching it; candidate ids repeat across requests.
         self.redis_key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._redis_key)
 
-    def _redis_key(self, join_key: str, entity_id: int) -> bytes:
+    def _redis_key(self, join_key: str, entity_id: Any) -> bytes:
         (key,) = self._store._generate_redis_keys_for_entities(self._config, _entity_keys(join_key, [entity_id]))
         return key
 
@@ -252,7 +289,7 @@ class _RedisReader:
         )
         return hashes[:-1]  # the last one is the view's timestamp field: not needed here
 
-    def read(self, requests: dict[str, list[int]]) -> dict[str, list[Rows]]:
+    def read(self, requests: dict[str, list[Any]]) -> dict[str, list[Rows]]:
         """Per join key, one list of rows per planned view, for that key's ids."""
         with self._client.pipeline(transaction=False) as pipe:
             for join_key, ids in requests.items():

@@ -31,25 +31,48 @@ def run_prepare(
     dataset: str,
     out: Location,
     path: Location | None = None,
+    spec: Location | None = None,
     protocol: str = "time",
     seed: int = 1234,
     master: str | None = None,
     synthetic: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the Spark prepare job (see ``spark_jobs.prepare``) and return its summary."""
-    from spark_jobs.datasets import check_input
+    """Run the Spark prepare job (see ``spark_jobs.prepare``) and return its summary.
+
+    Args:
+        dataset: ``synthetic``, ``movielens-100k``, ``movielens-1m``, ``amazon``, or ``table`` (your own tables).
+        out: Output folder.
+        path: Input folder of a file-based bundled dataset (``synthetic``: an earlier generation's ``raw/``).
+        spec: For ``table``: the YAML naming your tables and mapping their columns (``spark_jobs.datasets.table``).
+        protocol: Split protocol, ``time`` or ``kar``.
+        seed: Seed of the KAR user split.
+        master: Spark master (default: env or ``local[*]``).
+        synthetic: ``SyntheticConfig`` for the synthetic dataset.
+        progress: Step callback.
+    """
+    from spark_jobs.datasets import TableSpec, check_input
     from spark_jobs.prepare import prepare
     from spark_jobs.session import get_spark
     from spark_jobs.splits import SplitConfig
 
     step = progress or _noop
     out, path = local_path(out, what="out"), optional_local_path(path, what="path")
-    check_input(dataset, path)  # before Spark starts: a typo should not cost a JVM start-up
+    table_spec = TableSpec.load(local_path(spec, what="spec")) if spec is not None else None
+    check_input(dataset, path, table_spec)  # before Spark starts: a typo should not cost a JVM start-up
     step("starting Spark")
     spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
     split = SplitConfig(protocol=protocol, seed=seed)  # type: ignore[arg-type]
-    return prepare(spark=spark, dataset=dataset, path=path, out=out, split=split, synthetic=synthetic, progress=step)
+    return prepare(
+        spark=spark,
+        dataset=dataset,
+        path=path,
+        out=out,
+        split=split,
+        synthetic=synthetic,
+        spec=table_spec,
+        progress=step,
+    )
 
 
 def read_summary(data_dir: Location) -> dict[str, Any]:
@@ -80,35 +103,96 @@ def run_train(
     config_path: Location | None = None,
     seed: int | None = None,
     frame: Any = None,
+    repo: Location | None = None,
+    service: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train one ranker on the Feast training frame of ``data_dir`` and write ``out/metrics.json``.
 
+    The experiment is, in order: a complete YAML given as ``config_path``; the bundled
+    ``<model>_<dataset>.yaml`` (bundled datasets, example repo); else one derived from the training frame's
+    columns (``ctr.derive``), with a partial YAML's keys laid over it. So any prepared folder trains.
+
     Args:
-        model: ``deepfm`` or ``xgboost``; picks the shipped ``<model>_<dataset>.yaml`` when no config is given.
+        model: ``deepfm``, ``dcnv2``, ``mmoe``, ``wukong``, ``xgboost`` or ``package.module:Class``.
         data_dir: Prepared and applied data folder.
         out: Output folder for metrics, config, encoder and model.
-        config_path: Experiment YAML (FuxiCTR-style, one per model and dataset).
+        config_path: Experiment YAML (complete, or only the keys to override).
         seed: Overrides the config's seed.
         frame: A training frame already retrieved (the demo trains several models on one retrieval).
+        repo: The team's Feast repo (default: the folder's example repo).
+        service: The feature service to train on (default ``ranking_training``, in a team repo ``kar_training``).
         progress: Step callback.
     """
-    from ctr import check_experiment, load_config, train_experiment
+    from ctr import check_experiment, train_experiment
     from kar import store
 
     step = progress or _noop
     data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
     config_path = optional_local_path(config_path, what="config")
+    repo = optional_local_path(repo, what="repo")
+    service = service or (TEAM_TRAINING_SERVICE if repo is not None else store.TRAINING_SERVICE)
     dataset = read_summary(data_dir)["dataset"]
-    config = load_config(config_path or f"{model}_{dataset}")
-    if seed is not None:
-        config = dataclasses.replace(config, seed=seed)
-    check_experiment(config)  # a typo in the YAML fails now, not after the slow retrieval
+    config, overrides = _experiment(model, dataset, config_path, bundled=repo is None)
+    if config is not None:
+        if seed is not None:
+            config = dataclasses.replace(config, seed=seed)
+        check_experiment(config)  # a typo in the YAML fails now, not after the slow retrieval
     if frame is None:
         step("point-in-time training frame from Feast")
-        frame = store.training_frame(data_dir=data_dir)
+        frame = store.training_frame(data_dir=data_dir, repo=repo, service=service)
+    if config is None:
+        config = _derived(model, dataset, frame, overrides, data_dir=data_dir, repo=repo, service=service, seed=seed)
+        check_experiment(config)
     step(f"training {config.model}")
     return train_experiment(frame, config, out, progress=_epoch_reporter(step))
+
+
+TEAM_TRAINING_SERVICE = "kar_training"
+TEAM_SERVING_SERVICE = "kar_serving"
+
+
+def _experiment(model: str, dataset: str, config_path: Path | None, *, bundled: bool) -> tuple[Any, dict[str, Any]]:
+    """A complete experiment known before retrieval, or (None, the overrides for a derived one)."""
+    import yaml
+
+    from ctr import load_config
+    from ctr.config import bundled_experiments
+
+    if config_path is None:
+        name = f"{model}_{dataset}"
+        return (load_config(name), {}) if bundled and name in bundled_experiments() else (None, {})
+    raw = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    if not isinstance(raw, dict):
+        return load_config(config_path), {}  # its own one-line error (missing file, bad YAML)
+    required = {"model", "features"}
+    return (load_config(config_path), {}) if required <= set(raw) else (None, raw)
+
+
+def _derived(
+    model: str,
+    dataset: str,
+    frame: Any,
+    overrides: dict[str, Any],
+    *,
+    data_dir: Path,
+    repo: Path | None,
+    service: str,
+    seed: int | None,
+) -> Any:
+    """The experiment ``ctr.derive`` reads off the frame, with the YAML's keys over it."""
+    from ctr.derive import derive_experiment, merged
+    from kar import store
+
+    roles = store.service_roles(store.open_store(data_dir=data_dir, repo=repo), service)
+    # A team's own ids duplicate user_id/item_id (the int64 ids the embeddings learn from).
+    raw_ids = {r.join_key for r in (roles.user, roles.item)} - {"user_id", "item_id"}
+    knowledge = [c[4:] for c in frame.columns if c.startswith("has_") and c[4:] in frame.columns]
+    config = derive_experiment(
+        model=overrides.get("model", model), frame=frame, knowledge=knowledge, dataset=dataset, exclude=raw_ids
+    )
+    config = merged(config, overrides) if overrides else config
+    return dataclasses.replace(config, seed=seed) if seed is not None else config
 
 
 # The demo's synthetic population is sized so the embedded 135M model on 2 CPU cores answers every prompt in
@@ -387,7 +471,8 @@ def run_knowledge(
 
     Returns the summary entries by kind (also in ``out/summary.json``).
     """
-    from spark_jobs.knowledge.job import JOB_KINDS, KnowledgeJob, generate_knowledge
+    from spark_jobs.knowledge.job import JOB_KINDS, KnowledgeJob, generate_knowledge, scenario_for
+    from spark_jobs.knowledge.prompts import prompt_fields_for
     from spark_jobs.session import get_spark
 
     step = progress or _noop
@@ -398,6 +483,8 @@ def run_knowledge(
     if unknown:
         raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
     read_summary(data_dir)  # fails with the fix before any server or JVM starts
+    # So does a scenario whose templates name a field the run may not show (before a 40 s server start).
+    prompt_fields_for(data_dir, scenario_for(data_dir, scenario))
     with llm_endpoint(
         base_url=base_url,
         model=model,
@@ -421,6 +508,56 @@ def run_knowledge(
             kerec_max_pairs=kerec_max_pairs,
         )
         return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]
+
+
+def plan_knowledge(
+    *,
+    kinds: Sequence[str],
+    data_dir: Location,
+    scenario: str | None = None,
+    limit: int | None = None,
+    tokenizer: Location | None = None,
+    master: str | None = None,
+    progress: Progress | None = None,
+) -> list[Any]:
+    """What ``run_knowledge`` would send, without starting or calling any LLM (``kar knowledge --dry-run``).
+
+    Returns:
+        One ``spark_jobs.knowledge.job.PromptPlan`` per kind (``kerec`` plans its entity step: its pairs are
+        built from the entity answers).
+    """
+    from kar.llm_server import EMBEDDED_DIRNAME, default_cache_dir
+    from spark_jobs.knowledge.job import JOB_KINDS, plan_prompts, scenario_for
+    from spark_jobs.knowledge.prompts import prompt_fields_for
+    from spark_jobs.session import get_spark
+
+    step = progress or _noop
+    data_dir = local_path(data_dir, what="data")
+    unknown = [k for k in kinds if k not in JOB_KINDS]
+    if unknown:
+        raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
+    read_summary(data_dir)
+    # The embedded model's tokenizer, when it was built, counts exactly; else the heuristic overestimates.
+    embedded = default_cache_dir() / "models" / EMBEDDED_DIRNAME
+    tokenizer = optional_local_path(tokenizer, what="tokenizer") or (embedded if embedded.is_dir() else None)
+    scenario_loaded = scenario_for(data_dir, name_or_path(scenario) if scenario else None)
+    prompt_fields_for(data_dir, scenario_loaded)  # a template naming a field it may not show fails before Spark
+    step("starting Spark")
+    spark = get_spark(app_name="kar-knowledge-plan", master=master)
+    plans = []
+    for kind in kinds:
+        step(f"building {kind} prompts")
+        plans.append(
+            plan_prompts(
+                spark,
+                kind="entity" if kind == "kerec" else kind,  # type: ignore[arg-type]
+                data_dir=data_dir,
+                scenario=scenario_loaded,
+                limit=limit,
+                tokenizer=tokenizer,
+            )
+        )
+    return plans
 
 
 def run_encode(
@@ -478,6 +615,7 @@ def run_encode(
         batch_size=batch_size,
         kinds=kinds,
         text_column=text_column,
+        id_maps_of=data_dir,
         progress=step,
     )
 

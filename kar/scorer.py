@@ -9,6 +9,10 @@ so can any Python serving stack.
 Unknown ids never fail a request. An entity the online store does not have reads as missing features: the
 encoder maps them to the out-of-vocabulary id and the knowledge vector to zeros with ``has_knowledge`` false,
 which is exactly how such a row scores offline. The ranking reports which entities fell back this way.
+
+Ids are the entities' own join-key values: a team's ``"C-0042"`` in its repo, kar's int64 ids in the example
+repo. Where the ranker reads ``user_id``/``item_id`` (the int64 ids it learnt embeddings for), they come from the
+prepared folder's id maps; an id the maps do not know scores as an unknown entity.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from kar.errors import KarError
 from kar.store import SERVING_SERVICE
+from spark_jobs.id_maps import UNKNOWN_ID
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -44,7 +49,7 @@ class ScoredItem:
         fallback: The online store has no features for the item (scored with out-of-vocabulary defaults).
     """
 
-    item_id: int
+    item_id: Any
     score: float
     has_knowledge: bool
     fallback: bool
@@ -63,7 +68,7 @@ class Ranking:
         model_ms: Building the frame, encoding it and the forward pass.
     """
 
-    user_id: int
+    user_id: Any
     items: tuple[ScoredItem, ...]
     user_fallback: bool
     user_has_knowledge: bool
@@ -80,16 +85,20 @@ class OnlineScorer:
     """A trained torch ranker scoring candidates from a feature service of the online store.
 
     Args:
-        ranker: A ranker from ``ctr.load_ranker`` (the run ``kar train`` wrote).
+        ranker: A ranker from ``ctr.load_ranker`` (the run ``kar train`` wrote: torch or XGBoost).
         store: An applied and materialized ``FeatureStore``.
         service: The feature service to read; ``ranking_serving`` holds the adapted knowledge vectors.
+        data_dir: The prepared folder, whose id maps turn the entities' own ids into the ranker's int64 ids.
 
     Raises:
         KarError: The service and the request context cannot provide a column the ranker reads.
     """
 
-    def __init__(self, *, ranker: Ranker, store: FeatureStore, service: str = SERVING_SERVICE) -> None:
+    def __init__(
+        self, *, ranker: Ranker, store: FeatureStore, service: str = SERVING_SERVICE, data_dir: Path | None = None
+    ) -> None:
         from kar.online import OnlineLookup
+        from spark_jobs.id_maps import IdMap
 
         self.ranker = ranker
         self.service = service
@@ -100,6 +109,9 @@ class OnlineScorer:
             if profile and not wanted.intersection(profile):
                 wanted.add(profile[0])  # one profile feature still tells whether the entity is in the store
         self._lookup = OnlineLookup(store, service=service, features=wanted)
+        self.roles = self._lookup.roles
+        self._keys = {"user": self.roles.user.join_key, "item": self.roles.item.join_key}
+        self._id_maps = {role: IdMap.load(data_dir, role) if data_dir else None for role in ("user", "item")}
         served = self._lookup.columns()
         self.context_fields = _context_fields(ranker, served, service=service)
         # One knowledge view per entity: its has_ flag says whether the entity's vector was found.
@@ -109,33 +121,31 @@ class OnlineScorer:
         self._profile_columns = {key: _profile(key, columns) for key, columns in served.items()}
 
     @classmethod
-    def from_run(cls, *, model_dir: Path, store: FeatureStore, service: str = SERVING_SERVICE) -> OnlineScorer:
-        """Load the ranker a torch run wrote to ``model_dir`` and read features from ``store``.
+    def from_run(
+        cls, *, model_dir: Path, store: FeatureStore, service: str = SERVING_SERVICE, data_dir: Path | None = None
+    ) -> OnlineScorer:
+        """Load the ranker a run wrote to ``model_dir`` (torch or XGBoost) and read features from ``store``.
 
         Raises:
-            KarError: ``model_dir`` is not a torch ranker run (e.g. an XGBoost run or a missing folder).
+            KarError: ``model_dir`` is not a finished ``kar train`` run.
         """
         from ctr import load_ranker
-        from ctr.runs import CONFIG_FILE, TORCH_MODEL_FILE
+        from ctr.runs import CONFIG_FILE
 
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_FILE).is_file():
             raise KarError(f"{model_dir}: no {CONFIG_FILE}; pass a run folder written by `kar train`")
-        if not (model_dir / TORCH_MODEL_FILE).is_file():
-            raise KarError(
-                f"{model_dir}: no {TORCH_MODEL_FILE}; `kar serve` scores torch rankers (deepfm, dcnv2, mmoe, wukong)"
-            )
-        return cls(ranker=load_ranker(model_dir), store=store, service=service)
+        return cls(ranker=load_ranker(model_dir), store=store, service=service, data_dir=data_dir)
 
-    def fetch(self, *, user_id: int, item_ids: Sequence[int]) -> OnlineFeatures:
+    def fetch(self, *, user_id: Any, item_ids: Sequence[Any]) -> OnlineFeatures:
         """The online features of the user and the candidates (what :meth:`rank` scores)."""
         return self._lookup.fetch(user_id=user_id, item_ids=item_ids)
 
-    def rank(self, *, user_id: int, item_ids: Sequence[int], context: Mapping[str, Any] | None = None) -> Ranking:
+    def rank(self, *, user_id: Any, item_ids: Sequence[Any], context: Mapping[str, Any] | None = None) -> Ranking:
         """Score ``item_ids`` for ``user_id`` in one batch and sort them, best first.
 
         Args:
-            user_id: The user.
+            user_id: The user (the user entity's join-key value).
             item_ids: Candidate items (at least one).
             context: Request-time fields the store does not hold, e.g. ``hist_item_ids`` (the user's recent
                 items, oldest first). Absent fields are empty. See :attr:`context_fields`.
@@ -151,15 +161,34 @@ class OnlineScorer:
         started = time.perf_counter()
         features = self.fetch(user_id=user_id, item_ids=item_ids)
         fetched = time.perf_counter()
-        frame = features.candidates_frame(**{**self.context_fields, **context})
+        frame = self._with_ids(features.candidates_frame(**{**self.context_fields, **context}), user_id, item_ids)
         scores = self.ranker.predict(frame)
         done = time.perf_counter()
         return self._ranking(user_id, item_ids, features, scores, fetch_s=fetched - started, model_s=done - fetched)
 
+    def _with_ids(self, frame: Any, user_id: Any, item_ids: Sequence[Any]) -> Any:
+        """The ranker's ``user_id``/``item_id`` (int64) where the store's join keys are the team's own ids."""
+        ids = {"user": [user_id] * len(item_ids), "item": list(item_ids)}
+        added = {}
+        for role in ("user", "item"):
+            column = f"{role}_id"
+            if self._keys[role] == column:
+                continue
+            id_map = self._id_maps[role]
+            added[column] = id_map.ids(ids[role]) if id_map is not None else [int(i) for i in ids[role]]
+        return frame.assign(**added) if added else frame
+
+    def _known(self, role: str, ids: Sequence[Any]) -> np.ndarray:
+        """Whether the prepared data knows each id (its id map; without one, every id counts as known)."""
+        id_map = self._id_maps[role]
+        if id_map is None:
+            return np.ones(len(ids), dtype=bool)
+        return np.array([i != UNKNOWN_ID for i in id_map.ids(ids)], dtype=bool)
+
     def _ranking(
         self,
-        user_id: int,
-        item_ids: Sequence[int],
+        user_id: Any,
+        item_ids: Sequence[Any],
         features: OnlineFeatures,
         scores: np.ndarray,
         *,
@@ -167,13 +196,14 @@ class OnlineScorer:
         model_s: float,
     ) -> Ranking:
         n = len(item_ids)
-        item_flag = self._knowledge_flags.get("item_id")
+        item_flag = self._knowledge_flags.get(self._keys["item"])
         has_knowledge = features.items[item_flag] if item_flag else np.zeros(n, dtype=bool)
-        missing = _missing(features.items, self._profile_columns.get("item_id", []), n)
+        item_profile = self._profile_columns.get(self._keys["item"], [])
+        missing = _missing(features.items, item_profile, n, self._known("item", item_ids))
         order = np.argsort(-scores, kind="stable")
         items = tuple(
             ScoredItem(
-                item_id=int(item_ids[i]),
+                item_id=item_ids[i],
                 score=float(scores[i]),
                 has_knowledge=bool(has_knowledge[i]),
                 fallback=bool(missing[i]),
@@ -181,11 +211,12 @@ class OnlineScorer:
             for i in order
         )
         user = {k: [v] for k, v in features.user.items()}
-        user_flag = self._knowledge_flags.get("user_id")
+        user_flag = self._knowledge_flags.get(self._keys["user"])
+        user_profile = self._profile_columns.get(self._keys["user"], [])
         return Ranking(
-            user_id=int(user_id),
+            user_id=user_id,
             items=items,
-            user_fallback=bool(_missing(user, self._profile_columns.get("user_id", []), 1)[0]),
+            user_fallback=bool(_missing(user, user_profile, 1, self._known("user", [user_id]))[0]),
             user_has_knowledge=bool(features.user[user_flag]) if user_flag else False,
             fetch_ms=fetch_s * 1e3,
             model_ms=model_s * 1e3,
@@ -197,8 +228,11 @@ def _profile(join_key: str, columns: Sequence[str]) -> list[str]:
     return [c for c in columns if c != join_key and not c.startswith("has_") and f"has_{c}" not in columns]
 
 
-def _missing(columns: Mapping[str, Any], names: Sequence[str], n: int) -> np.ndarray:
-    """Rows where every profile feature is absent: the online store has no such entity."""
+def _missing(columns: Mapping[str, Any], names: Sequence[str], n: int, known: np.ndarray) -> np.ndarray:
+    """Rows where every profile feature is absent: the online store has no such entity. A service with no
+    profile view for the entity cannot tell: then an entity the prepared data does not know is missing."""
+    if not names:
+        return ~known
     missing = np.ones(n, dtype=bool)
     for name in names:
         missing &= np.array([value is None for value in columns[name]], dtype=bool)

@@ -191,9 +191,12 @@ class _Metrics:
 
 
 def _rank_request_model(max_candidates: int) -> type:
-    from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-    EntityId = Annotated[StrictInt, Field(ge=-INT64, lt=INT64)]
+    # A team's own ids may be text ("C-0042"); kar's are int64.
+    EntityId = (
+        Annotated[StrictInt, Field(ge=-INT64, lt=INT64)] | Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    )
 
     class RankRequest(BaseModel):
         """Body of ``POST /rank``."""
@@ -206,8 +209,8 @@ def _rank_request_model(max_candidates: int) -> type:
 
         @field_validator("item_ids")
         @classmethod
-        def _distinct(cls, ids: list[int]) -> list[int]:
-            seen: set[int] = set()
+        def _distinct(cls, ids: list[int | str]) -> list[int | str]:
+            seen: set[int | str] = set()
             for item_id in ids:
                 if item_id in seen:
                     raise ValueError(f"item {item_id} is listed twice")
@@ -338,7 +341,7 @@ def _torch_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-def _rank(scorer: OnlineScorer, user_id: int, item_ids: list[int], context: dict[str, Any]) -> Ranking:
+def _rank(scorer: OnlineScorer, user_id: Any, item_ids: list[Any], context: dict[str, Any]) -> Ranking:
     return scorer.rank(user_id=user_id, item_ids=item_ids, context=context)
 
 
@@ -358,11 +361,11 @@ def serve(
     """Load the ranker and the feature store, then serve until interrupted (what ``kar serve`` runs).
 
     Args:
-        model_dir: A torch run written by ``kar train``.
-        data_dir: The prepared folder whose Feast store (``DIR/feast``) was applied and materialized.
-        repo: The Feast repo; the bundled ``feature_repo`` when None.
-        online_store: Replaces the online store config (e.g. Redis); SQLite under ``data_dir`` when None.
-        service: Feature service to read; ``ranking_serving`` when None.
+        model_dir: A run written by ``kar train`` (torch, an imported torch model, or XGBoost).
+        data_dir: The prepared folder (its id maps turn the team's ids into the ranker's).
+        repo: The team's Feast repo (default: the folder's example repo, ``DIR/feast/repo``).
+        online_store: Replaces the online store config (e.g. Redis) in memory; the repo's own when None.
+        service: Feature service to read; ``ranking_serving`` (example repo) or ``kar_serving`` (team repo).
         host: Address to bind; loopback by default.
         port: Port to bind.
         token_file: File with the bearer token; ``$KAR_SERVE_TOKEN`` otherwise.
@@ -382,7 +385,8 @@ def serve(
     # Before the slow loading: a misconfigured token fails in a second.
     token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
     feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
-    scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service or store.SERVING_SERVICE)
+    service = service or ("kar_serving" if repo is not None else store.SERVING_SERVICE)
+    scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service, data_dir=data_dir)
     app = create_app(scorer=scorer, token=token, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

@@ -1,21 +1,28 @@
-"""Feast access for every stage: one store per prepared-data folder, built from ``feature_repo/``.
+"""Feast access for every stage, on a team's own repo or on the example repo of a prepared folder.
 
-``feature_repo/`` stays a plain Feast repo (``cd feature_repo && feast apply`` works). This module loads the
-same ``feature_store.yaml`` (or a profile such as ``feature_store.spark.yaml``) and definitions but keeps the
-registry and the SQLite online store inside ``DATA_DIR/feast``, so several prepared datasets never overwrite
-each other's registry or online rows.
+Two ways to point kar-feast at Feast:
 
-Knowledge views (tagged ``kar.kind: knowledge``) get two guarantees here that Feast alone does not give: the
+* **The team's repo** (``repo=PATH``, ``--repo PATH``): its ``feature_store.yaml`` is used as it is, with its
+  registry, offline and online stores. Knowledge views get there through ``kar feast init`` (``kar.feast``) and
+  Feast's own ``feast apply``; kar-feast never replaces or deletes anything the repo owns.
+* **The example repo** (no ``repo``): ``apply`` writes the bundled example repo for a prepared folder into
+  ``DATA/feast/repo`` (registry and SQLite online store beside it, so datasets never share state) and registers
+  ``kar.feast.example_objects`` for it. ``cd DATA/feast/repo && feast apply`` registers the same objects.
+
+Either way, which entity is the user and which the item comes from the knowledge views' ``kar.role`` tags
+(:func:`service_roles`), and a sample's ids become the entity's own join-key values through the folder's id
+maps. Knowledge views (tagged ``kar.kind: knowledge``) get two guarantees Feast alone does not give: the
 vectors' dimension must match the view's ``vector_length`` (checked at apply and materialize), and an entity
 with no vector reads as zeros with ``has_<view> = False`` in training frames and online lookups alike.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,68 +32,33 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from kar.errors import DataError, KarError
+from kar.feast import KNOWLEDGE_TAG, ROLE_TAG, Dimensions, example_objects, key_type_of, write_example_repo
 from kar.paths import Location, local_path, optional_local_path
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
+from spark_jobs.id_maps import IdMap
 
 if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-REPO_ENV = "KAR_FEAST_REPO"
-DATA_ENV = "KAR_DATA_DIR"
-PROFILE_ENV = "KAR_FEAST_PROFILE"
-OFFLINE_ENV = "KAR_OFFLINE_STORE"
 TRAINING_SERVICE = "ranking_training"
 SERVING_SERVICE = "ranking_serving"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-KNOWLEDGE_TAG = ("kar.kind", "knowledge")
+FEAST_DIR = "feast"
+PROFILES = ("spark",)  # the example repo's other offline store
 
 # The vector tables under a prepared folder (``kar encode`` writes vectors/, ``kar adapt export`` adapted/).
 VECTOR_TABLES = ("vectors/user", "vectors/item", "adapted/user", "adapted/item")
 
 
-def default_repo() -> Path:
-    """``$KAR_FEAST_REPO``, else ``./feature_repo``, else the one beside this package in a source checkout."""
-    candidates = [
-        os.environ.get(REPO_ENV),
-        Path.cwd() / "feature_repo",
-        Path(__file__).resolve().parents[1] / "feature_repo",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "feature_store.yaml").is_file():
-            return Path(candidate).resolve()
-    raise KarError(f"no Feast repo found: pass --repo or set {REPO_ENV} to a folder with feature_store.yaml")
+def feast_dir(data_dir: Location) -> Path:
+    """Where the example repo of a prepared folder keeps its files, registry and online store."""
+    return local_path(data_dir, what="data") / FEAST_DIR
 
 
-def feast_dir(data_dir: Path) -> Path:
-    return data_dir / "feast"
-
-
-@contextlib.contextmanager
-def _definitions_context(repo: Path, data_dir: Path, offline_store: str) -> Iterator[None]:
-    """Let Feast import the repo's definitions for ``data_dir`` and the profile's offline store type.
-
-    Feast names repo modules relative to the working directory and caches them in ``sys.modules``; a second
-    dataset in the same process would otherwise reuse the first one's source paths.
-    """
-    overrides = {DATA_ENV: str(data_dir.resolve()), OFFLINE_ENV: offline_store}
-    saved_env, saved_cwd = {k: os.environ.get(k) for k in overrides}, Path.cwd()
-    for name, module in list(sys.modules.items()):
-        if str(getattr(module, "__file__", "") or "").startswith(str(repo)):
-            del sys.modules[name]
-    os.environ.update(overrides)
-    sys.path.insert(0, str(repo))
-    os.chdir(repo)
-    try:
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        sys.path.remove(str(repo))
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def example_repo_dir(data_dir: Location, profile: str | None = None) -> Path:
+    """The example repo of a prepared folder (one per offline-store profile: its sources differ)."""
+    return feast_dir(data_dir) / (f"repo.{profile}" if profile else "repo")
 
 
 def profile_path(repo: Path, profile: str | None = None) -> Path:
@@ -94,8 +66,23 @@ def profile_path(repo: Path, profile: str | None = None) -> Path:
     path = repo / (f"feature_store.{profile}.yaml" if profile else "feature_store.yaml")
     if not path.is_file():
         known = sorted(p.name for p in repo.glob("feature_store*.yaml"))
-        raise KarError(f"{path}: no such Feast profile (found: {', '.join(known)})")
+        raise KarError(f"{path}: no such Feast profile (found: {', '.join(known) or 'none'})")
     return path
+
+
+def _repo_for(data_dir: Path, repo: Path | None, profile: str | None) -> tuple[Path, Path]:
+    """The repo folder and its yaml: the team's (``feature_store[.profile].yaml``) or the folder's example."""
+    if repo is not None:
+        if not (repo / "feature_store.yaml").is_file():
+            raise DataError(f"{repo}: no feature_store.yaml; --repo must be a Feast repo")
+        return repo, profile_path(repo, profile)
+    if profile is not None and profile not in PROFILES:
+        raise KarError(f"{profile!r}: no such Feast profile for the example repo (profiles: {', '.join(PROFILES)})")
+    example = example_repo_dir(data_dir, profile)
+    if not (example / "feature_store.yaml").is_file():
+        flag = f" --profile {profile}" if profile else ""
+        raise DataError(f"{data_dir}: no Feast repo yet; run `kar feast apply --data {data_dir}{flag}` first")
+    return example, example / "feature_store.yaml"
 
 
 def repo_config(
@@ -105,30 +92,20 @@ def repo_config(
     online_store: dict[str, Any] | None = None,
     profile: str | None = None,
 ) -> RepoConfig:
-    """The repo's ``feature_store.yaml`` with registry and online store moved under ``data_dir/feast``.
-
-    Args:
-        data_dir: A folder written by ``kar prepare``.
-        repo: The Feast repo; ``default_repo()`` when None.
-        online_store: Replaces the online store config (e.g. ``{"type": "redis", ...}``); SQLite by default.
-        profile: ``feature_store.<profile>.yaml`` instead of ``feature_store.yaml`` (``$KAR_FEAST_PROFILE``).
-    """
+    """The repo's configuration as Feast loads it, with ``online_store`` replaced in memory when given (the
+    file is never changed)."""
     from feast.repo_config import load_repo_config
 
-    data_dir = local_path(data_dir, what="data")
-    repo = optional_local_path(repo, what="repo") or default_repo()
-    profile = profile or os.environ.get(PROFILE_ENV)
-    config = load_repo_config(repo, profile_path(repo, profile))
-    state = feast_dir(data_dir)
-    state.mkdir(parents=True, exist_ok=True)
+    data = local_path(data_dir, what="data")
+    root, yaml_file = _repo_for(data, optional_local_path(repo, what="repo"), profile)
+    config = load_repo_config(root, yaml_file)
+    if online_store is None:
+        return config
     raw = config.model_dump(by_alias=True, exclude_none=True)
-    # One registry per profile: its sources are typed for its offline store (FileSource vs SparkSource).
-    registry = f"registry.{profile}.db" if profile else "registry.db"
-    raw["registry"] = {"registry_type": "file", "path": str(state / registry)}
-    raw["online_store"] = online_store or {"type": "sqlite", "path": str(state / "online_store.db")}
+    raw["online_store"] = online_store
     raw.pop("repo_path", None)
     patched = type(config)(**raw)
-    patched.repo_path = repo
+    patched.repo_path = root
     return patched
 
 
@@ -139,11 +116,11 @@ def open_store(
     online_store: dict[str, Any] | None = None,
     profile: str | None = None,
 ) -> FeatureStore:
-    """A ``FeatureStore`` for ``data_dir`` (run ``apply`` first)."""
+    """A ``FeatureStore``: the team's repo as it is, or the prepared folder's example repo (apply it first)."""
     from feast import FeatureStore
 
     config = repo_config(data_dir=data_dir, repo=repo, online_store=online_store, profile=profile)
-    return FeatureStore(config=config)
+    return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
 def ensure_vector_tables(data_dir: Path) -> list[str]:
@@ -183,7 +160,10 @@ def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
         if not is_knowledge_view(view):
             continue
         expected = vector_dim(view)
-        path = Path(view.batch_source.path)
+        location = str(getattr(view.batch_source, "path", "") or "")
+        if "://" in location or not location:
+            continue  # a cluster's storage: Feast and Spark read it, the driver does not list it
+        path = Path(location)
         if not path.is_dir():
             raise DataError(f"{path}: table of feature view {view.name!r} is missing; run `kar encode` or apply again")
         dims = pq.read_table(path, columns=["dim", "model"]).group_by(["dim", "model"]).aggregate([]).to_pylist()
@@ -193,29 +173,87 @@ def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
             raise DataError(
                 f"{path.relative_to(data_dir) if path.is_relative_to(data_dir) else path}: {found}, but feature view "
                 f"{view.name!r} declares {expected}-d vectors; re-encode with a {expected}-d model or change the "
-                "view's dimension (KAR_KNOWLEDGE_DIM / KAR_ADAPTED_DIM in feature_repo/definitions.py) and apply"
+                "view's Dimensions (`kar feast apply --knowledge-dim/--adapted-dim`, or kar_knowledge.py) and apply"
             )
 
 
-def apply(*, data_dir: Location, repo: Location | None = None, profile: str | None = None) -> list[str]:
-    """Register the repo's definitions over ``data_dir`` (what ``feast apply`` does) and return object names."""
-    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+def apply(
+    *,
+    data_dir: Location,
+    repo: Location | None = None,
+    profile: str | None = None,
+    dims: Dimensions | None = None,
+) -> list[str]:
+    """Register Feast objects and return their names.
 
-    data_dir = local_path(data_dir, what="data")
-    repo = optional_local_path(repo, what="repo") or default_repo()
-    if not (data_dir / "users").is_dir():
-        raise DataError(f"{data_dir}: not a prepared-data folder (run `kar prepare --out {data_dir}` first)")
-    ensure_vector_tables(data_dir)
-    store = open_store(data_dir=data_dir, repo=repo, profile=profile)
-    with _definitions_context(repo, data_dir, store.config.offline_store.type):
-        contents = parse_repo(repo)
-        apply_total_with_repo_instance(
-            store, store.config.project, store.registry, contents, skip_source_validation=False
-        )
-    check_dimensions(store, data_dir=data_dir)
-    groups = (contents.entities, contents.feature_views, contents.feature_services)
-    # Feast adds a "__dummy" entity for entity-less views; it is not ours to report.
-    return [obj.name for group in groups for obj in group if not obj.name.startswith("__")]
+    Without ``repo``: write the example repo for ``data_dir`` into ``DATA/feast/repo`` and register its objects
+    (``kar.feast.example_objects``). With ``repo``: run Feast's own ``feast apply`` in the team's repo.
+
+    Args:
+        data_dir: A prepared folder.
+        repo: The team's Feast repo (its ``kar_knowledge.py`` from ``kar feast init`` names the data).
+        profile: The example repo's offline store (``spark``) or the team's ``feature_store.<profile>.yaml``.
+        dims: The example repo's vector sizes (default: what the folder's vector tables hold).
+
+    Raises:
+        DataError: Not a prepared folder, a failed Feast apply (its last lines), or vectors of another size
+            than their view declares.
+    """
+    data = local_path(data_dir, what="data")
+    team = optional_local_path(repo, what="repo")
+    if not (data / "users").is_dir():
+        raise DataError(f"{data}: not a prepared-data folder (run `kar prepare --out {data}` first)")
+    ensure_vector_tables(data)
+    if team is not None:
+        _feast_cli_apply(team, profile)
+        store = open_store(data_dir=data, repo=team, profile=profile)
+        check_dimensions(store, data_dir=data)
+        return sorted({*(e.name for e in store.list_entities()), *(v.name for v in store.list_feature_views()),
+                       *(s.name for s in store.list_feature_services())})  # fmt: skip
+    folder = example_repo_dir(data, profile)
+    state = feast_dir(data)
+    registry = f"registry.{profile}.db" if profile else "registry.db"
+    write_example_repo(repo=folder, data=data, registry=str(state / registry),
+                       online_path=str(state / "online_store.db"), offline_store=profile or "file")  # fmt: skip
+    objects = example_objects(data=data, dims=dims, offline_store=profile or "file")
+    store = open_store(data_dir=data, profile=profile)
+    store.apply(objects)
+    check_dimensions(store, data_dir=data)
+    return [obj.name for obj in objects]
+
+
+def init_repo(
+    *,
+    repo: Location,
+    user_entity: str,
+    item_entity: str,
+    data_dir: Location,
+    with_views: Sequence[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """``kar feast init``: write ``kar_knowledge.py`` into the team's repo (``kar.feast.write_knowledge_file``),
+    with every vector table of the folder present (empty until encoded) so Feast can register its views."""
+    from kar.feast import write_knowledge_file
+
+    data = local_path(data_dir, what="data")
+    if not (data / "users").is_dir():
+        raise DataError(f"{data}: not a prepared-data folder (run `kar prepare --out {data}` first)")
+    ensure_vector_tables(data)
+    return write_knowledge_file(
+        repo=repo, user_entity=user_entity, item_entity=item_entity, data=data, with_views=with_views, force=force
+    )
+
+
+def _feast_cli_apply(repo: Path, profile: str | None) -> None:
+    """Feast's own ``feast apply`` in the team's repo, as the team would run it."""
+    feast = Path(sys.executable).with_name("feast")
+    command = [str(feast) if feast.is_file() else shutil.which("feast") or "feast", "--chdir", str(repo)]
+    if profile:
+        command += ["--feature-store-yaml", str(profile_path(repo, profile))]
+    result = subprocess.run([*command, "apply"], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise DataError(f"feast apply in {repo} failed: {' / '.join(tail)}")
 
 
 def materialize(
@@ -226,17 +264,97 @@ def materialize(
     end: datetime | None = None,
     online_store: dict[str, Any] | None = None,
     profile: str | None = None,
+    service: str | None = None,
 ) -> FeatureStore:
     """Load the latest feature values in ``[start, end]`` into the online store and return the store.
 
     ``start`` defaults to the epoch: Feast's incremental default for views without TTL looks back one year
-    only, which would silently skip logs older than that (all of MovieLens).
+    only, which would silently skip logs older than that (all of MovieLens). In the team's repo only the views
+    of ``service`` are loaded (default: the knowledge views), never the rest of what the repo owns.
     """
-    data_dir = local_path(data_dir, what="data")
-    store = open_store(data_dir=data_dir, repo=repo, online_store=online_store, profile=profile)
-    check_dimensions(store, data_dir=data_dir)
-    store.materialize(start_date=start or EPOCH, end_date=end or datetime.now(UTC))
+    data = local_path(data_dir, what="data")
+    store = open_store(data_dir=data, repo=repo, online_store=online_store, profile=profile)
+    check_dimensions(store, data_dir=data)
+    views = None
+    if repo is not None:
+        if service is not None:
+            views = [p.name for p in store.get_feature_service(service).feature_view_projections]
+        else:
+            views = [v.name for v in store.list_feature_views() if is_knowledge_view(v)]
+    store.materialize(start_date=start or EPOCH, end_date=end or datetime.now(UTC), feature_views=views)
     return store
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntityRole:
+    """How one side of the ranking is keyed in a feature store.
+
+    Attributes:
+        role: ``user`` or ``item``.
+        entity: The Feast entity's name.
+        join_key: Its join key (a column of entity rows and lookups).
+        key_type: ``int64`` or ``string``.
+    """
+
+    role: str
+    entity: str
+    join_key: str
+    key_type: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Roles:
+    """The user and item sides of a feature service."""
+
+    user: EntityRole
+    item: EntityRole
+
+    def of(self, role: str) -> EntityRole:
+        return self.user if role == "user" else self.item
+
+
+def service_roles(store: FeatureStore, service: str) -> Roles:
+    """Which entity is the user and which the item, from the service's knowledge views (``kar.role`` tags);
+    entities named ``user`` and ``item`` otherwise (the example repo without knowledge views).
+
+    Raises:
+        DataError: A side with no tagged view and no entity of that name.
+    """
+    found: dict[str, EntityRole] = {}
+    for projection in store.get_feature_service(service).feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        role = view.tags.get(ROLE_TAG)
+        if role in ("user", "item") and role not in found:
+            found[role] = _entity_role(store, role, view.entities[0], view)
+    for role in ("user", "item"):
+        if role not in found:
+            try:
+                found[role] = _entity_role(store, role, role, None)
+            except Exception:
+                raise DataError(
+                    f"feature service {service!r} has no kar knowledge view for the {role} side and the registry "
+                    f"no entity named {role!r}; add the knowledge views (`kar feast init`) to the service"
+                ) from None
+    return Roles(user=found["user"], item=found["item"])
+
+
+def _entity_role(store: FeatureStore, role: str, name: str, view: Any) -> EntityRole:
+    entity = store.get_entity(name)
+    key_type = key_type_of(entity)
+    if key_type is None and view is not None:
+        column = next((c for c in view.entity_columns if c.name == entity.join_key), None)
+        key_type = "string" if column is not None and "String" in str(column.dtype) else "int64"
+    return EntityRole(role=role, entity=name, join_key=entity.join_key, key_type=key_type or "int64")
+
+
+def entity_values(data_dir: Path, role: EntityRole, ids: Sequence[int]) -> list[Any]:
+    """The join-key values of kar's int64 ids: the dataset's own (string) ids through its id map, or the ids."""
+    if role.key_type == "int64":
+        return [int(i) for i in ids]
+    id_map = IdMap.load(data_dir, role.role)
+    if id_map is None:
+        return [str(int(i)) for i in ids]
+    return id_map.raws(ids)
 
 
 def _view_keys(store: FeatureStore, view_name: str) -> list[str]:
@@ -260,20 +378,23 @@ def training_frame(
     timestamp, collapsing two samples of one user in the same second (feast-dev/feast#6787; 39,400 of
     77,277 ML-100K samples). Rows no feature row precedes keep nulls instead of vanishing.
 
+    In a team's repo the samples' ``user_id``/``item_id`` are turned into the entities' own join-key values
+    (``customer_id = "C-0042"``) through the folder's id maps; both columns stay in the frame.
+
     Args:
-        data_dir: A prepared, applied data folder.
-        repo: The Feast repo.
+        data_dir: A prepared folder (the example repo applied, or a team repo that knows it).
+        repo: The team's Feast repo (default: the folder's example repo).
         samples: Entity rows (``user_id, item_id, event_timestamp`` + any columns to keep); defaults to
             ``data_dir/samples``.
         service: Feature service to retrieve.
         profile: Feast profile (``spark`` runs the joins on the Spark offline store).
     """
-    data_dir = local_path(data_dir, what="data")
+    data = local_path(data_dir, what="data")
     if samples is None:
-        samples = pd.read_parquet(data_dir / "samples")
-    store = open_store(data_dir=data_dir, repo=repo, profile=profile)
-    frame = samples.reset_index(drop=True)
+        samples = pd.read_parquet(data / "samples")
+    store = open_store(data_dir=data, repo=repo, profile=profile)
     projections = store.get_feature_service(service).feature_view_projections
+    frame = with_join_keys(samples.reset_index(drop=True), data, service_roles(store, service))
     for projection in projections:
         keys = [*_view_keys(store, projection.name), "event_timestamp"]
         missing = [k for k in keys if k not in frame.columns]
@@ -290,6 +411,19 @@ def training_frame(
     if len(frame) != len(samples):
         raise KarError(f"training frame has {len(frame)} rows for {len(samples)} samples")
     return fill_missing_knowledge(frame, knowledge_dims(store, projections))
+
+
+def with_join_keys(samples: pd.DataFrame, data_dir: Path, roles: Roles) -> pd.DataFrame:
+    """``samples`` plus a column per entity join key that is not already ``user_id``/``item_id``."""
+    added = {}
+    for role in (roles.user, roles.item):
+        canonical = f"{role.role}_id"
+        if role.join_key == canonical and role.key_type == "int64":
+            continue
+        if canonical not in samples.columns:
+            raise DataError(f"samples lack {canonical!r} to derive the {role.entity} join key {role.join_key!r}")
+        added[role.join_key] = entity_values(data_dir, role, samples[canonical].tolist())
+    return samples.assign(**added) if added else samples
 
 
 def _same_timestamps(joined: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
@@ -337,13 +471,21 @@ def feature_refs(store: FeatureStore, projections: Sequence[Any], *, entity: str
 
 
 def online_features(
-    store: FeatureStore, *, user_id: int, item_ids: Sequence[int], service: str = TRAINING_SERVICE
+    store: FeatureStore, *, user_id: Any, item_ids: Sequence[Any], service: str = TRAINING_SERVICE
 ) -> dict[str, pd.DataFrame]:
-    """Serving-time lookup: the user's row and one row per candidate item from the online store."""
+    """Serving-time lookup through Feast's own ``get_online_features``: the user's row and one row per candidate
+    (ids are the entities' join-key values)."""
     projections = store.get_feature_service(service).feature_view_projections
-    user_refs = feature_refs(store, projections, entity="user")
-    item_refs = feature_refs(store, projections, entity="item")
-    user = store.get_online_features(features=user_refs, entity_rows=[{"user_id": int(user_id)}]).to_df()
-    items = store.get_online_features(features=item_refs, entity_rows=[{"item_id": int(i)} for i in item_ids]).to_df()
+    roles = service_roles(store, service)
+    user_refs = feature_refs(store, projections, entity=roles.user.entity)
+    item_refs = feature_refs(store, projections, entity=roles.item.entity)
+    user_rows = [{roles.user.join_key: _key(user_id, roles.user)}]
+    item_rows = [{roles.item.join_key: _key(i, roles.item)} for i in item_ids]
+    user = store.get_online_features(features=user_refs, entity_rows=user_rows).to_df()
+    items = store.get_online_features(features=item_refs, entity_rows=item_rows).to_df()
     dims = knowledge_dims(store, projections)
     return {"user": fill_missing_knowledge(user, dims), "items": fill_missing_knowledge(items, dims)}
+
+
+def _key(value: Any, role: EntityRole) -> Any:
+    return int(value) if role.key_type == "int64" else str(value)

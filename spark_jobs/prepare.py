@@ -31,7 +31,8 @@ from pyspark.sql import functions as F
 
 from kar.errors import DataError
 from spark_jobs import schema
-from spark_jobs.datasets import RawTables, load_dataset
+from spark_jobs.datasets import RawTables, TableSpec, load_dataset
+from spark_jobs.datasets.base import PROMPT_FIELDS
 from spark_jobs.fields import REASON, add_reason
 from spark_jobs.quarantine import QuarantineReport, split_quarantine
 from spark_jobs.splits import SplitConfig, make_splits
@@ -65,7 +66,9 @@ def _dedupe(df: DataFrame, keys: list[str], what: str) -> DataFrame:
 
 def _reject_unknown(interactions: DataFrame, known: DataFrame, key: str, source: str) -> DataFrame:
     flagged = interactions.join(F.broadcast(known.select(key).withColumn("_known", F.lit(True))), key, "left")
-    message = F.concat(F.lit(f"{key}: "), F.col(key).cast("string"), F.lit(f" not in {source}"))
+    # Datasets with their own ids (a team's strings) name the id as the user wrote it, not its int64 form.
+    shown = F.col(f"raw_{key}") if f"raw_{key}" in interactions.columns else F.col(key).cast("string")
+    message = F.concat(F.lit(f"{key}: "), shown, F.lit(f" not in {source}"))
     return add_reason(flagged, F.col("_known").isNull(), message).drop("_known")
 
 
@@ -210,6 +213,7 @@ def prepare(
     path: Path | None = None,
     split: SplitConfig | None = None,
     synthetic=None,
+    spec: TableSpec | None = None,
     progress: Progress | None = None,
     now: datetime | None = None,
     validate: bool = True,
@@ -223,6 +227,7 @@ def prepare(
         path: Input folder for file-based datasets.
         split: Split protocol and its parameters.
         synthetic: ``SyntheticConfig`` for the synthetic dataset.
+        spec: The tables and column mapping of the ``table`` dataset.
         progress: Called with a short description as each step starts.
         now: Reference time for "timestamp in the future" checks (tests pin it).
         validate: Run the data-quality gates (``validation.suites`` raw and prepared); off only to measure
@@ -241,22 +246,24 @@ def prepare(
     gates = _Gates(out, enabled=validate)
 
     step("reading raw files")
-    raw = load_dataset(spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic)
+    raw = load_dataset(
+        spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic, spec=spec
+    )
     step("validating rows")
     users, items, interactions, reports = _clean_tables(raw, out / schema.QUARANTINE_DIR)
 
+    label = F.col("label") if raw.label_given else (F.col("rating") > F.lit(raw.positive_threshold)).cast("int")
     canonical = interactions.select(
         "user_id",
         "item_id",
-        "rating",
-        (F.col("rating") > F.lit(raw.positive_threshold)).cast("int").alias("label"),
+        F.col("rating").cast("double").alias("rating"),
+        label.alias("label"),
         F.timestamp_seconds("timestamp").alias("event_timestamp"),
     ).persist()
     step("validating canonical tables")
     stats = _interaction_stats(canonical)  # materializes the cached canonical table
-    interactions, report = gates.settle(
-        gates.observe(canonical, partial(suites.raw_interactions, now=now), table=schema.INTERACTIONS_DIR)
-    )
+    interactions_suite = partial(suites.raw_interactions, now=now, rating_range=raw.rating_range)
+    interactions, report = gates.settle(gates.observe(canonical, interactions_suite, table=schema.INTERACTIONS_DIR))
     if report is not None and report.rejected:
         stats = _interaction_stats(interactions)
     if stats["rows"] == 0:
@@ -266,16 +273,18 @@ def prepare(
 
     step("writing canonical tables")
     _write(interactions, out / schema.INTERACTIONS_DIR)
-    users_out = users.select(*[c.name for c in schema.USERS.fields if c.name != "event_timestamp"])
-    items_out = items.select(*[c.name for c in schema.ITEMS.fields if c.name != "event_timestamp"], "brand")
+    users_out = users.select("user_id", *raw.user_columns)
+    items_out = items.select("item_id", *raw.item_columns)
 
     def with_valid_from(profiles: DataFrame) -> DataFrame:
         return profiles.withColumn("event_timestamp", valid_from)
 
     # Profiles are small: the gate counts while they are written (observed metrics), with no pass of its own.
-    users_check = gates.observe(users_out, suites.raw_users, table=schema.USERS_DIR)
+    users_suite = partial(suites.raw_users, demographics=raw.catalogue_rules)
+    users_check = gates.observe(users_out, users_suite, table=schema.USERS_DIR)
     gates.publish(users_check, out / schema.USERS_DIR, shape=with_valid_from)
-    items_check = gates.observe(items_out, suites.raw_items, table=schema.ITEMS_DIR)
+    items_suite = partial(suites.raw_items, catalogue=raw.catalogue_rules)
+    items_check = gates.observe(items_out, items_suite, table=schema.ITEMS_DIR)
     gates.publish(items_check, out / schema.ITEMS_DIR, shape=with_valid_from)
     for name, id_map in raw.id_maps.items():
         _write(id_map, out / "id_maps" / name)
@@ -304,6 +313,10 @@ def prepare(
             "interacting_items": stats["items"],
         },
         "quarantine": {r.table: r.as_dict() for r in reports},
+        "profiles": {"users": dict(users_out.dtypes[1:]), "items": dict(items_out.dtypes[1:])},
+        "prompt_fields": raw.prompt_fields or PROMPT_FIELDS,
+        "id_types": raw.id_types,
+        "id_maps": sorted(raw.id_maps),
         "splits": label_rates,
         "validation": validation.result(),
         "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],

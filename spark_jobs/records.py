@@ -91,13 +91,16 @@ def _decode_and_parse(
     return (file, line_no, text, None, *fields)
 
 
-def read_records(spark: SparkSession, path: Path, fmt: TextFormat) -> DataFrame:
+def read_records(
+    spark: SparkSession, path: Path | str, fmt: TextFormat, *, parser: LineParser | None = None
+) -> DataFrame:
     """Read one text file (plain or compressed) into a DataFrame of string fields plus meta columns.
 
     Args:
         spark: The session.
-        path: The file; ``.gz``/``.bz2`` are decompressed by Hadoop.
+        path: The file (a local path, or a URI Spark reads); ``.gz``/``.bz2`` are decompressed by Hadoop.
         fmt: Columns, separator and encoding.
+        parser: Splits a decoded line into the fields of ``fmt.columns`` (default: by ``fmt.sep``, or JSON).
 
     Returns:
         Columns ``_file, _line, _raw, _error`` then one nullable string column per field. ``_error`` holds the
@@ -106,10 +109,14 @@ def read_records(spark: SparkSession, path: Path, fmt: TextFormat) -> DataFrame:
     Raises:
         DataError: The file does not exist.
     """
-    if not path.is_file():
+    local = isinstance(path, Path) or "://" not in path
+    if local and not Path(path).is_file():
         raise DataError(f"{path}: file not found")
-    if fmt.sep is None:
-        parse: LineParser = partial(split_json, keys=fmt.columns)
+    name = Path(path).name if local else str(path).rstrip("/").rsplit("/", 1)[-1]
+    if parser is not None:
+        parse: LineParser = parser
+    elif fmt.sep is None:
+        parse = partial(split_json, keys=fmt.columns)
     else:
         parse = partial(split_delimited, sep=fmt.sep, n_fields=len(fmt.columns))
     # The text source keeps each line's raw bytes (blank lines included, so indexes are line numbers); casting
@@ -120,7 +127,7 @@ def read_records(spark: SparkSession, path: Path, fmt: TextFormat) -> DataFrame:
         lines.rdd.zipWithIndex()
         .map(lambda pair: (bytes(pair[0].raw), pair[1]))
         .filter(lambda pair: pair[0].strip() != b"")
-        .map(partial(_decode_and_parse, file=path.name, fmt=fmt, parse=parse))
+        .map(partial(_decode_and_parse, file=name, fmt=fmt, parse=parse))
     )
     schema = StructType(
         [

@@ -105,7 +105,7 @@ def _with_history_flag(seq: DataFrame, eligible: Column, history_max: int) -> Da
 
 
 def _outputs(seq: DataFrame, split_col: Column, boundaries: dict[str, object]) -> Splits:
-    history = seq.where("is_history").select("user_id", "item_id", "rating", "event_timestamp", "position")
+    history = seq.where("is_history").select("user_id", "item_id", "rating", "label", "event_timestamp", "position")
     cutoffs = history.groupBy("user_id").agg(
         F.max("event_timestamp").alias("knowledge_cutoff"), F.count("*").cast("int").alias("n_history")
     )

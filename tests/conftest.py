@@ -110,6 +110,7 @@ def _vector_table(ids: list[int], as_of: list, *, kind: str, seed: int):
     return pa.table(
         {
             "entity_id": ids,
+            "entity_key": [str(i) for i in ids],
             "kind": [kind] * n,
             "as_of": as_of,
             "model": ["test"] * n,

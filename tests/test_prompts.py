@@ -134,20 +134,24 @@ def test_item_values_clean_every_field():
         "genres": "Action, Crime",  # numpy arrays (how Arrow hands arrays to pandas) are comma-joined
         "description": "unknown",
         "brand": "unknown",
+        "attributes": "title: Heat (1995)\ngenres: Action, Crime\nyear: 1995",  # missing ones left out
     }
     long = item_values({"description": "x" * 50, "year": float("nan"), "genres": []}, max_chars=20)
     assert long["description"] == "x" * 19 + ELLIPSIS and long["year"] == "unknown" and long["genres"] == "unknown"
 
 
-def test_user_values_spell_gender_and_mark_missing_unknown():
-    assert user_values({"gender": "F", "age": 35.0, "occupation": "writer"}, max_chars=50) == {
+def test_user_values_spell_coded_values_and_mark_missing_unknown():
+    words = MOVIES.values  # the scenario spells M/F
+    assert user_values({"gender": "F", "age": 35.0, "occupation": "writer"}, max_chars=50, words=words) == {
         "gender": "female",
         "age": "35",
         "occupation": "writer",
         "zip_code": "unknown",
+        "attributes": "gender: female\nage: 35\noccupation: writer",
     }
-    assert user_values({"gender": None, "age": float("nan")}, max_chars=50)["gender"] == "unknown"
-    assert user_values({"gender": "X"}, max_chars=50)["gender"] == "X"
+    assert user_values({"gender": None, "age": float("nan")}, max_chars=50, words=words)["gender"] == "unknown"
+    assert user_values({"gender": "X"}, max_chars=50, words=words)["gender"] == "X"
+    assert user_values({"gender": "F"}, max_chars=50)["gender"] == "F"  # no words: the value as it is
 
 
 def test_render_fills_unknown_fields_and_template_fields_lists_references():
@@ -221,7 +225,7 @@ def test_build_item_prompt_caps_fences_and_flags():
 def test_item_prompts_rejects_unknown_kind_and_missing_tables(tmp_path):
     with pytest.raises(DataError, match="kind must be 'item' or 'entity'"):
         item_prompts(None, tmp_path, scenario=MOVIES, kind="pair")  # type: ignore[arg-type]
-    with pytest.raises(DataError, match=r"items: table not found; run `kar prepare"):
+    with pytest.raises(DataError, match=r"table not found; run `kar prepare"):
         item_prompts(None, tmp_path, scenario=MOVIES)
     with pytest.raises(DataError, match=r"table not found"):
         user_prompts(None, tmp_path, scenario=MOVIES)
@@ -400,3 +404,70 @@ def test_prompts_from_a_prepared_synthetic_folder(spark, tmp_path):
     items = _by_id(item_prompts(spark, out, scenario=MOVIES), "item_id")
     assert len(items) == len(pd.read_parquet(out / "items"))
     assert not items["prompt"].str.contains("Description: unknown").any()  # synthetic items carry descriptions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a prompt may show: the scenario's allow-list within the dataset's, checked before anything runs
+# ----------------------------------------------------------------------------------------------------------------
+
+TEAM_COLUMNS = {"user": ["segment", "country"], "item": ["title", "category", "price"]}
+
+
+def _team_scenario(template: str, *, fields: dict | None = None) -> Scenario:
+    user = replace(MOVIES.user, template=template, history_line="{title}")
+    item = replace(MOVIES.item, template="{title} {category}")
+    entity = replace(MOVIES.entity, template="{title}")
+    return replace(MOVIES, name="team", user=user, item=item, entity=entity, fields=fields)
+
+
+def test_prompt_fields_are_the_scenario_allow_list_within_the_datasets():
+    from spark_jobs.knowledge.config import resolve_prompt_fields
+
+    allowed = {"user": ["segment"], "item": ["title", "category", "price"]}
+    fields = resolve_prompt_fields(_team_scenario("{segment} {history}"), allowed=allowed, columns=TEAM_COLUMNS)
+    assert fields.as_dict() == {"user": ["segment"], "item": ["title", "category", "price"]}
+    narrowed = _team_scenario("{segment} {history}", fields={"user": ["segment"], "item": ["title", "category"]})
+    assert resolve_prompt_fields(narrowed, allowed=allowed, columns=TEAM_COLUMNS).item == ("title", "category")
+
+
+@pytest.mark.parametrize(
+    ("template", "fields", "message"),
+    [
+        ("{segment} {country} {history}", None, r"uses \{country\}, which is not allow-listed \(allowed: segment\)"),
+        ("{loyalty} {history}", None, r"uses \{loyalty\}, which no table provides \(users has: segment, country\)"),
+        ("{segment} {history}", {"user": ["country"]}, r"fields.user lists 'country', which the dataset does not let"),
+    ],
+)
+def test_a_field_no_table_or_allow_list_provides_is_an_error_not_unknown(template, fields, message):
+    from spark_jobs.knowledge.config import resolve_prompt_fields
+
+    allowed = {"user": ["segment"], "item": ["title", "category", "price"]}
+    with pytest.raises(DataError, match=message):
+        resolve_prompt_fields(_team_scenario(template, fields=fields), allowed=allowed, columns=TEAM_COLUMNS)
+
+
+def test_ids_never_reach_a_prompt(tmp_path):
+    path = tmp_path / "team.yaml"
+    text = (Path(__file__).resolve().parents[1] / "kar/configs/knowledge/generic.yaml").read_text()
+    path.write_text(text + "\nfields: {user: [segment, user_id]}\n")
+    with pytest.raises(DataError, match=r"fields.user lists 'user_id'; ids never reach a prompt"):
+        load_scenario(path)
+
+
+def test_the_generic_scenario_shows_every_allowed_attribute():
+    generic = load_scenario("generic")
+    assert generic.used_fields() == {"user": frozenset(), "item": frozenset()}  # only {attributes}
+    from spark_jobs.knowledge.config import PromptFields
+
+    fields = PromptFields(user=("segment",), item=("title", "category"))
+    built = build_user_prompt(
+        spec=generic.user,
+        profile_row={"segment": "outdoor", "country": "DE"},
+        history=[{"position": 0, "item_id": 1, "title": "Tent", "category": "camping", "label": 1}],
+        max_chars=300,
+        count=heuristic_counter,
+        system_tokens=0,
+        fields=fields,
+    )
+    assert "Customer profile:\nsegment: outdoor\n" in built["prompt"] and "DE" not in built["prompt"]
+    assert "title: Tent; category: camping; clicked: 1" in built["prompt"]

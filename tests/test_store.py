@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from kar import store
 
 T = [datetime(2024, 1, d, tzinfo=UTC) for d in range(1, 8)]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
@@ -89,17 +93,39 @@ def test_apply_refuses_a_folder_that_was_not_prepared(tmp_path):
         store.apply(data_dir=tmp_path)
 
 
-def test_stock_feast_cli_applies_the_repo(data_dir, tmp_path):
-    """`cd feature_repo && feast apply` works with the plain Feast CLI (on a copy, to keep the checkout clean)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    repo = tmp_path / "feature_repo"
-    shutil.copytree(store.default_repo(), repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+def _feast_apply(repo: Path) -> subprocess.CompletedProcess[str]:
     feast = Path(sys.executable).parent / "feast"
-    env = {**os.environ, "KAR_DATA_DIR": str(data_dir)}
-    result = subprocess.run([str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+
+
+def test_stock_feast_cli_applies_the_bundled_example_repo(data_dir, tmp_path):
+    """`cd feature_repo && feast apply` works with the plain Feast CLI, no environment variable involved (on a
+    copy, beside a runs/demo/prepared that is the test's folder, to keep the checkout clean)."""
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "prepared").symlink_to(data_dir)
+    result = _feast_apply(repo)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "feature view user_profile" in result.stdout and (repo / "data" / "registry.db").is_file()
+
+
+def test_the_prepared_folders_example_repo_applies_with_stock_feast(data_dir):
+    """`kar feast apply --data DIR` leaves DIR/feast/repo, which stock `feast apply` registers the same way."""
+    result = _feast_apply(store.example_repo_dir(data_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ranking_serving" in store.open_store(data_dir=data_dir).get_feature_service("ranking_serving").name
+
+
+def test_the_bundled_example_repo_is_what_the_generator_writes(tmp_path):
+    from kar.feast import write_example_repo
+
+    written = write_example_repo(
+        repo=tmp_path / "feature_repo", data=tmp_path / "runs/demo/prepared", data_relative=True
+    )
+    for name in ("example.py", "feature_store.yaml"):
+        assert (written / name).read_text() == (REPO / "feature_repo" / name).read_text(), name
+    assert sorted(p.name for p in (REPO / "feature_repo").iterdir() if p.suffix in (".py", ".yaml")) == [
+        "example.py",
+        "feature_store.yaml",
+    ]

@@ -27,6 +27,7 @@ def _vectors(rows: list[tuple[int, datetime, datetime]], *, dim: int, seed: int)
     return pa.table(
         {
             "entity_id": [r[0] for r in rows],
+            "entity_key": [str(r[0]) for r in rows],
             "kind": ["test"] * n,
             "as_of": [r[1] for r in rows],
             "model": [f"test-{dim}d"] * n,
@@ -231,7 +232,7 @@ def test_vectors_of_another_dimension_fail_at_apply_and_materialize(tmp_path, kn
 
 
 def test_unknown_profile_is_a_clear_error(knowledge):
-    with pytest.raises(store.KarError, match=r"no such Feast profile.*feature_store\.spark\.yaml"):
+    with pytest.raises(store.KarError, match=r"no such Feast profile for the example repo \(profiles: spark\)"):
         store.open_store(data_dir=knowledge["root"], profile="nope")
 
 

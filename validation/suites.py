@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import great_expectations as gx
 from great_expectations.expectations.expectation import Expectation
@@ -152,11 +152,28 @@ def _suite(stage: str, table: str, expectations: list[Expectation], **meta: Any)
     return suite
 
 
-def raw_interactions(t: Thresholds = DEFAULT, *, now: datetime | None = None) -> gx.ExpectationSuite:
-    """Canonical interactions: schema, types, nulls, ranges, labels, timestamp sanity, volume."""
+def raw_interactions(
+    t: Thresholds = DEFAULT,
+    *,
+    now: datetime | None = None,
+    rating_range: tuple[float, float] | Literal["default"] | None = "default",
+) -> gx.ExpectationSuite:
+    """Canonical interactions: schema, types, nulls, ranges, labels, timestamp sanity, volume.
+
+    Args:
+        t: Thresholds.
+        now: Reference time for "in the future".
+        rating_range: Valid ratings (default ``t.rating_min..t.rating_max``); None where the log has no ratings
+            (a 0/1 click log), so ratings are neither required nor checked.
+    """
     latest = (now or datetime.now(UTC)) + t.future_slack
     keep = 1 - t.max_row_reject
     columns = ["user_id", "item_id", "rating", "label", "event_timestamp"]
+    low, high = (t.rating_min, t.rating_max) if rating_range == "default" else rating_range or (None, None)
+    required = [c for c in columns if c != "rating" or low is not None]
+    ratings = [] if low is None else [
+        _row(E.ExpectColumnValuesToBeBetween(column="rating", min_value=low, max_value=high, mostly=keep))
+    ]  # fmt: skip
     return _suite(
         "raw",
         "interactions",
@@ -165,14 +182,10 @@ def raw_interactions(t: Thresholds = DEFAULT, *, now: datetime | None = None) ->
             E.ExpectColumnValuesToBeOfType(column="user_id", type_="LongType"),
             E.ExpectColumnValuesToBeOfType(column="item_id", type_="LongType"),
             E.ExpectColumnValuesToBeOfType(column="event_timestamp", type_="TimestampType"),
-            *[_row(E.ExpectColumnValuesToNotBeNull(column=c, mostly=keep)) for c in columns],
+            *[_row(E.ExpectColumnValuesToNotBeNull(column=c, mostly=keep)) for c in required],
             _row(E.ExpectColumnValuesToBeBetween(column="user_id", min_value=1, mostly=keep)),
             _row(E.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, mostly=keep)),
-            _row(
-                E.ExpectColumnValuesToBeBetween(
-                    column="rating", min_value=t.rating_min, max_value=t.rating_max, mostly=keep
-                )
-            ),
+            *ratings,
             _row(E.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1], mostly=keep)),
             _row(
                 E.ExpectColumnValuesToBeBetween(
@@ -185,17 +198,21 @@ def raw_interactions(t: Thresholds = DEFAULT, *, now: datetime | None = None) ->
     )  # fmt: skip
 
 
-def raw_users(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
-    """Canonical users: unique non-null ids, plausible ages, known genders."""
+def raw_users(t: Thresholds = DEFAULT, *, demographics: bool = True) -> gx.ExpectationSuite:
+    """Canonical users: unique non-null ids; with ``demographics`` (the MovieLens-shaped datasets) plausible
+    ages and known genders too. A team's own users table has whatever attributes it has: only ids are checked."""
     keep = 1 - t.max_row_reject
+    shaped = [
+        _row(E.ExpectColumnValuesToBeBetween(column="age", min_value=t.age_min, max_value=t.age_max, mostly=keep)),
+        _row(E.ExpectColumnValuesToBeInSet(column="gender", value_set=["M", "F"], mostly=keep)),
+    ]
     return _suite(
         "raw",
         "users",
         [
             E.ExpectColumnValuesToBeOfType(column="user_id", type_="LongType"),
             _row(E.ExpectColumnValuesToNotBeNull(column="user_id", mostly=keep)),
-            _row(E.ExpectColumnValuesToBeBetween(column="age", min_value=t.age_min, max_value=t.age_max, mostly=keep)),
-            _row(E.ExpectColumnValuesToBeInSet(column="gender", value_set=["M", "F"], mostly=keep)),
+            *(shaped if demographics else []),
             # Strict, and per row: the prepare job already dropped repeated ids, so a repeat here is a bug; its
             # rows go to quarantine. (great_expectations' own uniqueness metrics cost 7 Spark jobs per table.)
             _row(E.ExpectColumnValuesToBeUnique(column="user_id")),
@@ -204,19 +221,21 @@ def raw_users(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
     )
 
 
-def raw_items(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
-    """Canonical items: unique non-null ids, titles, plausible years."""
+def raw_items(t: Thresholds = DEFAULT, *, catalogue: bool = True) -> gx.ExpectationSuite:
+    """Canonical items: unique non-null ids; with ``catalogue`` (the bundled datasets) titles and plausible
+    years too."""
     keep = 1 - t.max_row_reject
+    shaped = [
+        _row(E.ExpectColumnValuesToNotBeNull(column="title", mostly=keep)),
+        _row(E.ExpectColumnValuesToBeBetween(column="year", min_value=t.year_min, max_value=t.year_max, mostly=keep)),
+    ]
     return _suite(
         "raw",
         "items",
         [
             E.ExpectColumnValuesToBeOfType(column="item_id", type_="LongType"),
             _row(E.ExpectColumnValuesToNotBeNull(column="item_id", mostly=keep)),
-            _row(E.ExpectColumnValuesToNotBeNull(column="title", mostly=keep)),
-            _row(
-                E.ExpectColumnValuesToBeBetween(column="year", min_value=t.year_min, max_value=t.year_max, mostly=keep)
-            ),
+            *(shaped if catalogue else []),
             # Strict, and per row: the prepare job already dropped repeated ids, so a repeat here is a bug; its
             # rows go to quarantine. (great_expectations' own uniqueness metrics cost 7 Spark jobs per table.)
             _row(E.ExpectColumnValuesToBeUnique(column="item_id")),

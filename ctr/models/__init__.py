@@ -4,12 +4,15 @@ A model is an ``nn.Module`` whose keyword-only constructor takes ``layout`` (fro
 its own hyper-parameters (the config's ``model_params``), and whose forward maps a batch dict to logits
 ``[B]``. A multi-task model (MMOE) has a ``tasks`` attribute and returns logits ``[B, T]``, task 0 being the
 click. Adding a model means one module here and one entry in ``MODELS``.
+
+A model kar-feast did not write is named by import path instead (``team.ranker:TeamRanker``, see
+``ctr.models.external``): it is imported wherever a run is built or loaded, in any process.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -18,6 +21,7 @@ from adaptors import AdaptorConfig, HybridExpertAdaptor
 from ctr.features import InputLayout
 from ctr.models.dcnv2 import DCNv2
 from ctr.models.deepfm import DeepFM
+from ctr.models.external import ExternalRanker, check_external, is_import_path
 from ctr.models.knowledge import KnowledgeAugmented, adapted_name, backbone_layout
 from ctr.models.mmoe import MMOE
 from ctr.models.wukong import Wukong
@@ -31,12 +35,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def check_model_params(name: str, params: Mapping[str, Any]) -> None:
-    """Check, before any data is loaded, that ``name`` is registered and takes keywords ``params``.
+def check_model_params(name: str, params: Mapping[str, Any], inputs: Sequence[str] | None = None) -> None:
+    """Check, before any data is loaded, that ``name`` is registered (or imports) and takes keywords ``params``.
 
     Raises:
         DataError: If the name is unknown or a parameter is not one the model takes.
     """
+    if is_import_path(name):
+        check_external(name, params, inputs)
+        return
     if name not in MODELS:
         raise DataError(f"model {name!r} is not known (torch models: {', '.join(sorted(MODELS))})")
     try:
@@ -45,23 +52,37 @@ def check_model_params(name: str, params: Mapping[str, Any]) -> None:
         raise DataError(f"model_params for {name}: {exc}") from None
 
 
-def build_model(name: str, *, layout: InputLayout, knowledge: AdaptorConfig | None = None, **params: Any) -> nn.Module:
-    """Instantiate registered model ``name`` for ``layout`` with hyper-parameters ``params``.
+def build_model(
+    name: str,
+    *,
+    layout: InputLayout,
+    knowledge: AdaptorConfig | None = None,
+    inputs: Sequence[str] | None = None,
+    **params: Any,
+) -> nn.Module:
+    """Instantiate model ``name`` for ``layout`` with hyper-parameters ``params``.
 
     Args:
-        name: A key of :data:`MODELS`.
+        name: A key of :data:`MODELS`, or ``package.module:Class`` (``ctr.models.external``).
         layout: Table sizes and field wiring, from the fitted encoder.
         knowledge: When set, the model is wrapped with a knowledge adaptor (:class:`KnowledgeAugmented`).
+        inputs: For an imported model: what its ``forward`` receives, in order.
         params: The model's hyper-parameters.
 
     Raises:
         DataError: If the name is unknown, a parameter is not one the model takes, or a knowledge field is not
             a dense field.
     """
-    check_model_params(name, params)
+    check_model_params(name, params, inputs)
+
+    def backbone_for(sized: InputLayout) -> nn.Module:
+        if is_import_path(name):
+            return ExternalRanker(layout=sized, target=name, inputs=inputs or (), **params)
+        return MODELS[name](layout=sized, **params)
+
     if knowledge is None:
-        return MODELS[name](layout=layout, **params)
-    backbone = MODELS[name](layout=backbone_layout(layout, knowledge), **params)
+        return backbone_for(layout)
+    backbone = backbone_for(backbone_layout(layout, knowledge))
     inputs = {field: layout.dense[field] for field in knowledge.fields}
     try:
         adaptor = HybridExpertAdaptor.from_config(knowledge, inputs=inputs)
@@ -80,6 +101,7 @@ __all__ = [
     "MODELS",
     "DCNv2",
     "DeepFM",
+    "ExternalRanker",
     "KnowledgeAugmented",
     "Wukong",
     "adapted_name",

@@ -91,6 +91,7 @@ def generate_store(
         vectors = rng.standard_normal((n, dims[folder])).astype(np.float32)
         columns = {
             "entity_id": np.arange(n),
+            "entity_key": [str(i) for i in range(n)],
             "kind": [kind] * n,
             "as_of": [when] * n,
             "model": ["generated"] * n,

@@ -67,7 +67,9 @@ def generated_run(data_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
         frame[field] = list(rng.standard_normal((n, 384)).astype(np.float32))
     encoder = Encoder.fit(frame, spec=config.features)
     torch.manual_seed(seed)
-    model = build_model(config.model, layout=encoder.layout, knowledge=config.knowledge, **config.model_params)
+    model = build_model(
+        config.model, layout=encoder.layout, knowledge=config.knowledge, inputs=config.inputs, **config.model_params
+    )
     run = prepare_run_dir(out_dir, config=config, encoder=encoder)
     torch.save(model.state_dict(), run / TORCH_MODEL_FILE)
     if config.knowledge is not None:

@@ -12,6 +12,12 @@ from kar.errors import DataError
 from spark_jobs.fields import REASON, add_reason
 from spark_jobs.records import META_COLUMNS
 
+# The profile columns of the bundled (MovieLens-shaped) datasets.
+USER_COLUMNS = ("gender", "age", "occupation", "zip_code")
+ITEM_COLUMNS = ("title", "genres", "year", "description", "brand")
+# What their prompts may use: no zip code (nothing a prompt needs, and it narrows a user down).
+PROMPT_FIELDS = {"user": ["gender", "age", "occupation"], "item": list(ITEM_COLUMNS)}
+
 # Unix seconds; anything outside is an impossible timestamp for an interaction log.
 MIN_TIMESTAMP = 1  # 1970-01-01T00:00:01Z: zero/negative means "missing" in most exports
 YEAR_PATTERN = r"\((\d{4})\)\s*$"
@@ -22,12 +28,20 @@ class RawTables:
     """Typed tables before cross-table checks.
 
     Attributes:
-        users: ``user_id, gender, age, occupation, zip_code`` + ``_reason`` and meta columns.
-        items: ``item_id, title, genres, year, description, brand`` + ``_reason`` and meta columns.
-        interactions: ``user_id, item_id, rating, timestamp`` (unix seconds) + ``_reason`` and meta columns.
-        positive_threshold: A rating above this is a positive label.
+        users: ``user_id`` + ``user_columns`` + ``_reason`` and meta columns.
+        items: ``item_id`` + ``item_columns`` + ``_reason`` and meta columns.
+        interactions: ``user_id, item_id, rating, timestamp`` (unix seconds; ``label`` too when
+            ``label_given``) + ``_reason`` and meta columns.
+        positive_threshold: A rating above this is a positive label (unless ``label_given``).
         notes: Facts about the input worth reporting (e.g. which users a partial ratings file covers).
         id_maps: For datasets with string ids, ``raw id -> int64 id`` tables to persist (``users``, ``items``).
+        user_columns: The user attributes the prepared users table keeps (MovieLens demographics by default).
+        item_columns: The item attributes the prepared items table keeps.
+        label_given: The interactions carry their own 0/1 ``label`` (``rating`` may then be null).
+        rating_range: Valid ratings, checked by the data-quality gate (None: not checked).
+        catalogue_rules: Whether the MovieLens-shaped profile rules apply (age, gender, title, year).
+        id_types: Type of the source's raw ids per role (``int64`` or ``string``), e.g. for Feast join keys.
+        prompt_fields: Per role, the attributes LLM prompts may use (None: the dataset's bundled defaults).
     """
 
     users: DataFrame
@@ -36,6 +50,13 @@ class RawTables:
     positive_threshold: float = 3.0
     notes: dict[str, object] = field(default_factory=dict)
     id_maps: dict[str, DataFrame] = field(default_factory=dict)
+    user_columns: tuple[str, ...] = USER_COLUMNS
+    item_columns: tuple[str, ...] = ITEM_COLUMNS
+    label_given: bool = False
+    rating_range: tuple[float, float] | None = (1.0, 5.0)
+    catalogue_rules: bool = True
+    id_types: dict[str, str] = field(default_factory=lambda: {"user": "int64", "item": "int64"})
+    prompt_fields: dict[str, list[str]] | None = None
 
 
 # What --path must contain, per file-based dataset (said in every "not found" message).

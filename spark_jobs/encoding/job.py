@@ -50,6 +50,7 @@ from spark_jobs.encoding.model import (
 )
 from spark_jobs.encoding.parts import PartTable
 from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA, vector_table
+from spark_jobs.id_maps import read_id_map
 from spark_jobs.knowledge.job import write_summary
 
 KINDS: tuple[str, ...] = ("user", "item")
@@ -102,6 +103,8 @@ class EncodeJob:
         text_column: The column encoded: ``text`` (the LLM's answer) or ``prompt`` (the data the LLM was given:
             the no-LLM control of the quality benchmark). Rows are selected by the answer's status either way,
             so both cover the same entities.
+        id_maps_of: The prepared folder whose ``id_maps/`` give each vector its ``entity_key`` (the dataset's own
+            id); None or no maps: the int64 id as text.
     """
 
     knowledge_dir: Path
@@ -114,6 +117,7 @@ class EncodeJob:
     flush_rows: int = DEFAULT_FLUSH_ROWS
     fault_nan_entity_ids: frozenset[int] = frozenset()
     text_column: str = "text"
+    id_maps_of: Path | None = None
 
     def vectors(self, kind: str) -> PartTable:
         return PartTable(self.out / kind, schema=VECTOR_SCHEMA)
@@ -156,8 +160,17 @@ def _require_table(knowledge_dir: Path, kind: str) -> Path:
     return path
 
 
-def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str, text_column: str = "text") -> DataFrame:
-    """One kind's knowledge rows with ``entity_id``, ``text_hash`` and ``reason`` (null = encodable).
+def read_knowledge(
+    spark: SparkSession,
+    *,
+    knowledge_dir: Path,
+    kind: str,
+    text_column: str = "text",
+    id_maps_of: Path | None = None,
+) -> DataFrame:
+    """One kind's knowledge rows with ``entity_id``, ``entity_key``, ``text_hash`` and ``reason`` (null =
+    encodable). ``entity_key`` is the dataset's own id from the prepared folder ``id_maps_of`` (its id maps),
+    else the int64 id as text.
 
     Raises:
         DataError: The table is missing, empty of files, or lacks a column the job needs.
@@ -177,7 +190,7 @@ def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str, text_
         # (?U): Unicode whitespace too, as Python's str.strip sees it; a blank answer carries no knowledge.
         .when(text.isNull() | ~text.rlike(r"(?U)\S"), F.lit(EMPTY_TEXT))
     )
-    return rows.select(
+    selected = rows.select(
         F.col(id_column).cast("long").alias("entity_id"),
         F.lit(kind).alias("kind"),
         F.col("as_of").cast("timestamp").alias("as_of"),
@@ -186,6 +199,11 @@ def read_knowledge(spark: SparkSession, *, knowledge_dir: Path, kind: str, text_
         F.sha2(text.cast("string"), 256).alias("text_hash"),
         reason.alias("reason"),
     )
+    id_map = read_id_map(spark, id_maps_of, kind) if id_maps_of is not None else None
+    if id_map is None:
+        return selected.withColumn("entity_key", F.col("entity_id").cast("string"))
+    keyed = selected.join(F.broadcast(id_map), "entity_id", "left")
+    return keyed.withColumn("entity_key", F.coalesce("entity_key", F.col("entity_id").cast("string")))
 
 
 def _now(n: int) -> pa.Array:
@@ -195,6 +213,7 @@ def _now(n: int) -> pa.Array:
 def _vector_rows(frame: pd.DataFrame, vectors: np.ndarray, n_chunks: np.ndarray, *, kind: str, model: str) -> pa.Table:
     return vector_table(
         entity_id=pa.array(frame["entity_id"].to_numpy(), pa.int64()),
+        entity_key=pa.array(frame["entity_key"].tolist(), pa.string()),
         as_of=pa.array(frame["as_of_us"].to_numpy(), pa.int64()),
         vectors=vectors,
         n_chunks=pa.array(n_chunks, pa.int32()),
@@ -385,7 +404,9 @@ def encode_kind(
     """
     step = progress or _noop
     started = time.perf_counter()
-    rows = read_knowledge(spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column).cache()
+    rows = read_knowledge(
+        spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
+    ).cache()
     by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
     n_input = sum(by_reason.values())
     rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
@@ -423,7 +444,7 @@ def encode_kind(
     if n_todo:
         step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name}")
         todo = marked.filter(F.col("_done").isNull()).select(
-            "entity_id", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash"
+            "entity_id", "entity_key", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash"
         )
         runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
         with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
@@ -446,6 +467,9 @@ def encode_kind(
         step(f"{kind}: removed {removed_parts} parts of {', '.join(replaced)}")
     pruned = prune(spark, table=table, parts=mine, current=encodable, tag=ref.tag)
     table.remove_leftovers()
+    # One file per table: Feast's file offline store fails to sort a multi-file source whose point-in-time join
+    # leaves some rows without a match ("Divisions calculation failed for non-numeric column 'created_at'").
+    table.compact(ref.tag)
     parts = table.parts(ref.tag)
     if not parts:
         # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
@@ -497,6 +521,7 @@ def encode_knowledge(
     flush_rows: int = DEFAULT_FLUSH_ROWS,
     fault_nan_entity_ids: Sequence[int] = (),
     text_column: str = "text",
+    id_maps_of: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
@@ -520,6 +545,7 @@ def encode_knowledge(
         flush_rows=flush_rows,
         fault_nan_entity_ids=frozenset(int(i) for i in fault_nan_entity_ids),
         text_column=text_column,
+        id_maps_of=id_maps_of,
     )
     job.check()
     ref = resolve_model(model)

@@ -76,6 +76,19 @@ class PartTable:
                 continue
         return deleted
 
+    def compact(self, tag: str) -> int:
+        """Rewrite ``tag``'s parts as one part (new part first, then the old ones go); returns parts merged.
+
+        Call only when no writer is running. A crash between the two steps leaves rows twice, which readers
+        resolve as one (same keys, same vectors) and the next compaction removes.
+        """
+        parts = self.parts(tag)
+        if len(parts) < 2:
+            return 0
+        merged = pa.concat_tables(self.read(part) for part in parts)
+        self.append(merged, tag=tag)
+        return self.delete(parts)
+
     def remove_leftovers(self) -> int:
         """Delete temporary files of crashed writers; call only when no writer is running."""
         return self.delete(f.path for f in self._files() if Path(f.path).name.startswith(TMP_PREFIX))

@@ -15,6 +15,9 @@ KEY_COLUMNS = ("entity_id", "as_of", "text_hash")
 VECTOR_SCHEMA = pa.schema(
     [
         ("entity_id", pa.int64()),
+        # The entity's id as the dataset has it (a team's "C-0042"; the int64 id as text where they are the
+        # same): what a Feast view keyed by a string join key reads (``kar.feast``).
+        ("entity_key", pa.string()),
         ("kind", pa.string()),
         ("as_of", UTC_MICROS),
         ("model", pa.string()),
@@ -53,13 +56,18 @@ def vector_table(
     kind: str,
     model: str,
     created_at_us: int,
+    entity_key: pa.Array | None = None,
 ) -> pa.Table:
-    """Rows of :data:`VECTOR_SCHEMA`: one ``[n, dim]`` matrix of vectors with their keys, all created at once."""
+    """Rows of :data:`VECTOR_SCHEMA`: one ``[n, dim]`` matrix of vectors with their keys, all created at once.
+
+    ``entity_key`` defaults to the int64 ids as text (datasets whose ids are their own).
+    """
     n, dim = vectors.shape
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
     offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
     columns = {
         "entity_id": entity_id.cast(pa.int64()),
+        "entity_key": (entity_id if entity_key is None else entity_key).cast(pa.string()),
         "kind": pa.array([kind] * n, pa.string()),
         "as_of": as_of.cast(UTC_MICROS),
         "model": pa.array([model] * n, pa.string()),

@@ -8,7 +8,8 @@ catalogue without touching the jobs.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,15 @@ SCENARIO_BY_DATASET = {
     "movielens-100k": "movies",
     "movielens-1m": "movies",
     "amazon": "products",
+    "table": "generic",
 }
+ROLES = ("user", "item")
+# Template fields that are not table columns: filled by the job itself.
+RESERVED = {
+    "template": {"user": frozenset({"history", "attributes"}), "item": frozenset({"attributes"})},
+    "history_line": frozenset({"rating", "label", "attributes"}),
+}
+ID_COLUMNS = frozenset({"user_id", "item_id"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +97,19 @@ class PromptSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
-    """All prompts of one scenario."""
+    """All prompts of one scenario.
+
+    Attributes:
+        name: The scenario's name.
+        user: User prompts (KAR preference reasoning); ``history_line`` renders each history item.
+        item: Item prompts (KAR factual knowledge).
+        entity: LLM-KERec entity extraction, per item.
+        pair: LLM-KERec complementary judgement, per entity pair.
+        field_max_chars: Cap on every inserted value.
+        fields: Allow-list per role (``user``, ``item``): the only attributes prompts may show. None: all the
+            dataset allows (its ``prompt_fields``). Ids are never allowed.
+        values: Words for coded values per field, e.g. ``{"gender": {"M": "male"}}``.
+    """
 
     name: str
     user: PromptSpec
@@ -96,9 +117,76 @@ class Scenario:
     entity: PromptSpec
     pair: PromptSpec
     field_max_chars: int = 300
+    fields: Mapping[str, tuple[str, ...]] | None = None
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def spec(self, kind: Kind) -> PromptSpec:
         return {"user": self.user, "item": self.item, "entity": self.entity, "pair": self.pair}[kind]
+
+    def used_fields(self) -> dict[str, frozenset[str]]:
+        """Per role, the table columns the templates insert (reserved names such as ``history`` left out)."""
+        user = template_fields(self.user.template) - RESERVED["template"]["user"]
+        item: set[str] = set()
+        for spec in (self.item, self.entity):
+            item |= template_fields(spec.template) - RESERVED["template"]["item"]
+        item |= template_fields(self.user.history_line or "") - RESERVED["history_line"]
+        return {"user": frozenset(user), "item": frozenset(item)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptFields:
+    """What prompts of one run may show, per role: the scenario's allow-list within the dataset's."""
+
+    user: tuple[str, ...]
+    item: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"user": list(self.user), "item": list(self.item)}
+
+
+def template_fields(template: str) -> frozenset[str]:
+    """Names of the fields a ``str.format`` template references (only those count as inserted)."""
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
+def resolve_prompt_fields(
+    scenario: Scenario, *, allowed: Mapping[str, Sequence[str]], columns: Mapping[str, Sequence[str]]
+) -> PromptFields:
+    """Check the scenario against the prepared tables and return the fields its prompts may show.
+
+    Args:
+        scenario: The loaded scenario.
+        allowed: Per role, what the dataset lets prompts use (``summary.json``'s ``prompt_fields``).
+        columns: Per role, the columns of the prepared users and items tables.
+
+    Raises:
+        DataError: A template field no table provides, or one outside the allow-lists, named with the role.
+    """
+    used = scenario.used_fields()
+    effective: dict[str, tuple[str, ...]] = {}
+    for role in ROLES:
+        dataset = tuple(allowed.get(role, ()))
+        listed = tuple(scenario.fields.get(role, ())) if scenario.fields is not None else dataset
+        wider = [name for name in listed if name not in dataset]
+        if wider:
+            raise DataError(
+                f"scenario {scenario.name}: fields.{role} lists {wider[0]!r}, which the dataset does not let prompts "
+                f"use (its prompt_fields: {', '.join(dataset) or 'none'}; set them in the table spec)"
+            )
+        table = "users" if role == "user" else "items"
+        for name in sorted(used[role]):
+            if name not in columns.get(role, ()):
+                raise DataError(
+                    f"scenario {scenario.name}: a {role} template uses {{{name}}}, which no table provides "
+                    f"({table} has: {', '.join(columns.get(role, ())) or 'no attributes'})"
+                )
+            if name not in listed:
+                raise DataError(
+                    f"scenario {scenario.name}: a {role} template uses {{{name}}}, which is not allow-listed "
+                    f"(allowed: {', '.join(listed) or 'none'})"
+                )
+        effective[role] = tuple(name for name in listed if name in columns.get(role, ()))
+    return PromptFields(user=effective["user"], item=effective["item"])
 
 
 def bundled_scenarios() -> list[str]:
@@ -140,8 +228,31 @@ def _scenario(raw: Mapping[str, Any], where: str) -> Scenario:
     missing = [k for k in KINDS if k not in raw]
     if missing:
         raise DataError(f"{where}: missing section(s) {', '.join(missing)}")
+    known = {"scenario", "field_max_chars", "fields", "values", *KINDS}
+    unknown = set(raw) - known
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
     specs = {kind: _spec(raw[kind], f"{where}: {kind}") for kind in KINDS}
-    return Scenario(name=raw.get("scenario", where), field_max_chars=int(raw.get("field_max_chars", 300)), **specs)
+    return Scenario(
+        name=raw.get("scenario", where),
+        field_max_chars=int(raw.get("field_max_chars", 300)),
+        fields=_allow_list(raw.get("fields"), where),
+        values={str(k): {str(a): str(b) for a, b in v.items()} for k, v in (raw.get("values") or {}).items()},
+        **specs,
+    )
+
+
+def _allow_list(raw: Any, where: str) -> dict[str, tuple[str, ...]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) - set(ROLES):
+        raise DataError(f"{where}: fields must map user and/or item to lists of columns, got {raw!r}")
+    lists = {role: tuple(str(name) for name in raw.get(role) or ()) for role in ROLES}
+    for role, names in lists.items():
+        ids = [name for name in names if name in ID_COLUMNS]
+        if ids:
+            raise DataError(f"{where}: fields.{role} lists {ids[0]!r}; ids never reach a prompt")
+    return lists
 
 
 def _spec(raw: Mapping[str, Any], where: str) -> PromptSpec:

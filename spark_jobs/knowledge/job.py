@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -38,7 +39,14 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 from kar.errors import DataError, KarError
 from spark_jobs import schema
 from spark_jobs.knowledge import kerec, prompts
-from spark_jobs.knowledge.config import Kind, PromptSpec, Scenario, load_scenario, scenario_for_dataset
+from spark_jobs.knowledge.config import (
+    Kind,
+    PromptFields,
+    PromptSpec,
+    Scenario,
+    load_scenario,
+    scenario_for_dataset,
+)
 from spark_jobs.llm.cache import ANSWER_SCHEMA, AnswerCache
 from spark_jobs.llm.client import Endpoint, EndpointDown, EndpointRejected, LLMClient, Request, answer_all
 from validation import hallucination, suites
@@ -91,7 +99,7 @@ class KnowledgeJob:
         scenario: Scenario name or YAML path; default from the prepared dataset.
         cache_dir: Answer cache (default ``OUT/cache``); share it between runs and datasets freely.
         tokenizer: The served model's ``tokenizer.json`` or folder, for exact token budgets.
-        limit: Only the first N prompts of each kind (by id), for trials.
+        limit: Only N entities (users, items, pairs) of each kind, a fixed sample spread over the ids, for trials.
         pricing: Prices for the cost estimate.
         tasks: Spark tasks for the LLM step (default: the cluster's parallelism).
         kerec_max_pairs: Candidate entity pairs LLM-KERec sends for judgement.
@@ -116,14 +124,19 @@ class KnowledgeJob:
         return self.validation_dir or self.data_dir / VALIDATION_DIR
 
     def load_scenario(self) -> Scenario:
-        if self.scenario is not None:
-            return load_scenario(self.scenario)
-        summary = self.data_dir / "summary.json"
-        dataset = json.loads(summary.read_text())["dataset"] if summary.is_file() else "synthetic"
-        return load_scenario(scenario_for_dataset(dataset))
+        return scenario_for(self.data_dir, self.scenario)
 
     def cache(self) -> AnswerCache:
         return AnswerCache(self.cache_dir or self.out / "cache")
+
+
+def scenario_for(data_dir: Path, scenario: str | Path | None = None) -> Scenario:
+    """``scenario`` (a bundled name or a YAML path), else the prepared dataset's default scenario."""
+    if scenario is not None:
+        return load_scenario(scenario)
+    summary = Path(data_dir) / "summary.json"
+    dataset = json.loads(summary.read_text())["dataset"] if summary.is_file() else "synthetic"
+    return load_scenario(scenario_for_dataset(dataset))
 
 
 def with_keys(prompts: DataFrame, *, model: str, spec: PromptSpec) -> DataFrame:
@@ -291,7 +304,12 @@ def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Valida
 
 
 def _limited(prompts: DataFrame, kind: Kind, limit: int | None) -> DataFrame:
-    return prompts.orderBy(*ID_COLUMNS[kind]).limit(limit) if limit else prompts
+    """A trial's sample: the N prompts whose ids hash lowest, so the same N every run, spread over the id space
+    (the first N ids of a log are often its oldest or a test account's)."""
+    if not limit:
+        return prompts
+    ids = [F.col(c) for c in ID_COLUMNS[kind]]
+    return prompts.orderBy(F.xxhash64(*ids), *ids).limit(limit)
 
 
 def _run_kind(
@@ -319,9 +337,10 @@ def _run_kind(
     stats["status"] = write_answers(joined, kind=kind, out=job.out, validator=validator)
     if gated:
         validator.validate(joined, suites.answer_statuses(kind))
-    if gated and kind == "item":
+    items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR)) if kind == "item" else None
+    # Year and genre claims can only be checked against a catalogue that has years and genres.
+    if gated and items is not None and {"year", "genres"} <= set(items.columns):
         answers = spark.read.parquet(str(job.out / TABLES[kind]))
-        items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR))
         facts = hallucination.check_item_facts(answers, items, out=job.out / hallucination.OUTPUT_DIR / "item")
         stats["item_facts"] = facts.as_dict()
     tokens = joined.filter(F.col("status") != "over_budget").agg(
@@ -350,24 +369,28 @@ def generate_knowledge(
     started = time.perf_counter()
     scenario = job.load_scenario()
     _require_prepared(job.data_dir)
+    fields = prompts.prompt_fields_for(job.data_dir, scenario)
     validator = Validator(out_dir=job.validation_out(), name=f"knowledge-{kind}")
     if kind == "user":
-        frame = prompts.user_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
+        frame = prompts.user_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer, fields=fields)
         _, summary = _run_kind(
             spark, frame, kind="user", scenario=scenario, job=job, progress=step, validator=validator
         )
     elif kind == "item":
-        frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer)
+        frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer, fields=fields)
         _, summary = _run_kind(
             spark, frame, kind="item", scenario=scenario, job=job, progress=step, validator=validator
         )
     else:
-        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step)
+        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step, fields=fields)
     summary.update(
         kind=kind,
         scenario=scenario.name,
+        prompt_fields=fields.as_dict(),
         model=job.model,
         endpoint=job.endpoint.base_url,
+        endpoint_host=endpoint_host(job.endpoint.base_url),
+        limit=job.limit,
         wall_seconds=round(time.perf_counter() - started, 2),
     )
     if validator.reports:
@@ -379,8 +402,18 @@ def generate_knowledge(
     return summary
 
 
-def _run_kerec(spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress) -> dict[str, Any]:
-    entity_frame = prompts.item_prompts(spark, job.data_dir, scenario=scenario, kind="entity", tokenizer=job.tokenizer)
+def endpoint_host(base_url: str) -> str:
+    """``host:port`` of an endpoint, for summaries (no path, no credentials)."""
+    parsed = urlparse(base_url)
+    return f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)
+
+
+def _run_kerec(
+    spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress, fields: PromptFields
+) -> dict[str, Any]:
+    entity_frame = prompts.item_prompts(
+        spark, job.data_dir, scenario=scenario, kind="entity", tokenizer=job.tokenizer, fields=fields
+    )
     entity_answers, entity_stats = _run_kind(
         spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress
     )
@@ -402,6 +435,73 @@ def _run_kerec(spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, pr
         "graph_edges": int(edges["n"] or 0),
         "complementary_edges": int(edges["yes"] or 0),
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptPlan:
+    """What one kind would send, without sending it (``kar knowledge --dry-run``).
+
+    Attributes:
+        kind: ``user``, ``item`` or ``entity`` (LLM-KERec's first step; its pairs depend on the answers).
+        prompts: Prompts that would be built (after ``limit``).
+        over_budget: Of those, prompts over the token budget (never sent).
+        prompt_tokens: Tokens of the prompts that would be sent (system + message + chat overhead).
+        max_answer_tokens: Upper bound of the answers' tokens (``max_tokens`` per sent prompt).
+        usd_estimate_max: Cost of all of that at the job's prices.
+        prompt_fields: The attributes the prompts show, per role.
+        samples: A few ``(system, message)`` pairs as they would be sent.
+    """
+
+    kind: str
+    prompts: int
+    over_budget: int
+    prompt_tokens: int
+    max_answer_tokens: int
+    usd_estimate_max: float
+    prompt_fields: dict[str, list[str]]
+    samples: tuple[tuple[str, str], ...]
+
+
+def plan_prompts(
+    spark: SparkSession,
+    *,
+    kind: Literal["user", "item", "entity"],
+    data_dir: Path,
+    scenario: Scenario,
+    limit: int | None = None,
+    tokenizer: str | Path | None = None,
+    pricing: Pricing | None = None,
+    samples: int = 2,
+) -> PromptPlan:
+    """Build one kind's prompts as the job would, count them and their tokens, and keep a few; no LLM call."""
+    fields = prompts.prompt_fields_for(data_dir, scenario)
+    if kind == "user":
+        frame = prompts.user_prompts(spark, data_dir, scenario=scenario, tokenizer=tokenizer, fields=fields)
+    else:
+        frame = prompts.item_prompts(spark, data_dir, scenario=scenario, kind=kind, tokenizer=tokenizer, fields=fields)
+    frame = _limited(frame, kind, limit).cache()
+    sent = ~F.col("over_budget")
+    totals = frame.agg(
+        F.count("*").alias("n"),
+        F.sum((~sent).cast("int")).alias("over"),
+        F.sum(F.when(sent, F.col("prompt_tokens"))).alias("tokens"),
+    ).first()
+    shown = frame.where(sent).orderBy(F.xxhash64(*ID_COLUMNS[kind])).select("system", "prompt").limit(samples)
+    n_sent = int(totals["n"] or 0) - int(totals["over"] or 0)
+    answer_tokens = n_sent * scenario.spec(kind).sampling.max_tokens
+    prompt_tokens = int(totals["tokens"] or 0)
+    plan = PromptPlan(
+        kind=kind,
+        prompts=int(totals["n"] or 0),
+        over_budget=int(totals["over"] or 0),
+        prompt_tokens=prompt_tokens,
+        max_answer_tokens=answer_tokens,
+        usd_estimate_max=(pricing or Pricing()).cost(prompt_tokens, answer_tokens),
+        prompt_fields=fields.as_dict(),
+        samples=tuple((row["system"], row["prompt"]) for row in shown.collect()),
+    )
+    frame.unpersist()
+    return plan
 
 
 def _require_prepared(data_dir: Path) -> None:

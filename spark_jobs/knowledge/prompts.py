@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +27,10 @@ from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, St
 
 from kar.errors import DataError
 from spark_jobs import schema
-from spark_jobs.knowledge.config import PromptSpec, Scenario
+from spark_jobs.datasets.base import ITEM_COLUMNS as ITEM_COLUMNS_DEFAULT
+from spark_jobs.datasets.base import PROMPT_FIELDS
+from spark_jobs.datasets.base import USER_COLUMNS as USER_COLUMNS_DEFAULT
+from spark_jobs.knowledge.config import PromptFields, PromptSpec, Scenario, resolve_prompt_fields, template_fields
 from spark_jobs.knowledge.text import (
     CHAT_OVERHEAD_TOKENS,
     UNKNOWN,
@@ -41,13 +43,14 @@ from spark_jobs.knowledge.text import (
 
 ItemKind = Literal["item", "entity"]
 
-# Fields templates may reference; anything else renders as "unknown". User templates also get {history};
-# history lines get the item fields but description, plus {rating}.
-USER_FIELDS = ("gender", "age", "occupation", "zip_code")
-ITEM_FIELDS = ("title", "year", "genres", "description", "brand")
+# The attributes prompts may show are the run's ``PromptFields`` (the scenario's allow-list within the dataset's);
+# templates also get {attributes} ("name: value" for every allowed attribute), user templates {history}, and
+# history lines the item attributes plus {rating} and {label}. A field a template names outside those is an
+# error when the scenario is checked, never a silent "unknown".
 EMPTY_HISTORY = "none"
-# Both MovieLens releases store gender as M/F; a word reads better in "The user is {gender}".
-GENDER_WORDS = {"M": "male", "F": "female"}
+Words = Mapping[str, Mapping[str, str]]
+# The bundled datasets' attributes: what a prompt built without a prepared folder (a unit test) may show.
+DEFAULT_FIELDS = PromptFields(user=USER_COLUMNS_DEFAULT, item=ITEM_COLUMNS_DEFAULT)
 
 # What the Python workers return; kind, system and json_schema are added afterwards as literal columns.
 _USER_ROWS = StructType(
@@ -99,18 +102,13 @@ ITEM_COLUMNS = (
 
 
 class _Fields(dict):
-    """Template values where a field the table does not offer renders as ``unknown``."""
+    """Template values where a field with no value renders as ``unknown``."""
 
     def __missing__(self, key: str) -> str:
         return UNKNOWN
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
-
-
-def template_fields(template: str) -> frozenset[str]:
-    """Names of the fields a ``str.format`` template references (only those count as inserted)."""
-    return frozenset(name for _, name, _, _ in string.Formatter().parse(template) if name)
 
 
 def format_number(value: object) -> object:
@@ -129,33 +127,48 @@ def _sequence(value: object) -> object:
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def item_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
-    """Cleaned item fields (title, year, genres, description, brand) from a row; missing ones are ``unknown``."""
+def attribute_values(
+    row: Mapping[str, Any], *, fields: Sequence[str], max_chars: int, words: Words | None = None, sep: str = "\n"
+) -> dict[str, str]:
+    """Cleaned values of ``fields`` from a row (coded values spelled out by ``words``), plus ``attributes``:
+    every field as ``name: value`` joined by ``sep`` (missing ones left out). Missing values are ``unknown``.
+    """
+    values = {}
+    for name in fields:
+        value = format_number(_sequence(row.get(name)))
+        if words and isinstance(value, str):
+            value = words.get(name, {}).get(value, value)
+        values[name] = clean(value, max_chars=max_chars)
+    known = [f"{name.replace('_', ' ')}: {value}" for name, value in values.items() if value != UNKNOWN]
+    return {**values, "attributes": sep.join(known) if known else UNKNOWN}
+
+
+def item_values(
+    row: Mapping[str, Any], *, max_chars: int, fields: Sequence[str] = ITEM_COLUMNS_DEFAULT, words: Words | None = None
+) -> dict[str, str]:
+    """Cleaned item attributes (by default the bundled datasets' title, year, genres, description, brand)."""
+    return attribute_values(row, fields=fields, max_chars=max_chars, words=words)
+
+
+def user_values(
+    row: Mapping[str, Any], *, max_chars: int, fields: Sequence[str] = USER_COLUMNS_DEFAULT, words: Words | None = None
+) -> dict[str, str]:
+    """Cleaned user attributes (by default the bundled demographics); a missing profile is ``unknown``."""
+    return attribute_values(row, fields=fields, max_chars=max_chars, words=words)
+
+
+def history_values(
+    row: Mapping[str, Any], *, max_chars: int, fields: Sequence[str] = ITEM_COLUMNS_DEFAULT, words: Words | None = None
+) -> dict[str, str]:
+    """Cleaned fields of one history line: the item's attributes but its description, the rating and label."""
+    # A description per history line would crowd out the history itself.
+    kept = [name for name in fields if name != "description"]
+    item = attribute_values(row, fields=kept, max_chars=max_chars, words=words, sep="; ")
     return {
-        "title": clean(row.get("title"), max_chars=max_chars),
-        "year": clean(format_number(row.get("year")), max_chars=max_chars),
-        "genres": clean(_sequence(row.get("genres")), max_chars=max_chars),
-        "description": clean(row.get("description"), max_chars=max_chars),
-        "brand": clean(row.get("brand"), max_chars=max_chars),
+        **item,
+        "rating": clean(format_number(row.get("rating")), max_chars=max_chars),
+        "label": clean(format_number(row.get("label")), max_chars=max_chars),
     }
-
-
-def user_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
-    """Cleaned profile fields (gender as a word, age, occupation, zip code); a missing profile is ``unknown``."""
-    gender = row.get("gender")
-    return {
-        "gender": clean(GENDER_WORDS.get(gender, gender) if isinstance(gender, str) else None, max_chars=max_chars),
-        "age": clean(format_number(row.get("age")), max_chars=max_chars),
-        "occupation": clean(row.get("occupation"), max_chars=max_chars),
-        "zip_code": clean(row.get("zip_code"), max_chars=max_chars),
-    }
-
-
-def history_values(row: Mapping[str, Any], *, max_chars: int) -> dict[str, str]:
-    """Cleaned fields of one history line: the item's title, genres, year and brand, and the rating."""
-    item = item_values(row, max_chars=max_chars)
-    del item["description"]  # a description per history line would crowd out the history itself
-    return {**item, "rating": clean(format_number(row.get("rating")), max_chars=max_chars)}
 
 
 def count_flagged(values: Mapping[str, str], *, fields: frozenset[str]) -> int:
@@ -202,25 +215,30 @@ def build_user_prompt(
     max_chars: int,
     count: TokenCounter,
     system_tokens: int,
+    fields: PromptFields = DEFAULT_FIELDS,
+    words: Words | None = None,
 ) -> dict[str, Any]:
     """One user's message and its bookkeeping.
 
     Args:
         spec: The user prompt spec (``template`` and ``history_line``).
-        profile_row: Profile fields (gender, age, occupation, zip_code); absent or null ones are ``unknown``.
-        history: Rated items with ``position`` (0 = oldest), ``item_id``, item fields and ``rating``, any order.
+        profile_row: The user's attributes; absent or null ones are ``unknown``.
+        history: Items with ``position`` (0 = oldest), ``item_id``, item attributes, ``rating`` and ``label``,
+            in any order.
         max_chars: Cap on each inserted value.
         count: Token counter.
         system_tokens: Tokens of the system instruction.
+        fields: The attributes the prompt may show, per role.
+        words: Words for coded values (the scenario's ``values``).
 
     Returns:
         ``prompt``, ``prompt_tokens``, ``n_history``, ``n_history_cut``, ``n_flagged`` and ``over_budget``.
     """
-    profile = user_values(profile_row, max_chars=max_chars)
+    profile = user_values(profile_row, max_chars=max_chars, fields=fields.user, words=words)
     line_template = spec.history_line or ""
     line_fields = template_fields(line_template)
     ordered = sorted(history, key=lambda h: (h["position"], h["item_id"]))
-    values = [history_values(h, max_chars=max_chars) for h in ordered]
+    values = [history_values(h, max_chars=max_chars, fields=fields.item, words=words) for h in ordered]
     lines = [render(line_template, v) for v in values]
     message, n_cut = fit_history(
         lines=lines,
@@ -242,10 +260,17 @@ def build_user_prompt(
 
 
 def build_item_prompt(
-    *, spec: PromptSpec, row: Mapping[str, Any], max_chars: int, count: TokenCounter, system_tokens: int
+    *,
+    spec: PromptSpec,
+    row: Mapping[str, Any],
+    max_chars: int,
+    count: TokenCounter,
+    system_tokens: int,
+    fields: PromptFields = DEFAULT_FIELDS,
+    words: Words | None = None,
 ) -> dict[str, Any]:
     """One item's message (fields capped, never cut) with ``prompt_tokens``, ``n_flagged`` and ``over_budget``."""
-    values = item_values(row, max_chars=max_chars)
+    values = item_values(row, max_chars=max_chars, fields=fields.item, words=words)
     message = render(spec.template, values)
     tokens = system_tokens + count(message) + CHAT_OVERHEAD_TOKENS
     return {
@@ -257,6 +282,32 @@ def build_item_prompt(
 
 
 # ---------------------------------------------------------------------------------------------- Spark jobs
+
+
+def table_columns(data_dir: Path, name: str, *, key: str) -> list[str]:
+    """A prepared table's attribute columns (its id and timestamp left out), from the parquet schema alone."""
+    import pyarrow.dataset as ds
+
+    path = Path(data_dir) / name
+    if not path.is_dir():
+        raise DataError(f"{path}: table not found; run `kar prepare --out {data_dir}` first")
+    return [c for c in ds.dataset(path, format="parquet").schema.names if c not in (key, "event_timestamp")]
+
+
+def prompt_fields_for(data_dir: Path, scenario: Scenario) -> PromptFields:
+    """What ``scenario``'s prompts may show for the prepared folder: the scenario's allow-list within the
+    dataset's ``prompt_fields`` (``summary.json``; the bundled datasets' defaults for older folders).
+
+    Raises:
+        DataError: A template field no table provides or no allow-list lets through.
+    """
+    summary_path = Path(data_dir) / schema.SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    columns = {
+        "user": table_columns(data_dir, schema.USERS_DIR, key="user_id"),
+        "item": table_columns(data_dir, schema.ITEMS_DIR, key="item_id"),
+    }
+    return resolve_prompt_fields(scenario, allowed=summary.get("prompt_fields") or PROMPT_FIELDS, columns=columns)
 
 
 def _read(spark: SparkSession, data_dir: Path, name: str) -> DataFrame:
@@ -287,7 +338,7 @@ def _records(frame: pd.DataFrame, names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _user_mapper(
-    *, spec: PromptSpec, max_chars: int, tokenizer: str | None
+    *, spec: PromptSpec, max_chars: int, tokenizer: str | None, fields: PromptFields, words: Words
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         # Resolved in the worker: the counter (and a loaded tokenizer) is cached per process and path.
@@ -295,7 +346,7 @@ def _user_mapper(
         system_tokens = count(spec.system)
         for batch in batches:
             rows = []
-            for record in _records(batch, ["user_id", "as_of", "history", *USER_FIELDS]):
+            for record in _records(batch, ["user_id", "as_of", "history", *fields.user]):
                 history = [] if record["history"] is None else list(record["history"])
                 built = build_user_prompt(
                     spec=spec,
@@ -304,6 +355,8 @@ def _user_mapper(
                     max_chars=max_chars,
                     count=count,
                     system_tokens=system_tokens,
+                    fields=fields,
+                    words=words,
                 )
                 rows.append({"user_id": record["user_id"], "as_of": record["as_of"], **built})
             yield pd.DataFrame(rows, columns=_USER_ROWS.fieldNames())
@@ -312,16 +365,22 @@ def _user_mapper(
 
 
 def _item_mapper(
-    *, spec: PromptSpec, max_chars: int, tokenizer: str | None
+    *, spec: PromptSpec, max_chars: int, tokenizer: str | None, fields: PromptFields, words: Words
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         count = token_counter(tokenizer)
         system_tokens = count(spec.system)
         for batch in batches:
             rows = []
-            for record in _records(batch, ["item_id", "as_of", *ITEM_FIELDS]):
+            for record in _records(batch, ["item_id", "as_of", *fields.item]):
                 built = build_item_prompt(
-                    spec=spec, row=record, max_chars=max_chars, count=count, system_tokens=system_tokens
+                    spec=spec,
+                    row=record,
+                    max_chars=max_chars,
+                    count=count,
+                    system_tokens=system_tokens,
+                    fields=fields,
+                    words=words,
                 )
                 rows.append({"item_id": record["item_id"], "as_of": record["as_of"], **built})
             yield pd.DataFrame(rows, columns=_ITEM_ROWS.fieldNames())
@@ -335,7 +394,12 @@ def _tokenizer_arg(tokenizer: str | Path | None) -> str | None:
 
 
 def user_prompts(
-    spark: SparkSession, data_dir: Path, *, scenario: Scenario, tokenizer: str | Path | None = None
+    spark: SparkSession,
+    data_dir: Path,
+    *,
+    scenario: Scenario,
+    tokenizer: str | Path | None = None,
+    fields: PromptFields | None = None,
 ) -> DataFrame:
     """Per-user preference-reasoning prompts over each user's knowledge history as of their cutoff.
 
@@ -348,6 +412,7 @@ def user_prompts(
         scenario: Prompts and caps (see ``spark_jobs.knowledge.config``).
         tokenizer: The served model's ``tokenizer.json`` or its folder; ``None`` (or a missing file) uses the
             conservative character heuristic.
+        fields: What the prompts may show (default: :func:`prompt_fields_for` the folder and scenario).
 
     Returns:
         Columns ``USER_COLUMNS``: kind, user_id, as_of (= knowledge_cutoff), system, prompt, json_schema,
@@ -358,18 +423,22 @@ def user_prompts(
     """
     spec = scenario.user
     check_spec(spec, kind="user", scenario=scenario.name)
-    items = _select(_read(spark, data_dir, schema.ITEMS_DIR), ["item_id", *ITEM_FIELDS])
-    history = _read(spark, data_dir, schema.HISTORY_DIR).select("user_id", "item_id", "position", "rating")
-    line = F.struct("position", "item_id", "title", "genres", "year", "rating", "brand")
-    histories = (
-        history.join(items.drop("description"), "item_id", "left")
-        .groupBy("user_id")
-        .agg(F.collect_list(line).alias("history"))
-    )
+    fields = fields or prompt_fields_for(data_dir, scenario)
+    line_items = [name for name in fields.item if name != "description"]
+    items = _select(_read(spark, data_dir, schema.ITEMS_DIR), ["item_id", *line_items])
+    history = _select(_read(spark, data_dir, schema.HISTORY_DIR), ["user_id", "item_id", "position", "rating", "label"])
+    line = F.struct("position", "item_id", "rating", "label", *line_items)
+    histories = history.join(items, "item_id", "left").groupBy("user_id").agg(F.collect_list(line).alias("history"))
     cutoffs = _read(spark, data_dir, schema.CUTOFFS_DIR).select("user_id", F.col("knowledge_cutoff").alias("as_of"))
-    users = _select(_read(spark, data_dir, schema.USERS_DIR), ["user_id", *USER_FIELDS])
+    users = _select(_read(spark, data_dir, schema.USERS_DIR), ["user_id", *fields.user])
     inputs = cutoffs.join(users, "user_id", "left").join(histories, "user_id", "left")
-    mapper = _user_mapper(spec=spec, max_chars=scenario.field_max_chars, tokenizer=_tokenizer_arg(tokenizer))
+    mapper = _user_mapper(
+        spec=spec,
+        max_chars=scenario.field_max_chars,
+        tokenizer=_tokenizer_arg(tokenizer),
+        fields=fields,
+        words=scenario.values,
+    )
     built = inputs.mapInPandas(mapper, _USER_ROWS)
     return built.withColumns(_constant_columns(kind="user", spec=spec)).select(*USER_COLUMNS)
 
@@ -381,6 +450,7 @@ def item_prompts(
     scenario: Scenario,
     kind: ItemKind = "item",
     tokenizer: str | Path | None = None,
+    fields: PromptFields | None = None,
 ) -> DataFrame:
     """Per-item prompts: factual knowledge (``kind="item"``, KAR) or entity extraction (``"entity"``, LLM-KERec).
 
@@ -390,6 +460,7 @@ def item_prompts(
         scenario: Prompts and caps.
         kind: Which item spec to render.
         tokenizer: As for ``user_prompts``.
+        fields: As for ``user_prompts``.
 
     Returns:
         Columns ``ITEM_COLUMNS``: kind, item_id, as_of (= the item's event_timestamp), system, prompt,
@@ -402,9 +473,16 @@ def item_prompts(
         raise DataError(f"item prompts: kind must be 'item' or 'entity', got {kind!r}")
     spec = scenario.spec(kind)
     check_spec(spec, kind=kind, scenario=scenario.name)
+    fields = fields or prompt_fields_for(data_dir, scenario)
     items = _read(spark, data_dir, schema.ITEMS_DIR).withColumnRenamed("event_timestamp", "as_of")
-    inputs = _select(items, ["item_id", "as_of", *ITEM_FIELDS])
-    mapper = _item_mapper(spec=spec, max_chars=scenario.field_max_chars, tokenizer=_tokenizer_arg(tokenizer))
+    inputs = _select(items, ["item_id", "as_of", *fields.item])
+    mapper = _item_mapper(
+        spec=spec,
+        max_chars=scenario.field_max_chars,
+        tokenizer=_tokenizer_arg(tokenizer),
+        fields=fields,
+        words=scenario.values,
+    )
     built = inputs.mapInPandas(mapper, _ITEM_ROWS)
     return built.withColumns(_constant_columns(kind=kind, spec=spec)).select(*ITEM_COLUMNS)
 

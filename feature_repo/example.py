@@ -1,0 +1,24 @@
+"""kar-feast's example repo: entities user/item, profile views, knowledge views and two services.
+
+Written by `kar.feast.write_example_repo`; the objects come from `kar.feast.example_objects`, the same call
+`kar feast apply --data DATA` makes. Feast registers the top-level names below.
+"""
+
+from pathlib import Path
+
+from kar.feast import example_objects
+
+DATA = Path(__file__).resolve().parent / "../runs/demo/prepared"
+
+(
+    user,
+    item,
+    user_profile,
+    item_profile,
+    user_knowledge,
+    item_knowledge,
+    user_knowledge_adapted,
+    item_knowledge_adapted,
+    ranking_training,
+    ranking_serving,
+) = example_objects(data=DATA, offline_store="file")
