@@ -234,7 +234,9 @@ def prepare(
 
 ProfileOpt = Annotated[
     str | None,
-    typer.Option(help="Feast profile: feature_store.<profile>.yaml, e.g. 'spark' (default: $KAR_FEAST_PROFILE)."),
+    typer.Option(
+        envvar="KAR_FEAST_PROFILE", help="Feast profile: 'spark' (example repo) or your feature_store.<profile>.yaml."
+    ),
 ]
 RedisOpt = Annotated[
     str | None, typer.Option("--redis", help="Online store in Redis at HOST:PORT instead of the SQLite file.")

@@ -156,3 +156,44 @@ def test_the_cli_names_the_spec_file_and_the_fix(team, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "users table" in result.stderr and "has no column 'customer'" in result.stderr
+
+
+def _amazon(folder: Path, *, users: int = 30, items: int = 12) -> Path:
+    """A 5-core-shaped Amazon category: every user rates every item once, ratings from a fixed rule."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True)
+    reviews = [
+        {"overall": float((u * 7 + i * 3) % 5 + 1), "reviewerID": f"A{u:03d}X", "asin": f"B{i:03d}",
+         "unixReviewTime": 1_400_000_000 + u * 1000 + i * 10}
+        for u in range(users) for i in range(items)
+    ]  # fmt: skip
+    meta = [{"asin": f"B{i:03d}", "title": f"Gadget {i}", "brand": "Acme", "category": ["Electronics", f"C{i % 3}"],
+             "description": ["Small."]} for i in range(items)]  # fmt: skip
+    with gzip.open(folder / "Electronics_5.json.gz", "wt") as handle:
+        handle.write("\n".join(json.dumps(r) for r in reviews) + "\n")
+    with gzip.open(folder / "meta_Electronics.json.gz", "wt") as handle:
+        handle.write("\n".join(json.dumps(m) for m in meta) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_a_prepared_amazon_category_trains_with_a_derived_experiment(spark, tmp_path):
+    """There is no bundled deepfm_amazon.yaml: the experiment comes from the training frame's columns."""
+    from kar import store
+    from kar.pipeline import run_train
+
+    data = tmp_path / "amazon"
+    prepare(spark=spark, dataset="amazon", path=_amazon(tmp_path / "raw"), out=data, now=NOW)
+    store.apply(data_dir=data)
+    overrides = tmp_path / "quick.yaml"
+    overrides.write_text("train: {epochs: 2, num_threads: 1}\n")
+    metrics = run_train(model="deepfm", data_dir=data, out=tmp_path / "run", config_path=overrides)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["dataset"] == "amazon" and config["train"]["epochs"] == 2
+    sparse = [f["name"] for f in config["features"]["sparse"]]
+    assert sparse[:2] == ["user_id", "item_id"] and "brand" in sparse
+    assert {f["name"] for f in config["features"]["dense"]} == {"user_knowledge", "item_knowledge"}
+    assert 0 <= metrics["test"]["auc"] <= 1 and metrics["epochs_run"] >= 1
