@@ -28,6 +28,7 @@ import yaml
 from adaptors import AdaptorConfig
 from ctr._mapping import from_mapping
 from ctr.features import FeatureSpec
+from kar.config_files import load_yaml
 from kar.errors import DataError
 
 # Experiment YAMLs bundled with the package (package data of ``kar``).
@@ -188,12 +189,7 @@ def load_config(source: str | Path) -> ExperimentConfig:
         path = BUNDLED_DIR / f"{source}.yaml"
     if not path.is_file():
         raise DataError(f"{source}: no such experiment file or bundled experiment ({', '.join(bundled_experiments())})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    raw = load_yaml(path)
     try:
         return ExperimentConfig.from_dict(raw)
     except DataError as exc:

@@ -158,6 +158,8 @@ class OnlineScorer:
         if unknown:
             allowed = ", ".join(self.context_fields) or "none"
             raise KarError(f"context: unknown field {unknown[0]!r} (this model reads: {allowed})")
+        user_id = self._key_value("user", user_id)
+        item_ids = [self._key_value("item", i) for i in item_ids]
         started = time.perf_counter()
         features = self.fetch(user_id=user_id, item_ids=item_ids)
         fetched = time.perf_counter()
@@ -165,6 +167,22 @@ class OnlineScorer:
         scores = self.ranker.predict(frame)
         done = time.perf_counter()
         return self._ranking(user_id, item_ids, features, scores, fetch_s=fetched - started, model_s=done - fetched)
+
+    def _key_value(self, role: str, value: Any) -> Any:
+        """An id as its entity's join key holds it: int64 ids may come as digits, never as other text.
+
+        Raises:
+            KarError: A non-integer id for an int64 join key.
+        """
+        entity = self.roles.of(role)
+        if entity.key_type == "string":
+            return str(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise KarError(
+                f"{role}_id {value!r}: the {entity.entity} entity's join key {entity.join_key} holds int64 ids"
+            ) from None
 
     def _with_ids(self, frame: Any, user_id: Any, item_ids: Sequence[Any]) -> Any:
         """The ranker's ``user_id``/``item_id`` (int64) where the store's join keys are the team's own ids."""

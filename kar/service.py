@@ -50,6 +50,7 @@ DEFAULT_PORT = 8000
 # Latency buckets in seconds: fine below 50 ms, where a ranking service lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INT64 = 2**63
+MAX_ID_CHARS = 256
 
 log = logging.getLogger("kar.service")
 
@@ -190,13 +191,20 @@ class _Metrics:
         self.candidates.inc(len(ranking.items))
 
 
-def _rank_request_model(max_candidates: int) -> type:
-    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+def _entity_id(value: Any) -> int | str:
+    """An id is an int64 or a non-empty string of at most 256 characters (bools and floats are not ids)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    raise ValueError(f"an id is an int64 or a string of 1 to {MAX_ID_CHARS} characters")
 
-    # A team's own ids may be text ("C-0042"); kar's are int64.
-    EntityId = (
-        Annotated[StrictInt, Field(ge=-INT64, lt=INT64)] | Annotated[StrictStr, Field(min_length=1, max_length=256)]
-    )
+
+def _rank_request_model(max_candidates: int) -> type:
+    from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+    # A team's own ids may be text ("C-0042"); kar's are int64. One check, so an error names the field alone.
+    EntityId = Annotated[Any, AfterValidator(_entity_id)]
 
     class RankRequest(BaseModel):
         """Body of ``POST /rank``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import pytest
 
 from kar.errors import EnvironmentProblem
 from spark_jobs import session
+from tests.serving import rank_when_up
 
 KAR = [sys.executable, "-m", "kar"]
 REPO = Path(__file__).resolve().parents[1]
@@ -199,8 +199,8 @@ def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess
 def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm_base_url):
     """prepare → knowledge → encode → validate → feast apply → train → adapt export → materialize → online →
     serve → bench online, each a `kar` process in a temp working directory, every path relative. Before paths
-    were resolved at the boundary, the first command already died in great_expectations' Data Docs."""
-    import httpx
+    were resolved at the boundary, the first command already died in great_expectations' Data Docs. (Relative
+    `--repo` paths of a team's own repo run in tests/test_plugin.py, the README's plugin commands.)"""
     import pandas as pd
 
     from kar.processes import free_port
@@ -210,7 +210,6 @@ def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm
     work = tmp_path / "work dir"  # a space too: paths are passed as one argument everywhere
     work.mkdir()
     write_synthetic(work / "gen", SyntheticConfig(n_users=16, n_items=12, min_interactions=3, mean_interactions=5))
-    shutil.copytree(REPO / "feature_repo", work / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
     env = {**os.environ, "KAR_SPARK_MASTER": "local[2]"}
     env.pop("KAR_FEAST_REPO", None)
 
@@ -227,25 +226,26 @@ def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm
     kar("encode", "--data", "data")
     kar("validate", "embeddings", "--data", "data", "--out", "checks")
     assert (work / "checks" / "docs" / "validate-embeddings" / "index.html").is_file()
-    kar("feast", "apply", "--data", "data", "--repo", "repo")
+    kar("feast", "apply", "--data", "data")
     kar("train", "--model", "deepfm", "--data", "data", "--out", "run")
     assert json.loads((work / "run" / "metrics.json").read_text())["test"]["auc"] >= 0
     kar("adapt", "export", "--run", "run", "--data", "data")
-    kar("feast", "apply", "--data", "data", "--repo", "repo")
-    kar("feast", "materialize", "--data", "data", "--repo", "repo")
+    kar("feast", "apply", "--data", "data")
+    kar("feast", "materialize", "--data", "data")
     users = pd.read_parquet(work / "data" / "users")["user_id"].tolist()
     items = pd.read_parquet(work / "data" / "items")["item_id"].tolist()
-    online = kar("feast", "online", "--data", "data", "--repo", "repo", "--user", str(users[0]),
+    online = kar("feast", "online", "--data", "data", "--user", str(users[0]),
                  "--items", ",".join(map(str, items[:2])))  # fmt: skip
     assert online.stdout.startswith(f"user: user_id={users[0]}")
 
     port = free_port()
     server = subprocess.Popen(
-        [*KAR, "serve", "--model", "run", "--data", "data", "--repo", "repo", "--no-auth", "--port", str(port)],
+        [*KAR, "serve", "--model", "run", "--data", "data", "--no-auth", "--port", str(port)],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        ranked = _first_ranking(server, f"http://127.0.0.1:{port}", user=users[0], items=items[:2], client=httpx)
+        body = {"user_id": users[0], "item_ids": items[:2], "context": {}}
+        ranked = rank_when_up(server, f"http://127.0.0.1:{port}", body)
         assert sorted(i["item_id"] for i in ranked["items"]) == sorted(items[:2])
     finally:
         server.terminate()
@@ -254,18 +254,3 @@ def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm
     bench = ["--out", "bench/online.json", "--data", "data", "--items", "5", "--requests", "3", "--rounds", "1"]
     kar("bench", "online", *bench, "--backend", "sqlite")
     assert (work / "bench" / "online.json").is_file() and (work / "bench" / "online.png").is_file()
-
-
-def _first_ranking(server: subprocess.Popen[str], url: str, *, user: int, items: list[int], client) -> dict:
-    """POST /rank once `kar serve` answers /healthz (it loads the model and the store first; at most ~2 min)."""
-    for _ in range(600):
-        if server.poll() is not None:
-            raise AssertionError(f"kar serve exited {server.returncode}: {server.stdout.read()[-3000:]}")
-        with contextlib.suppress(client.TransportError):
-            if client.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=0.2)
-    response = client.post(f"{url}/rank", json={"user_id": user, "item_ids": items, "context": {}}, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.json()

@@ -7,7 +7,6 @@ README.md and run here as written (``kar`` and ``feast`` on PATH, relative paths
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.serving import rank_when_up
 from tests.team import customer_id, write_team_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,23 +140,6 @@ def _serve(line: str, *, work: Path, env: dict[str, str], port: int) -> subproce
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def _rank(server: subprocess.Popen[str], port: int, body: dict) -> dict:
-    import httpx
-
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        if server.poll() is not None:
-            raise AssertionError(f"kar serve exited {server.returncode}: {server.stdout.read()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=0.2)
-    response = httpx.post(f"{url}/rank", json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.llm
@@ -186,7 +169,7 @@ def test_a_team_adds_knowledge_to_its_own_feast_repo(tmp_path, llm_base_url):
             server = _serve(line, work=work, env=env, port=port)
             try:
                 body = json.loads(re.search(r"-d '(.*)'", commands[commands.index(line) + 1]).group(1))  # type: ignore[union-attr]
-                ranked[line] = _rank(server, port, body)
+                ranked[line] = rank_when_up(server, f"http://127.0.0.1:{port}", body)
             finally:
                 server.terminate()
                 server.wait(timeout=60)

@@ -80,7 +80,7 @@ def test_malformed_json_and_bad_fields_are_422_naming_the_problem(client: TestCl
     assert response.json()["detail"][0]["type"] == "json_invalid"
     cases = {
         "missing": ({"item_ids": [1]}, ["user_id"]),
-        "not an int": ({"user_id": "1", "item_ids": [1]}, ["user_id"]),
+        "not an id": ({"user_id": 1.5, "item_ids": [1]}, ["user_id"]),
         "empty": ({"user_id": 1, "item_ids": []}, ["item_ids"]),
         "too many": ({"user_id": 1, "item_ids": list(range(21))}, ["item_ids"]),
         "duplicate": ({"user_id": 1, "item_ids": [3, 3]}, ["item_ids"]),
@@ -91,6 +91,10 @@ def test_malformed_json_and_bad_fields_are_422_naming_the_problem(client: TestCl
         assert response.status_code == 422, case
         assert response.json()["detail"][0]["loc"] == loc, case
         assert "input" not in response.json()["detail"][0]  # the request is not echoed back
+    # Text ids are a team's own; this store's join key is int64, so only digits are ids here.
+    response = client.post("/rank", json={"user_id": "abc", "item_ids": [1]}, headers=AUTH)
+    assert response.status_code == 422 and "join key user_id holds int64 ids" in response.json()["detail"]
+    assert client.post("/rank", json={"user_id": "1", "item_ids": ["1"]}, headers=AUTH).status_code == 200
     response = client.post("/rank", json={"user_id": 1, "item_ids": [1], "context": {"device": "tv"}}, headers=AUTH)
     assert response.status_code == 422
     assert "unknown field 'device'" in response.json()["detail"] and "hist_item_ids" in response.json()["detail"]

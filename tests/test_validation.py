@@ -383,7 +383,7 @@ def test_a_profile_batch_failing_after_its_write_stays_unpublished(spark, tmp_pa
 
     original = suites.raw_users
     # No age passes: every user breaks the row rule, more than its 50% tolerance, so the batch fails.
-    monkeypatch.setattr(suites, "raw_users", lambda: original(suites.Thresholds(age_min=500, age_max=600)))
+    monkeypatch.setattr(suites, "raw_users", lambda **kw: original(suites.Thresholds(age_min=500, age_max=600), **kw))
     config = SyntheticConfig(n_users=30, n_items=40, min_interactions=5, mean_interactions=10)
     out = tmp_path / "prepared"
     with pytest.raises(
@@ -497,3 +497,30 @@ def test_prepare_without_gates_builds_no_suite(spark, tmp_path):
     assert (tmp_path / "t").is_dir() and not (tmp_path / "t.unpublished").exists()  # no staging without gates
     gates.check_frame(frame, build)
     assert gates.finish() == {}
+
+
+def test_the_numpy_vector_frames_equal_the_spark_ones(spark):
+    """The embeddings gate reads small tables into numpy: same stats and spread as its Spark path."""
+    import numpy as np
+    import pyarrow as pa
+
+    from validation.frames import vector_spread, vector_spread_frame, vector_stats, vector_stats_frame
+
+    rng = np.random.default_rng(3)
+    vectors = [list(rng.standard_normal(4).astype(np.float32)) for _ in range(6)]
+    vectors[2] = [float("nan"), 1.0, 2.0, 3.0]  # non-finite
+    vectors[4] = [1.0, 2.0]  # another length
+    vectors[5] = []
+    table = pa.table({"vector": pa.array(vectors, pa.list_(pa.float32())), "dim": pa.array([4] * 6, pa.int32())})
+    frame = spark.createDataFrame(table.to_pandas())
+    ours = vector_stats_frame(table)
+    theirs = vector_stats(frame).toPandas()
+    assert ours["n_values"].tolist() == theirs["n_values"].tolist()
+    assert ours["n_nonfinite"].tolist() == theirs["n_nonfinite"].tolist() == [0, 0, 1, 0, 0, 0]
+    finite = ours["n_nonfinite"] == 0
+    np.testing.assert_allclose(ours["norm"][finite], theirs["norm"][finite], rtol=1e-5)
+    kept = table.filter(pa.array([i not in (2, 4) for i in range(6)]))  # the spread of equal-length finite rows
+    spread = vector_spread_frame(kept).iloc[0]
+    reference = vector_spread(spark.createDataFrame(kept.to_pandas())).first()
+    assert spread["vectors"] == reference["vectors"] == 3
+    assert spread["mean_pairwise_cosine"] == pytest.approx(reference["mean_pairwise_cosine"], rel=1e-5)

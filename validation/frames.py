@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -66,3 +70,46 @@ def vector_spread(vectors: DataFrame) -> DataFrame:
             "mean_pairwise_cosine"
         ),
     )
+
+
+# --- the same frames in numpy, for tables small enough that a Spark job costs more than the work ------------
+
+
+def _vector_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lengths, values, row of each value)`` of a table's ``vector`` column."""
+    vectors = table.column("vector").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(vectors), 0).to_numpy().astype(np.int64)
+    values = pc.list_flatten(vectors).to_numpy(zero_copy_only=False).astype(np.float64)
+    return lengths, values, np.repeat(np.arange(len(lengths)), lengths)
+
+
+def vector_stats_frame(table: pa.Table) -> pd.DataFrame:
+    """:func:`vector_stats` of a pyarrow table (``vector``, ``dim``) as pandas."""
+    lengths, values, rows = _vector_rows(table)
+    finite = np.isfinite(values)
+    squares = np.bincount(rows, weights=np.where(finite, values * values, np.nan), minlength=len(lengths))
+    return pd.DataFrame(
+        {
+            "dim": table.column("dim").to_numpy(zero_copy_only=False),
+            "n_values": lengths,
+            "norm": np.sqrt(squares),
+            "n_nonfinite": np.bincount(rows, weights=~finite, minlength=len(lengths)).astype(np.int64),
+        }
+    )
+
+
+def vector_spread_frame(table: pa.Table) -> pd.DataFrame:
+    """:func:`vector_spread` of a pyarrow table as pandas (rows of the most common length; the stats catch the
+    others)."""
+    lengths, values, _rows = _vector_rows(table)
+    kept = lengths > 0
+    if not kept.any():
+        return pd.DataFrame({"vectors": [0], "mean_pairwise_cosine": [None]})
+    dim = int(np.bincount(lengths[kept]).argmax())
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[lengths == dim]
+    matrix = values[starts[:, None] + np.arange(dim)]
+    units = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    n = len(units)
+    total = units.sum(axis=0)
+    mean = (float(total @ total) - n) / (n * (n - 1)) if n > 1 else None
+    return pd.DataFrame({"vectors": [n], "mean_pairwise_cosine": [mean]})

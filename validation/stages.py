@@ -11,16 +11,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
 from spark_jobs import schema
 from validation import hallucination, suites
-from validation.frames import samples_with_cutoffs, split_stats, vector_spread, vector_stats
+from validation.frames import (
+    samples_with_cutoffs,
+    split_stats,
+    vector_spread,
+    vector_spread_frame,
+    vector_stats,
+    vector_stats_frame,
+)
 from validation.gate import VALIDATION_DIR, ValidationReport, Validator
 
 KINDS = ("user", "item")
+# Up to this many vectors (~75 MB at 384-d) the embeddings gate reads the table into numpy instead of Spark.
+SMALL_VECTOR_ROWS = 50_000
 
 
 def _read(spark: SparkSession, path: Path, *, fix: str) -> Any:
@@ -93,12 +103,28 @@ def embeddings(
 ) -> dict[str, Any]:
     vectors_dir = vectors_dir or Path(data_dir or ".") / "vectors"
     for kind in kinds:
-        vectors = _read(spark, vectors_dir / kind, fix=f"run `kar encode --data {data_dir}` first").cache()
+        path = vectors_dir / kind
+        fix = f"run `kar encode --data {data_dir}` first"
+        if not path.is_dir():
+            raise DataError(f"{path}: not found; {fix}")
+        if _parquet_rows(path) <= SMALL_VECTOR_ROWS:
+            # In numpy: for a table this small, Spark's job scheduling costs ~30× the arithmetic.
+            table = ds.dataset(path, format="parquet").to_table(columns=["vector", "dim"])
+            v.validate_pandas(vector_stats_frame(table), suites.embeddings(kind))
+            if table.num_rows >= 2:  # a spread needs two vectors
+                v.validate_pandas(vector_spread_frame(table), suites.embedding_spread(kind))
+            continue
+        vectors = _read(spark, path, fix=fix).cache()
         v.validate(vector_stats(vectors), suites.embeddings(kind))
-        if vectors.limit(2).count() == 2:  # a spread needs two vectors
+        if vectors.limit(2).count() == 2:
             v.validate(vector_spread(vectors), suites.embedding_spread(kind))
         vectors.unpersist()
     return {}
+
+
+def _parquet_rows(path: Path) -> int:
+    """Rows of a parquet folder, from the files' footers."""
+    return ds.dataset(path, format="parquet").count_rows()
 
 
 def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:

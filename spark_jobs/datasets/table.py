@@ -43,11 +43,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType
 
+from kar.config_files import load_yaml
 from kar.errors import DataError
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.fields import REASON, FieldSpec, add_reason, apply_field_specs
@@ -150,12 +150,7 @@ class TableSpec:
         spec_path = Path(os.path.abspath(path))
         if not spec_path.is_file():
             raise DataError(f"{spec_path}: spec file not found")
-        try:
-            raw = yaml.safe_load(spec_path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise DataError(f"{spec_path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raw = load_yaml(spec_path)
         try:
             return _parse_spec(raw, spec_path)
         except DataError as exc:

@@ -39,6 +39,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from kar.errors import DataError, EnvironmentProblem, KarError
+from kar.timing import StageTimes
 from spark_jobs.encoding.model import (
     DEFAULT_BATCH_SIZE,
     ModelRef,
@@ -105,6 +106,8 @@ class EncodeJob:
             so both cover the same entities.
         id_maps_of: The prepared folder whose ``id_maps/`` give each vector its ``entity_key`` (the dataset's own
             id); None or no maps: the int64 id as text.
+        compact: Leave each table as one file once the job is done (Feast's file offline store needs it); False
+            keeps the parts as the tasks wrote them (what a crash leaves, for tests).
     """
 
     knowledge_dir: Path
@@ -118,6 +121,7 @@ class EncodeJob:
     fault_nan_entity_ids: frozenset[int] = frozenset()
     text_column: str = "text"
     id_maps_of: Path | None = None
+    compact: bool = True
 
     def vectors(self, kind: str) -> PartTable:
         return PartTable(self.out / kind, schema=VECTOR_SCHEMA)
@@ -404,29 +408,33 @@ def encode_kind(
     """
     step = progress or _noop
     started = time.perf_counter()
-    rows = read_knowledge(
-        spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
-    ).cache()
-    by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    times = StageTimes()
+    with times.stage("read"):
+        rows = read_knowledge(
+            spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
+        ).cache()
+        by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
     n_input = sum(by_reason.values())
     rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
     # Rewritten every run: it lists what the current knowledge lacks; the tasks add non-finite vectors to it.
     quarantine = job.quarantine(kind)
-    bad = rows.filter(F.col("reason").isNotNull()).withColumns(
-        {"model": F.lit(ref.name), "created_at": F.current_timestamp()}
-    )
-    bad.select(*QUARANTINE_SCHEMA.names).write.mode("overwrite").parquet(quarantine.uri)
+    with times.stage("quarantine"):
+        bad = rows.filter(F.col("reason").isNotNull()).withColumns(
+            {"model": F.lit(ref.name), "created_at": F.current_timestamp()}
+        )
+        bad.select(*QUARANTINE_SCHEMA.names).write.mode("overwrite").parquet(quarantine.uri)
 
     table = job.vectors(kind)
     mine = table.parts(ref.tag)
     others = [p for p in table.parts() if p not in set(mine)]
     encodable = rows.filter(F.col("reason").isNull()).dropDuplicates(list(KEY_COLUMNS))
-    if mine:
-        done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
-        marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
-    else:
-        marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
-    counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
+    with times.stage("already_encoded"):
+        if mine:
+            done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
+            marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
+        else:
+            marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
+        counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
     n_distinct, n_cached = int(counts["n"]), int(counts["cached"])
     n_todo = n_distinct - n_cached
     replaced = _other_models(table, others) if others else []
@@ -461,20 +469,25 @@ def encode_kind(
             task_seconds.append(round(row["encode_seconds"], 2))
             dims.add(row["dim"])
     encode_seconds = time.perf_counter() - encode_started
+    times.add("encode", encode_seconds)
+    commit_started = time.perf_counter()
     # Only now, with every new vector written, may older data go.
     removed_parts = table.delete(others)
     if replaced:
         step(f"{kind}: removed {removed_parts} parts of {', '.join(replaced)}")
-    pruned = prune(spark, table=table, parts=mine, current=encodable, tag=ref.tag)
+    with times.stage("prune"):
+        pruned = prune(spark, table=table, parts=mine, current=encodable, tag=ref.tag)
     table.remove_leftovers()
     # One file per table: Feast's file offline store fails to sort a multi-file source whose point-in-time join
     # leaves some rows without a match ("Divisions calculation failed for non-numeric column 'created_at'").
-    table.compact(ref.tag)
+    if job.compact:
+        table.compact(ref.tag)
     parts = table.parts(ref.tag)
     if not parts:
         # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
         table.append(VECTOR_SCHEMA.empty_table(), tag=ref.tag)
     rows.unpersist()
+    times.add("commit", time.perf_counter() - commit_started - times.seconds["prune"])
     seconds = time.perf_counter() - started
     return {
         "input": n_input,
@@ -505,6 +518,7 @@ def encode_kind(
         # End to end (reading, anti-join, model loads, writes); encode_* is the encoding stage alone.
         "sentences_per_s": round(stats["encoded"] / seconds, 2) if stats["encoded"] else None,
         "encode_sentences_per_s": round(stats["encoded"] / encode_seconds, 2) if stats["encoded"] else None,
+        "stage_seconds": times.as_dict(),
     }
 
 
@@ -522,6 +536,7 @@ def encode_knowledge(
     fault_nan_entity_ids: Sequence[int] = (),
     text_column: str = "text",
     id_maps_of: Path | None = None,
+    compact: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
@@ -546,6 +561,7 @@ def encode_knowledge(
         fault_nan_entity_ids=frozenset(int(i) for i in fault_nan_entity_ids),
         text_column=text_column,
         id_maps_of=id_maps_of,
+        compact=compact,
     )
     job.check()
     ref = resolve_model(model)
@@ -562,13 +578,18 @@ def encode_knowledge(
     from validation import stages
     from validation.gate import VALIDATION_DIR, Validator
 
+    gate_started = time.perf_counter()
     validator = Validator(out_dir=job.out.parent / VALIDATION_DIR, name="encode")
     stages.embeddings(spark, None, validator, vectors_dir=job.out, kinds=job.kinds)
     validator.finish()
+    gate_seconds = time.perf_counter() - gate_started
     for kind in job.kinds:
         summaries[kind]["validation"] = {
             r.suite: r.as_dict() for r in validator.reports if r.suite.startswith(f"embeddings.{kind}")
         }
+        # The gate checks every kind in one pass: each kind's summary carries its share.
+        summaries[kind]["stage_seconds"]["gate"] = round(gate_seconds / len(job.kinds), 3)
+        summaries[kind]["stage_seconds"]["total"] += summaries[kind]["stage_seconds"]["gate"]
         write_summary(job.out, kind, summaries[kind])
     for report in validator.reports:
         report.raise_for_failures(kept=f"vectors and summary are written in {job.out}")
