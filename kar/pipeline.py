@@ -16,6 +16,7 @@ from typing import Any
 
 from kar.errors import DataError, KarError
 from kar.paths import Location, local_path, name_or_path, optional_local_path
+from kar.timing import StageTimes
 
 Progress = Callable[[str], None]
 # The rankers the demo trains (every bundled model trains with `kar train`).
@@ -61,7 +62,9 @@ def run_prepare(
     table_spec = TableSpec.load(local_path(spec, what="spec")) if spec is not None else None
     check_input(dataset, path, table_spec)  # before Spark starts: a typo should not cost a JVM start-up
     step("starting Spark")
-    spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
+    times = StageTimes()
+    with times.stage("starting Spark"):
+        spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
     split = SplitConfig(protocol=protocol, seed=seed)  # type: ignore[arg-type]
     return prepare(
         spark=spark,
@@ -72,6 +75,7 @@ def run_prepare(
         synthetic=synthetic,
         spec=table_spec,
         progress=step,
+        timings=times,
     )
 
 

@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from kar.errors import DataError
+from kar.timing import StageTimes
 from spark_jobs import schema
 from spark_jobs.datasets import RawTables, TableSpec, load_dataset
 from spark_jobs.datasets.base import PROMPT_FIELDS
@@ -217,6 +218,7 @@ def prepare(
     progress: Progress | None = None,
     now: datetime | None = None,
     validate: bool = True,
+    timings: StageTimes | None = None,
 ) -> dict[str, object]:
     """Run the prepare job and return its summary (also written to ``out/summary.json``).
 
@@ -232,13 +234,15 @@ def prepare(
         now: Reference time for "timestamp in the future" checks (tests pin it).
         validate: Run the data-quality gates (``validation.suites`` raw and prepared); off only to measure
             their cost.
+        timings: Stage times the caller started (e.g. with the Spark start); the job adds its steps.
 
     Raises:
         DataError: Missing files, an input so broken that most rows fail (wrong separator/encoding), or a
             failed batch-level expectation (tables written before it stay).
     """
     split = split or SplitConfig()
-    step = progress or (lambda _msg: None)
+    times = timings or StageTimes()
+    step = times.steps(progress)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     now = now or datetime.now(UTC)
@@ -294,12 +298,15 @@ def prepare(
     _write(splits.samples, _staged(out / schema.SAMPLES_DIR))
     _write(splits.history, out / schema.HISTORY_DIR)
     _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
+    splits.release()
     step("validating splits")
     label_rates = _publish_samples(spark, gates, out, protocol=split.protocol)
+    step("counting what was written, Data Docs")
     written = {name: spark.read.parquet(str(out / name)) for name in _COUNTED}
     with ThreadPoolExecutor(max_workers=1) as pool:
         validation = pool.submit(gates.finish)  # JSON results and Data Docs, rendered while Spark counts rows
         counts = {name: table.count() for name, table in written.items()}
+    step.done()
 
     summary = {
         "dataset": dataset,
@@ -321,6 +328,8 @@ def prepare(
         "validation": validation.result(),
         "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
         "seconds": round(time.perf_counter() - started, 2),
+        # Wall seconds per step (and the Spark start when the caller timed it): the job's fixed cost, named.
+        "stage_seconds": times.as_dict(),
     }
     (out / schema.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     canonical.unpersist()

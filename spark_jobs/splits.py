@@ -59,12 +59,21 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class Splits:
-    """Outputs of a split: CTR samples, the interactions kept for prompts, and per-user cutoffs."""
+    """Outputs of a split: CTR samples, the interactions kept for prompts, and per-user cutoffs.
+
+    All three come from one windowed sequence, cached so it is computed once for the three writes; call
+    :meth:`release` once they are written.
+    """
 
     samples: DataFrame
     history: DataFrame
     cutoffs: DataFrame
     boundaries: dict[str, object]
+    sequence: DataFrame | None = None
+
+    def release(self) -> None:
+        if self.sequence is not None:
+            self.sequence.unpersist()
 
 
 def kar_user_split(user_ids: Sequence[int], *, seed: int, test_users: float, val_users: float) -> dict[int, str]:
@@ -105,14 +114,16 @@ def _with_history_flag(seq: DataFrame, eligible: Column, history_max: int) -> Da
 
 
 def _outputs(seq: DataFrame, split_col: Column, boundaries: dict[str, object]) -> Splits:
+    # Three writes read it: without the cache, Spark sorts and windows every user's log three times.
+    seq = seq.withColumn("split", split_col).persist()
     history = seq.where("is_history").select("user_id", "item_id", "rating", "label", "event_timestamp", "position")
     cutoffs = history.groupBy("user_id").agg(
         F.max("event_timestamp").alias("knowledge_cutoff"), F.count("*").cast("int").alias("n_history")
     )
     samples = seq.where(~F.col("is_history")).select(
-        "user_id", "item_id", "rating", "label", "event_timestamp", split_col.alias("split"), "hist_item_ids"
+        "user_id", "item_id", "rating", "label", "event_timestamp", "split", "hist_item_ids"
     )
-    return Splits(samples=samples, history=history, cutoffs=cutoffs, boundaries=boundaries)
+    return Splits(samples=samples, history=history, cutoffs=cutoffs, boundaries=boundaries, sequence=seq)
 
 
 def split_kar(interactions: DataFrame, config: SplitConfig) -> Splits:

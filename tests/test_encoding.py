@@ -78,6 +78,16 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.fixture(params=["arrow", "spark"])
+def planning(request, monkeypatch) -> str:
+    """Both ways the job plans a run: pyarrow on the driver (small knowledge tables) and Spark (large ones)."""
+    import spark_jobs.encoding.job as job
+
+    if request.param == "spark":
+        monkeypatch.setattr(job, "SMALL_KNOWLEDGE_ROWS", -1)
+    return request.param
+
+
 # ---- chunking and the encoder (no Spark) ----
 
 
@@ -147,7 +157,7 @@ def test_missing_knowledge_folder_or_table_says_what_to_run(tmp_path):
 
 
 @pytest.mark.spark
-def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tmp_path, model):
+def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tmp_path, planning, model):
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
     rows = [*answers(4), (10, "", "ok"), (11, " \n\t ", "ok"), (12, None, "ok"), (13, "cut off", "truncated")]
     write_kind(knowledge, "user", [*rows, (20, LONG_TEXT, "ok")])
@@ -181,7 +191,7 @@ def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tm
 
 
 @pytest.mark.spark
-def test_rerun_encodes_nothing_and_new_answers_only_themselves(spark, tmp_path):
+def test_rerun_encodes_nothing_and_new_answers_only_themselves(spark, tmp_path, planning):
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
     write_kind(knowledge, "item", answers(6))
     first = encode(spark, knowledge, out, kinds=["item"])["item"]
@@ -198,7 +208,7 @@ def test_rerun_encodes_nothing_and_new_answers_only_themselves(spark, tmp_path):
 
 
 @pytest.mark.spark
-def test_changed_answer_replaces_its_vector_and_removed_answers_go(spark, tmp_path):
+def test_changed_answer_replaces_its_vector_and_removed_answers_go(spark, tmp_path, planning):
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
     write_kind(knowledge, "user", answers(5))
     encode(spark, knowledge, out, kinds=["user"], flush_rows=2)
@@ -212,7 +222,7 @@ def test_changed_answer_replaces_its_vector_and_removed_answers_go(spark, tmp_pa
 
 
 @pytest.mark.spark
-def test_resume_after_a_crash_encodes_only_what_is_missing_and_drops_leftovers(spark, tmp_path):
+def test_resume_after_a_crash_encodes_only_what_is_missing_and_drops_leftovers(spark, tmp_path, planning):
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
     write_kind(knowledge, "item", answers(8))
     encode(spark, knowledge, out, kinds=["item"], flush_rows=2, tasks=1, compact=False)
@@ -337,7 +347,7 @@ def test_bench_encode_writes_the_result_and_its_plot(spark, tmp_path):
     write_kind(knowledge, "item", answers(3, word="books"))
     out = tmp_path / "bench" / "encode.json"
     # The first 4 texts are users': the bench then times the job on that kind only.
-    result = bench_encode(out=out, data_dir=knowledge, texts=4, rounds=1, batch_size=4)
+    result = bench_encode(out=out, data_dir=knowledge, texts=4, large=6, rounds=1, batch_size=4)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result, default=str))
     expected = {
@@ -350,6 +360,9 @@ def test_bench_encode_writes_the_result_and_its_plot(spark, tmp_path):
     (round_,) = written["rounds"]
     assert round_["ours"]["encoded"] == 4 and round_["ours"]["model_loads"] == 0
     assert written["ratio"] > 0 and written["cached_rerun"]["encoded"] == 0
+    large = written["inputs"]["large"]
+    assert large["texts"] == 6 and written["ratio_large"] == large["ratio"] > 0  # 5 users + 1 item, same run
+    assert {"read", "quarantine", "already_encoded", "encode", "commit", "gate"} <= set(written["stage_seconds"])
     assert written["max_abs_diff_vs_bare"] < 1e-4
     assert set(written["model_load"]) == {"import_seconds", "load_seconds"}
     assert written["start_up"]["sentences_per_s_including_jvm"] > 0

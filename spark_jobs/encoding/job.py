@@ -22,6 +22,7 @@ For each kind (``user``, ``item``):
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -51,11 +53,14 @@ from spark_jobs.encoding.model import (
 )
 from spark_jobs.encoding.parts import PartTable
 from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA, vector_table
-from spark_jobs.id_maps import read_id_map
+from spark_jobs.id_maps import IdMap, read_id_map
 from spark_jobs.knowledge.job import write_summary
 
 KINDS: tuple[str, ...] = ("user", "item")
 ID_COLUMNS = {"user": "user_id", "item": "item_id"}
+# Up to this many knowledge rows per kind the job plans on the driver with pyarrow (counts, quarantine, what is
+# already encoded) and sends only the texts to encode through Spark.
+SMALL_KNOWLEDGE_ROWS = 50_000
 # Rows per written part: ~25 s of encoding per task here, the most a kill -9 can cost.
 DEFAULT_FLUSH_ROWS = 1024
 EMPTY_TEXT = "empty text"
@@ -397,6 +402,181 @@ def _other_models(table: PartTable, parts: Sequence[str]) -> list[str]:
     return sorted(names)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What one kind's run has to do: counts by reject reason, texts to encode, the current keys.
+
+    Attributes:
+        by_reason: Input rows by reject reason (None: encodable).
+        n_distinct: Encodable texts, one per key.
+        n_cached: Of those, already encoded with this model.
+        todo: The texts to encode (``entity_id, entity_key, as_of_us, text, text_hash``), as a Spark DataFrame.
+        current: Every encodable key, as a Spark DataFrame (what pruning keeps).
+        release: Frees what the plan cached.
+    """
+
+    by_reason: dict[str | None, int]
+    n_distinct: int
+    n_cached: int
+    todo: Callable[[], DataFrame]
+    current: Callable[[], DataFrame]
+    release: Callable[[], None]
+
+
+def _table_rows(path: Path) -> int:
+    return ds.dataset(path, format="parquet").count_rows()
+
+
+def _plan_in_spark(
+    spark: SparkSession, *, job: EncodeJob, kind: str, ref: ModelRef, mine: Sequence[str], times: StageTimes
+) -> _Plan:
+    """The plan computed in Spark: for knowledge tables too large to read on the driver."""
+    with times.stage("read"):
+        rows = read_knowledge(
+            spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
+        ).cache()
+        by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    # Rewritten every run: it lists what the current knowledge lacks; the tasks add non-finite vectors to it.
+    with times.stage("quarantine"):
+        bad = rows.filter(F.col("reason").isNotNull()).withColumns(
+            {"model": F.lit(ref.name), "created_at": F.current_timestamp()}
+        )
+        bad.select(*QUARANTINE_SCHEMA.names).write.mode("overwrite").parquet(job.quarantine(kind).uri)
+    encodable = rows.filter(F.col("reason").isNull()).dropDuplicates(list(KEY_COLUMNS))
+    with times.stage("already_encoded"):
+        if mine:
+            done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
+            marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
+        else:
+            marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
+        counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
+    todo_columns = ("entity_id", "entity_key", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash")
+    return _Plan(
+        by_reason=by_reason,
+        n_distinct=int(counts["n"]),
+        n_cached=int(counts["cached"]),
+        todo=lambda: marked.filter(F.col("_done").isNull()).select(*todo_columns),
+        current=lambda: encodable,
+        release=rows.unpersist,
+    )
+
+
+def _plan_in_arrow(
+    spark: SparkSession, *, job: EncodeJob, kind: str, ref: ModelRef, mine: Sequence[str], times: StageTimes
+) -> _Plan:
+    """The same plan computed with pyarrow on the driver: on a table this small, each Spark job (count, write,
+    anti-join) costs more than its work. Only the encoding itself goes to Spark."""
+    with times.stage("read"):
+        rows = read_knowledge_arrow(
+            knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
+        )
+        by_reason = {(None if pd.isna(k) else k): int(n) for k, n in rows["reason"].value_counts(dropna=False).items()}
+    with times.stage("quarantine"):
+        bad = rows[rows["reason"].notna()]
+        quarantine = job.quarantine(kind)
+        quarantine.replace(_quarantine_rows(bad, model=ref.name), tag=ref.tag)
+    encodable = rows[rows["reason"].isna()].drop_duplicates(list(KEY_COLUMNS))
+    with times.stage("already_encoded"):
+        table = job.vectors(kind)
+        done = pa.concat_tables([table.read(p, columns=list(KEY_COLUMNS)) for p in mine]) if mine else None
+        keys = encodable.assign(as_of_us=encodable["as_of"].astype("datetime64[us, UTC]").astype("int64"))
+        if done is not None:
+            done_keys = pd.DataFrame(
+                {
+                    "entity_id": done["entity_id"].to_numpy(),
+                    "as_of_us": pc.cast(done["as_of"], pa.int64()).to_numpy(),
+                    "text_hash": done["text_hash"].to_numpy(zero_copy_only=False),
+                }
+            ).drop_duplicates()
+            keys = keys.merge(done_keys.assign(_done=True), on=["entity_id", "as_of_us", "text_hash"], how="left")
+        else:
+            keys = keys.assign(_done=pd.NA)
+    todo = keys[keys["_done"].isna()][["entity_id", "entity_key", "as_of_us", "text", "text_hash"]]
+    schema = "entity_id long, entity_key string, as_of_us long, text string, text_hash string"
+    current_schema = "entity_id long, as_of timestamp, text_hash string"
+    return _Plan(
+        by_reason=by_reason,
+        n_distinct=len(keys),
+        n_cached=int(keys["_done"].notna().sum()),
+        todo=lambda: spark.createDataFrame(todo, schema),
+        current=lambda: spark.createDataFrame(encodable[list(KEY_COLUMNS)], current_schema),
+        release=lambda: None,
+    )
+
+
+def read_knowledge_arrow(
+    *, knowledge_dir: Path, kind: str, text_column: str = "text", id_maps_of: Path | None = None
+) -> pd.DataFrame:
+    """:func:`read_knowledge` with pyarrow, as pandas: the same columns and reasons (``as_of`` in UTC).
+
+    Raises:
+        DataError: The table is missing, empty of files, or lacks a column the job needs.
+    """
+    path = _require_table(knowledge_dir, kind)
+    dataset = ds.dataset(path, format="parquet")
+    id_column = ID_COLUMNS[kind]
+    needed = list(dict.fromkeys((id_column, "as_of", "status", "text", text_column)))
+    missing = [c for c in needed if c not in dataset.schema.names]
+    if missing:
+        fix = knowledge_fix(knowledge_dir, kind)
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
+    frame = dataset.to_table(columns=needed).to_pandas()
+    text = frame[text_column].astype("string")
+    status = frame["status"].astype("string")
+    blank = text.isna() | ~text.fillna("").str.contains(r"\S", regex=True)
+    reason = pd.Series([None] * len(frame), dtype="object")
+    reason[blank] = EMPTY_TEXT
+    bad_status = status.isna() | (status != "ok")
+    reason[bad_status] = "status: " + status[bad_status].fillna("null")
+    reason[frame["as_of"].isna()] = "missing as_of"
+    reason[frame[id_column].isna()] = f"missing {id_column}"
+    ids = frame[id_column].astype("Int64")
+    out = pd.DataFrame(
+        {
+            "entity_id": ids,
+            "kind": kind,
+            "as_of": pd.to_datetime(frame["as_of"], utc=True).astype("datetime64[us, UTC]"),
+            "status": status,
+            "text": text,
+            "text_hash": [None if t is pd.NA else hashlib.sha256(t.encode()).hexdigest() for t in text],
+            "reason": reason,
+        }
+    )
+    id_map = IdMap.load(id_maps_of, kind) if id_maps_of is not None else None
+
+    def entity_key(entity_id: Any) -> str | None:
+        if pd.isna(entity_id):
+            return None
+        raw = id_map.to_raw.get(int(entity_id)) if id_map is not None else None
+        return raw if raw is not None else str(int(entity_id))
+
+    out["entity_key"] = [entity_key(i) for i in ids]
+    return out
+
+
+def _strings(values: pd.Series) -> pa.Array:
+    """A text column as Arrow strings, pandas' missing markers as nulls."""
+    return pa.array([None if pd.isna(v) else str(v) for v in values], pa.string())
+
+
+def _quarantine_rows(bad: pd.DataFrame, *, model: str) -> pa.Table:
+    n = len(bad)
+    return pa.table(
+        {
+            "entity_id": pa.array(bad["entity_id"].astype("float64").to_numpy(), pa.float64()).cast(pa.int64()),
+            "kind": _strings(bad["kind"]),
+            "as_of": pa.array(bad["as_of"]).cast(UTC_MICROS),
+            "status": _strings(bad["status"]),
+            "text": _strings(bad["text"]),
+            "text_hash": _strings(bad["text_hash"]),
+            "model": pa.array([model] * n, pa.string()),
+            "reason": _strings(bad["reason"]),
+            "created_at": _now(n),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
 def encode_kind(
     spark: SparkSession, *, kind: str, job: EncodeJob, ref: ModelRef, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -409,33 +589,14 @@ def encode_kind(
     step = progress or _noop
     started = time.perf_counter()
     times = StageTimes()
-    with times.stage("read"):
-        rows = read_knowledge(
-            spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column, id_maps_of=job.id_maps_of
-        ).cache()
-        by_reason = {r["reason"]: r["n"] for r in rows.groupBy("reason").agg(F.count("*").alias("n")).collect()}
-    n_input = sum(by_reason.values())
-    rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
-    # Rewritten every run: it lists what the current knowledge lacks; the tasks add non-finite vectors to it.
-    quarantine = job.quarantine(kind)
-    with times.stage("quarantine"):
-        bad = rows.filter(F.col("reason").isNotNull()).withColumns(
-            {"model": F.lit(ref.name), "created_at": F.current_timestamp()}
-        )
-        bad.select(*QUARANTINE_SCHEMA.names).write.mode("overwrite").parquet(quarantine.uri)
-
     table = job.vectors(kind)
     mine = table.parts(ref.tag)
     others = [p for p in table.parts() if p not in set(mine)]
-    encodable = rows.filter(F.col("reason").isNull()).dropDuplicates(list(KEY_COLUMNS))
-    with times.stage("already_encoded"):
-        if mine:
-            done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
-            marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
-        else:
-            marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
-        counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
-    n_distinct, n_cached = int(counts["n"]), int(counts["cached"])
+    small = _table_rows(_require_table(job.knowledge_dir, kind)) <= SMALL_KNOWLEDGE_ROWS
+    plan = (_plan_in_arrow if small else _plan_in_spark)(spark, job=job, kind=kind, ref=ref, mine=mine, times=times)
+    by_reason, n_distinct, n_cached = plan.by_reason, plan.n_distinct, plan.n_cached
+    n_input = sum(by_reason.values())
+    rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
     n_todo = n_distinct - n_cached
     replaced = _other_models(table, others) if others else []
     if replaced:
@@ -451,9 +612,7 @@ def encode_kind(
     encode_started = time.perf_counter()
     if n_todo:
         step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name}")
-        todo = marked.filter(F.col("_done").isNull()).select(
-            "entity_id", "entity_key", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash"
-        )
+        todo = plan.todo()
         runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
         with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
             # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
@@ -476,7 +635,7 @@ def encode_kind(
     if replaced:
         step(f"{kind}: removed {removed_parts} parts of {', '.join(replaced)}")
     with times.stage("prune"):
-        pruned = prune(spark, table=table, parts=mine, current=encodable, tag=ref.tag)
+        pruned = prune(spark, table=table, parts=mine, current=plan.current(), tag=ref.tag) if mine else 0
     table.remove_leftovers()
     # One file per table: Feast's file offline store fails to sort a multi-file source whose point-in-time join
     # leaves some rows without a match ("Divisions calculation failed for non-numeric column 'created_at'").
@@ -486,7 +645,7 @@ def encode_kind(
     if not parts:
         # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
         table.append(VECTOR_SCHEMA.empty_table(), tag=ref.tag)
-    rows.unpersist()
+    plan.release()
     times.add("commit", time.perf_counter() - commit_started - times.seconds["prune"])
     seconds = time.perf_counter() - started
     return {

@@ -89,6 +89,13 @@ class PartTable:
         self.append(merged, tag=tag)
         return self.delete(parts)
 
+    def replace(self, table: pa.Table, *, tag: str) -> str:
+        """Make ``table`` the folder's only content: its part is written first, then every older file goes."""
+        older = [f.path for f in self._files()]
+        written = self.append(table, tag=tag)
+        self.delete(p for p in older if p != written)
+        return written
+
     def remove_leftovers(self) -> int:
         """Delete temporary files of crashed writers; call only when no writer is running."""
         return self.delete(f.path for f in self._files() if Path(f.path).name.startswith(TMP_PREFIX))

@@ -37,6 +37,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.errors import DataError, KarError
+from kar.timing import StageTimes
 from spark_jobs import schema
 from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import (
@@ -363,10 +364,12 @@ def generate_knowledge(
         DataError: Missing prepared tables or a bad scenario config.
         KarError: The LLM endpoint failed past retries (answers so far are kept; rerun resumes).
     """
-    step = progress or (lambda _m: None)
     if kind not in JOB_KINDS:
         raise DataError(f"unknown knowledge kind {kind!r}; use one of {', '.join(JOB_KINDS)}")
     started = time.perf_counter()
+    times = StageTimes()
+    step = times.steps(progress)
+    step("checking the scenario against the tables")
     scenario = job.load_scenario()
     _require_prepared(job.data_dir)
     fields = prompts.prompt_fields_for(job.data_dir, scenario)
@@ -394,8 +397,11 @@ def generate_knowledge(
         wall_seconds=round(time.perf_counter() - started, 2),
     )
     if validator.reports:
+        step("validation results, Data Docs")
         validator.finish()
         summary["validation"] = {r.suite: r.as_dict() for r in validator.reports}
+    step.done()
+    summary["stage_seconds"] = times.as_dict()
     write_summary(job.out, kind, summary)
     for report in validator.reports:
         report.raise_for_failures(kept=f"answers and summary are written in {job.out}; the cache keeps every answer")
