@@ -7,12 +7,14 @@ Master resolution, first match wins: the ``master`` argument, ``KAR_SPARK_MASTER
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kar.errors import EnvironmentProblem
@@ -72,6 +74,32 @@ def _env_conf() -> dict[str, str]:
     return conf
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stop_requests_deferred() -> Iterator[None]:
+    """Hold SIGTERM and Ctrl-C while the JVM starts, and deliver them once it is up.
+
+    Interrupted mid-start, pyspark removes the folder the JVM reports its port in; the JVM then never reaches the
+    loop that ends it when its driver ends, and runs on, orphaned (seen: a `kar demo` stopped by SIGTERM while
+    Spark started). Up, it exits with the driver. Outside the main thread signals cannot be held: nothing to do.
+    """
+    held: list[int] = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in STOP_SIGNALS}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            os.kill(os.getpid(), held[0])
+
+
 def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: Mapping[str, str] | None = None):
     """Return the active SparkSession or build one.
 
@@ -102,6 +130,7 @@ def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: M
     quiet_logs = {"spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={_LOG4J_CONFIG}"}
     for key, value in {**_DEFAULT_CONF, **quiet_logs, **_env_conf(), **(conf or {})}.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _stop_requests_deferred():
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KAR_SPARK_LOG_LEVEL", "ERROR"))
     return spark

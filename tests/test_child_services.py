@@ -166,3 +166,22 @@ def test_demo_killed_while_its_service_is_up_leaves_no_service(signum, target, t
     _kill(victim, signum, target)
     assert _left_after(started, LEFT_WITHIN_S) == []
     assert not port_open("127.0.0.1", service["port"])
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_stop_while_spark_starts_leaves_no_jvm(signum, tmp_path):
+    """Regression: stopped while its JVM started (the known point: the JVM process exists, its gateway not yet
+    up), a job left the JVM running forever. The stop is now held until the JVM is up, which then exits with it."""
+    victim = subprocess.Popen([*KAR, "prepare", "--dataset", "synthetic", "--out", str(tmp_path / "out")],
+                              cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def jvm_started() -> bool:
+        return any("java" in cmd for _, cmd in _descendants(victim.pid).values())
+
+    _wait_for(jvm_started, what="the Spark JVM", victim=victim, limit_s=120)
+    started = _descendants(victim.pid)
+    os.kill(victim.pid, signum)
+    victim.wait(timeout=120)
+    assert _left_after(started, LEFT_WITHIN_S) == []
