@@ -129,3 +129,25 @@ def test_the_bundled_example_repo_is_what_the_generator_writes(tmp_path):
         "example.py",
         "feature_store.yaml",
     ]
+
+
+def test_kar_feast_apply_runs_feasts_own_apply_in_a_team_repo(data_dir, tmp_path):
+    """`kar feast apply --repo`: the team's repo registers with Feast's own CLI, kar_knowledge.py included."""
+    repo = tmp_path / "team"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(
+        "project: team\nregistry: data/registry.db\nprovider: local\n"
+        "online_store:\n  type: sqlite\n  path: data/online.db\nentity_key_serialization_version: 3\n"
+    )
+    (repo / "entities.py").write_text(
+        "from feast import Entity, ValueType\n"
+        'member = Entity(name="member", join_keys=["member_id"], value_type=ValueType.INT64)\n'
+        'article = Entity(name="article", join_keys=["article_id"], value_type=ValueType.INT64)\n'
+    )
+    data = tmp_path / "prepared"
+    shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns("feast"))
+    (data / "summary.json").write_text('{"dataset": "synthetic", "id_types": {"user": "int64", "item": "int64"}}')
+    store.init_repo(repo=repo, user_entity="member", item_entity="article", data_dir=data)
+    names = store.apply(data_dir=data, repo=repo)
+    assert {"member", "article", "user_knowledge", "kar_training", "kar_serving"} <= set(names)
+    assert (repo / "data" / "registry.db").is_file() and not (repo / "data" / "online_store.db").exists()

@@ -238,7 +238,7 @@ def test_unknown_profile_is_a_clear_error(knowledge):
 
 @pytest.mark.spark
 def test_spark_offline_store_profile_gives_the_same_training_set(knowledge, spark):
-    """feature_store.spark.yaml: joins run on Feast's Spark offline store, same rows and vectors."""
+    """The example repo's spark profile: joins run on Feast's Spark offline store, same rows and vectors."""
     store.apply(data_dir=knowledge["root"], profile="spark")
     on_spark = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES, profile="spark")
     on_files = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES)
