@@ -330,7 +330,7 @@ def feast_online(
 
     item_ids = [i.strip() for i in items.split(",") if i.strip()]
     feature_store = store.open_store(data_dir=data, repo=repo, online_store=_online_store(redis))
-    service = service or ("kar_serving" if repo else store.SERVING_SERVICE)
+    service = service or store.default_service(repo, serving=True)
     found = OnlineLookup(feature_store, service=service).fetch(user_id=user, item_ids=item_ids)
     for line in online_lines(found.describe()):
         console.print(line, highlight=False, soft_wrap=True)

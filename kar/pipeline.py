@@ -135,7 +135,7 @@ def run_train(
     data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
     config_path = optional_local_path(config_path, what="config")
     repo = optional_local_path(repo, what="repo")
-    service = service or (TEAM_TRAINING_SERVICE if repo is not None else store.TRAINING_SERVICE)
+    service = service or store.default_service(repo)
     dataset = read_summary(data_dir)["dataset"]
     config, overrides = _experiment(model, dataset, config_path, bundled=repo is None)
     if config is not None:
@@ -150,10 +150,6 @@ def run_train(
         check_experiment(config)
     step(f"training {config.model}")
     return train_experiment(frame, config, out, progress=_epoch_reporter(step))
-
-
-TEAM_TRAINING_SERVICE = "kar_training"
-TEAM_SERVING_SERVICE = "kar_serving"
 
 
 def _experiment(model: str, dataset: str, config_path: Path | None, *, bundled: bool) -> tuple[Any, dict[str, Any]]:

@@ -393,7 +393,7 @@ def serve(
     # Before the slow loading: a misconfigured token fails in a second.
     token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
     feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
-    service = service or ("kar_serving" if repo is not None else store.SERVING_SERVICE)
+    service = service or store.default_service(repo, serving=True)
     scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service, data_dir=data_dir)
     app = create_app(scorer=scorer, token=token, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

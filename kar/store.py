@@ -32,7 +32,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from kar.errors import DataError, KarError
-from kar.feast import KNOWLEDGE_TAG, ROLE_TAG, Dimensions, example_objects, key_type_of, write_example_repo
+from kar.feast import (
+    KNOWLEDGE_TAG,
+    ROLE_TAG,
+    TEAM_SERVING_SERVICE,
+    TEAM_TRAINING_SERVICE,
+    Dimensions,
+    example_objects,
+    key_type_of,
+    write_example_repo,
+)
 from kar.paths import Location, local_path, optional_local_path
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
 from spark_jobs.id_maps import IdMap
@@ -49,6 +58,14 @@ PROFILES = ("spark",)  # the example repo's other offline store
 
 # The vector tables under a prepared folder (``kar encode`` writes vectors/, ``kar adapt export`` adapted/).
 VECTOR_TABLES = ("vectors/user", "vectors/item", "adapted/user", "adapted/item")
+
+
+def default_service(repo: Location | None, *, serving: bool = False) -> str:
+    """The feature service read when none is named: the example repo's ``ranking_training``/``ranking_serving``,
+    or in a team's repo the ``kar_training``/``kar_serving`` that ``kar feast init`` wrote."""
+    if repo is None:
+        return SERVING_SERVICE if serving else TRAINING_SERVICE
+    return TEAM_SERVING_SERVICE if serving else TEAM_TRAINING_SERVICE
 
 
 def feast_dir(data_dir: Location) -> Path:

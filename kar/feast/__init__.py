@@ -20,7 +20,15 @@ example repo written with these functions (:func:`write_example_repo`).
 """
 
 from kar.feast.example import example_objects, write_example_repo
-from kar.feast.scaffold import KNOWLEDGE_FILE, RepoEntity, RepoView, scan_repo, write_knowledge_file
+from kar.feast.scaffold import (
+    KNOWLEDGE_FILE,
+    TEAM_SERVING_SERVICE,
+    TEAM_TRAINING_SERVICE,
+    RepoEntity,
+    RepoView,
+    scan_repo,
+    write_knowledge_file,
+)
 from kar.feast.views import (
     KEY_COLUMNS,
     KNOWLEDGE_TAG,
@@ -47,6 +55,8 @@ __all__ = [
     "ROLES",
     "ROLE_TAG",
     "STAGE_TAG",
+    "TEAM_SERVING_SERVICE",
+    "TEAM_TRAINING_SERVICE",
     "Dimensions",
     "KnowledgeViews",
     "RepoEntity",

@@ -20,6 +20,9 @@ from kar.paths import Location, local_path
 
 GENERATED_MARK = "# Written by `kar feast init`"
 KNOWLEDGE_FILE = "kar_knowledge.py"
+# The services kar_knowledge.py defines: what kar reads in a team's repo unless told another service.
+TEAM_TRAINING_SERVICE = "kar_training"
+TEAM_SERVING_SERVICE = "kar_serving"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,6 +233,6 @@ item_knowledge = knowledge.item
 user_knowledge_adapted = knowledge.user_adapted
 item_knowledge_adapted = knowledge.item_adapted
 
-kar_training = knowledge_service(name="kar_training", features=[{team_views}*knowledge.raw])
-kar_serving = knowledge_service(name="kar_serving", features=[{team_views}*knowledge.adapted])
+kar_training = knowledge_service(name="{TEAM_TRAINING_SERVICE}", features=[{team_views}*knowledge.raw])
+kar_serving = knowledge_service(name="{TEAM_SERVING_SERVICE}", features=[{team_views}*knowledge.adapted])
 '''
