@@ -148,8 +148,8 @@ class OnlineLookup:
         """
         user, item = self.roles.user, self.roles.item
         requests = {
-            user.join_key: [_value(user_id, user.key_type)],
-            item.join_key: [_value(i, item.key_type) for i in item_ids],
+            user.join_key: [user.key_value(user_id)],
+            item.join_key: [item.key_value(i) for i in item_ids],
         }
         columns = self.read(requests)
         return OnlineFeatures(
@@ -188,10 +188,6 @@ def _plan(view: FeatureView, features: list[str]) -> _ViewRead:
     vector = view.name if is_knowledge_view(view) and view.name in features else None
     dim = vector_dim(view) if vector else 0
     return _ViewRead(view=view, join_key=join_key, features=tuple(features), vector=vector, dim=dim)
-
-
-def _value(value: Any, key_type: str) -> Any:
-    return int(value) if key_type == "int64" else str(value)
 
 
 def _ints(ids: Sequence[Any]) -> bool:

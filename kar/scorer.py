@@ -175,10 +175,8 @@ class OnlineScorer:
             KarError: A non-integer id for an int64 join key.
         """
         entity = self.roles.of(role)
-        if entity.key_type == "string":
-            return str(value)
         try:
-            return int(value)
+            return entity.key_value(value)
         except (TypeError, ValueError):
             raise KarError(
                 f"{role}_id {value!r}: the {entity.entity} entity's join key {entity.join_key} holds int64 ids"

@@ -318,6 +318,14 @@ class EntityRole:
     join_key: str
     key_type: str
 
+    def key_value(self, value: Any) -> Any:
+        """``value`` as the join key holds it: an ``int`` for an int64 key, else text.
+
+        Raises:
+            ValueError: Text that is not an integer, for an int64 key.
+        """
+        return int(value) if self.key_type == "int64" else str(value)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Roles:
@@ -496,13 +504,9 @@ def online_features(
     roles = service_roles(store, service)
     user_refs = feature_refs(store, projections, entity=roles.user.entity)
     item_refs = feature_refs(store, projections, entity=roles.item.entity)
-    user_rows = [{roles.user.join_key: _key(user_id, roles.user)}]
-    item_rows = [{roles.item.join_key: _key(i, roles.item)} for i in item_ids]
+    user_rows = [{roles.user.join_key: roles.user.key_value(user_id)}]
+    item_rows = [{roles.item.join_key: roles.item.key_value(i)} for i in item_ids]
     user = store.get_online_features(features=user_refs, entity_rows=user_rows).to_df()
     items = store.get_online_features(features=item_refs, entity_rows=item_rows).to_df()
     dims = knowledge_dims(store, projections)
     return {"user": fill_missing_knowledge(user, dims), "items": fill_missing_knowledge(items, dims)}
-
-
-def _key(value: Any, role: EntityRole) -> Any:
-    return int(value) if role.key_type == "int64" else str(value)
