@@ -39,6 +39,7 @@ from kar.feast import (
     TEAM_TRAINING_SERVICE,
     Dimensions,
     example_objects,
+    feast_repo,
     key_type_of,
     write_example_repo,
 )
@@ -90,8 +91,7 @@ def profile_path(repo: Path, profile: str | None = None) -> Path:
 def _repo_for(data_dir: Path, repo: Path | None, profile: str | None) -> tuple[Path, Path]:
     """The repo folder and its yaml: the team's (``feature_store[.profile].yaml``) or the folder's example."""
     if repo is not None:
-        if not (repo / "feature_store.yaml").is_file():
-            raise DataError(f"{repo}: no feature_store.yaml; --repo must be a Feast repo")
+        repo = feast_repo(repo)
         return repo, profile_path(repo, profile)
     if profile is not None and profile not in PROFILES:
         raise KarError(f"{profile!r}: no such Feast profile for the example repo (profiles: {', '.join(PROFILES)})")
@@ -216,11 +216,8 @@ def apply(
         DataError: Not a prepared folder, a failed Feast apply (its last lines), or vectors of another size
             than their view declares.
     """
-    data = local_path(data_dir, what="data")
     team = optional_local_path(repo, what="repo")
-    if not (data / "users").is_dir():
-        raise DataError(f"{data}: not a prepared-data folder (run `kar prepare --out {data}` first)")
-    ensure_vector_tables(data)
+    data = _prepared(data_dir)
     if team is not None:
         _feast_cli_apply(team, profile)
         store = open_store(data_dir=data, repo=team, profile=profile)
@@ -252,13 +249,24 @@ def init_repo(
     with every vector table of the folder present (empty until encoded) so Feast can register its views."""
     from kar.feast import write_knowledge_file
 
+    data = _prepared(data_dir)
+    return write_knowledge_file(
+        repo=repo, user_entity=user_entity, item_entity=item_entity, data=data, with_views=with_views, force=force
+    )
+
+
+def _prepared(data_dir: Location) -> Path:
+    """A prepared folder with every vector table present (empty until encoded), so Feast can register views
+    over them.
+
+    Raises:
+        DataError: Not a folder ``kar prepare`` wrote.
+    """
     data = local_path(data_dir, what="data")
     if not (data / "users").is_dir():
         raise DataError(f"{data}: not a prepared-data folder (run `kar prepare --out {data}` first)")
     ensure_vector_tables(data)
-    return write_knowledge_file(
-        repo=repo, user_entity=user_entity, item_entity=item_entity, data=data, with_views=with_views, force=force
-    )
+    return data
 
 
 def _feast_cli_apply(repo: Path, profile: str | None) -> None:

@@ -26,6 +26,7 @@ from kar.feast.scaffold import (
     TEAM_TRAINING_SERVICE,
     RepoEntity,
     RepoView,
+    feast_repo,
     scan_repo,
     write_knowledge_file,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "RepoEntity",
     "RepoView",
     "example_objects",
+    "feast_repo",
     "feast_type",
     "key_type_of",
     "knowledge_service",

@@ -53,6 +53,18 @@ class RepoView:
     entities: tuple[str, ...]
 
 
+def feast_repo(repo: Location) -> Path:
+    """A team's Feast repo folder, made absolute.
+
+    Raises:
+        DataError: It holds no ``feature_store.yaml``.
+    """
+    root = local_path(repo, what="repo")
+    if not (root / "feature_store.yaml").is_file():
+        raise DataError(f"{root}: no feature_store.yaml; --repo must be a Feast repo")
+    return root
+
+
 def scan_repo(repo: Location) -> tuple[list[RepoEntity], list[RepoView]]:
     """The entities and feature views a Feast repo binds to top-level names, read from its source (``ast``):
     nothing of the team's is imported or run. ``kar_knowledge.py`` itself is skipped."""
@@ -138,9 +150,7 @@ def write_knowledge_file(
         DataError: No repo, an unknown entity or view, a join key type that differs from the data's, or a
             ``kar_knowledge.py`` that kar did not write.
     """
-    root = local_path(repo, what="repo")
-    if not (root / "feature_store.yaml").is_file():
-        raise DataError(f"{root}: no feature_store.yaml; --repo must be a Feast repo")
+    root = feast_repo(repo)
     data_dir = local_path(data, what="data")
     key_types = summary_key_types(data_dir)
     entities, views = scan_repo(root)
