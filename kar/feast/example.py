@@ -64,14 +64,8 @@ def _summary(root: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-# Folders prepared before summaries recorded profile types hold the bundled datasets' columns.
-_BUNDLED_PROFILES = {
-    "users": {"gender": "string", "age": "int", "occupation": "string", "zip_code": "string"},
-    "items": {"title": "string", "genres": "array<string>", "year": "int", "description": "string", "brand": "string"},
-}
-
-
 def _profile_types(root: Path) -> dict[str, dict[str, str]]:
+    """Profile column types read from the tables' schema (folders prepared before summaries recorded them)."""
     import pyarrow.dataset as ds
 
     arrow = {
@@ -91,7 +85,7 @@ def _profile_types(root: Path) -> dict[str, dict[str, str]]:
         out[table] = {
             f.name: arrow.get(str(f.type), "string") for f in schema if f.name not in (key, "event_timestamp")
         }
-    return out or _BUNDLED_PROFILES
+    return out
 
 
 # Feast's Spark offline store, local by default; on a cluster set spark.master here or through spark-submit.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kar.errors import DataError
-from kar.feast.views import Dimensions, summary_key_types, vector_dims
+from kar.feast.views import KEY_TYPES, Dimensions, summary_key_types, vector_dims
 from kar.paths import Location, local_path
 
 GENERATED_MARK = "# Written by `kar feast init`"
@@ -104,7 +104,7 @@ def _repo_entity(variable: str, module: str, keywords: Mapping[str, ast.expr]) -
     join_key = keys[0] if isinstance(keys, list) and keys else name
     value_type = keywords.get("value_type")
     type_name = value_type.attr if isinstance(value_type, ast.Attribute) else None
-    key_type = {"STRING": "string", "INT64": "int64", "INT32": "int64"}.get(type_name or "")
+    key_type = KEY_TYPES.get(type_name or "")
     return RepoEntity(variable=variable, module=module, name=str(name), join_key=str(join_key), key_type=key_type)
 
 

@@ -20,6 +20,8 @@ KNOWLEDGE_TAG = ("kar.kind", "knowledge")
 ROLE_TAG = "kar.role"  # user | item: which side of the ranking an entity is
 STAGE_TAG = "kar.stage"  # raw (the encoder's vectors) | adapted (the adaptor's, what serving reads)
 ROLES = ("user", "item")
+# The entity value types (``ValueType`` names) vectors can be keyed by, and the key type each one is.
+KEY_TYPES = {"STRING": "string", "INT64": "int64", "INT32": "int64"}
 # The vector tables key each vector twice: the int64 id and the dataset's own id as text.
 KEY_COLUMNS = {"int64": "entity_id", "string": "entity_key"}
 TABLES = {
@@ -77,10 +79,7 @@ class KnowledgeViews:
 
 def key_type_of(entity: Entity) -> str | None:
     """``int64`` or ``string`` from an entity's ``value_type``; None when the entity does not declare one."""
-    from feast import ValueType
-
-    kinds = {ValueType.STRING: "string", ValueType.INT64: "int64", ValueType.INT32: "int64"}
-    return kinds.get(entity.value_type)
+    return KEY_TYPES.get(entity.value_type.name)
 
 
 def vector_source(
@@ -94,19 +93,31 @@ def vector_source(
         offline_store: ``file`` (a ``FileSource``) or ``spark`` (a ``SparkSource``, for Feast's Spark store).
         description: Shown by ``feast`` listings.
     """
-    from feast import FileSource
     from feast.data_source import DataSource
 
     if isinstance(table, DataSource):
         return table
+    if offline_store not in ("file", "spark"):
+        raise DataError(f"offline_store {offline_store!r}: kar.feast builds file or spark sources")
+    return _parquet_source(
+        name=name,
+        table=table,
+        offline_store=offline_store,
+        timestamp_field="as_of",
+        created_timestamp_column="created_at",
+        description=description,
+    )
+
+
+def _parquet_source(*, name: str, table: Location, offline_store: str, **options: Any) -> DataSource:
+    """A parquet table as a ``SparkSource`` for Feast's Spark offline store, else a ``FileSource``."""
+    from feast import FileSource
+
     path = str(table) if is_uri(table) else str(local_path(table))
-    options = {"timestamp_field": "as_of", "created_timestamp_column": "created_at", "description": description}
     if offline_store == "spark":
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
         return SparkSource(name=name, path=path, file_format="parquet", **options)
-    if offline_store != "file":
-        raise DataError(f"offline_store {offline_store!r}: kar.feast builds file or spark sources")
     return FileSource(name=name, path=path, **options)
 
 
@@ -269,18 +280,12 @@ def profile_view(
 
     Profiles are a static snapshot valid from the first logged event (``event_timestamp``), hence no TTL.
     """
-    from feast import FeatureView, Field, FileSource
+    from feast import FeatureView, Field
 
     if isinstance(source, str | os.PathLike):
-        path = str(source) if is_uri(source) else str(local_path(source))
-        if offline_store == "spark":
-            from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
-
-            source = SparkSource(
-                name=f"{name}_source", path=path, file_format="parquet", timestamp_field="event_timestamp"
-            )
-        else:
-            source = FileSource(name=f"{name}_source", path=path, timestamp_field="event_timestamp")
+        source = _parquet_source(
+            name=f"{name}_source", table=source, offline_store=offline_store, timestamp_field="event_timestamp"
+        )
     schema = [Field(name=column, dtype=feast_type(dtype, column=column)) for column, dtype in fields.items()]
     return FeatureView(name=name, entities=[entity], schema=schema, source=source, online=True)
 
