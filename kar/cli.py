@@ -511,10 +511,11 @@ def knowledge(
     """
     from kar.pipeline import plan_knowledge, run_knowledge
 
+    kinds, out = kind or ["user", "item", "kerec"], out or data / "knowledge"
     if dry_run:
         with steps() as step:
             plans = plan_knowledge(
-                kinds=kind or ["user", "item", "kerec"],
+                kinds=kinds,
                 data_dir=data,
                 scenario=scenario,
                 limit=limit,
@@ -527,9 +528,9 @@ def knowledge(
         return
     with steps() as step:
         summaries = run_knowledge(
-            kinds=kind or ["user", "item", "kerec"],
+            kinds=kinds,
             data_dir=data,
-            out=out or data / "knowledge",
+            out=out,
             base_url=endpoint,
             model=model,
             scenario=scenario,
@@ -543,7 +544,7 @@ def knowledge(
         )
     for line in _knowledge_lines(summaries):
         console.print(line, highlight=False)
-    console.print(f"summary → {(out or data / 'knowledge') / 'summary.json'}")
+    console.print(f"summary → {out / 'summary.json'}")
 
 
 def plan_lines(plans: list[Any]) -> list[str]:

@@ -471,20 +471,14 @@ def run_knowledge(
 
     Returns the summary entries by kind (also in ``out/summary.json``).
     """
-    from spark_jobs.knowledge.job import JOB_KINDS, KnowledgeJob, generate_knowledge, scenario_for
-    from spark_jobs.knowledge.prompts import prompt_fields_for
+    from spark_jobs.knowledge.job import KnowledgeJob, generate_knowledge
     from spark_jobs.session import get_spark
 
     step = progress or _noop
     data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
     cache_dir = optional_local_path(cache_dir, what="cache")
     scenario = name_or_path(scenario) if scenario else None
-    unknown = [k for k in kinds if k not in JOB_KINDS]
-    if unknown:
-        raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
-    read_summary(data_dir)  # fails with the fix before any server or JVM starts
-    # So does a scenario whose templates name a field the run may not show (before a 40 s server start).
-    prompt_fields_for(data_dir, scenario_for(data_dir, scenario))
+    _checked_knowledge_request(kinds, data_dir, scenario)  # before a 40 s server start
     with llm_endpoint(
         base_url=base_url,
         model=model,
@@ -510,6 +504,21 @@ def run_knowledge(
         return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]
 
 
+def _checked_knowledge_request(kinds: Sequence[str], data_dir: Path, scenario: str | None) -> Any:
+    """Fail with the fix before any server or JVM starts: an unknown kind, a folder ``kar prepare`` did not
+    write, or a scenario whose templates name a field the run may not show. Returns the loaded scenario."""
+    from spark_jobs.knowledge.job import JOB_KINDS, scenario_for
+    from spark_jobs.knowledge.prompts import prompt_fields_for
+
+    unknown = [k for k in kinds if k not in JOB_KINDS]
+    if unknown:
+        raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
+    read_summary(data_dir)
+    loaded = scenario_for(data_dir, scenario)
+    prompt_fields_for(data_dir, loaded)
+    return loaded
+
+
 def plan_knowledge(
     *,
     kinds: Sequence[str],
@@ -527,21 +536,15 @@ def plan_knowledge(
         built from the entity answers).
     """
     from kar.llm_server import EMBEDDED_DIRNAME, default_cache_dir
-    from spark_jobs.knowledge.job import JOB_KINDS, plan_prompts, scenario_for
-    from spark_jobs.knowledge.prompts import prompt_fields_for
+    from spark_jobs.knowledge.job import plan_prompts
     from spark_jobs.session import get_spark
 
     step = progress or _noop
     data_dir = local_path(data_dir, what="data")
-    unknown = [k for k in kinds if k not in JOB_KINDS]
-    if unknown:
-        raise DataError(f"unknown knowledge kind(s) {', '.join(unknown)}; use {', '.join(JOB_KINDS)}")
-    read_summary(data_dir)
+    scenario_loaded = _checked_knowledge_request(kinds, data_dir, name_or_path(scenario) if scenario else None)
     # The embedded model's tokenizer, when it was built, counts exactly; else the heuristic overestimates.
     embedded = default_cache_dir() / "models" / EMBEDDED_DIRNAME
     tokenizer = optional_local_path(tokenizer, what="tokenizer") or (embedded if embedded.is_dir() else None)
-    scenario_loaded = scenario_for(data_dir, name_or_path(scenario) if scenario else None)
-    prompt_fields_for(data_dir, scenario_loaded)  # a template naming a field it may not show fails before Spark
     step("starting Spark")
     spark = get_spark(app_name="kar-knowledge-plan", master=master)
     plans = []
