@@ -107,7 +107,7 @@ def embeddings(
         fix = f"run `kar encode --data {data_dir}` first"
         if not path.is_dir():
             raise DataError(f"{path}: not found; {fix}")
-        if _parquet_rows(path) <= SMALL_VECTOR_ROWS:
+        if schema.parquet_rows(path) <= SMALL_VECTOR_ROWS:
             # In numpy: for a table this small, Spark's job scheduling costs ~30× the arithmetic.
             table = ds.dataset(path, format="parquet").to_table(columns=["vector", "dim"])
             v.validate_pandas(vector_stats_frame(table), suites.embeddings(kind))
@@ -120,11 +120,6 @@ def embeddings(
             v.validate(vector_spread(vectors), suites.embedding_spread(kind))
         vectors.unpersist()
     return {}
-
-
-def _parquet_rows(path: Path) -> int:
-    """Rows of a parquet folder, from the files' footers."""
-    return ds.dataset(path, format="parquet").count_rows()
 
 
 def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:

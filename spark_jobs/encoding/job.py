@@ -55,6 +55,7 @@ from spark_jobs.encoding.parts import PartTable
 from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA, vector_table
 from spark_jobs.id_maps import IdMap, read_id_map
 from spark_jobs.knowledge.job import write_summary
+from spark_jobs.schema import parquet_rows
 
 KINDS: tuple[str, ...] = ("user", "item")
 ID_COLUMNS = {"user": "user_id", "item": "item_id"}
@@ -423,10 +424,6 @@ class _Plan:
     release: Callable[[], None]
 
 
-def _table_rows(path: Path) -> int:
-    return ds.dataset(path, format="parquet").count_rows()
-
-
 def _plan_in_spark(
     spark: SparkSession, *, job: EncodeJob, kind: str, ref: ModelRef, mine: Sequence[str], times: StageTimes
 ) -> _Plan:
@@ -592,7 +589,7 @@ def encode_kind(
     table = job.vectors(kind)
     mine = table.parts(ref.tag)
     others = [p for p in table.parts() if p not in set(mine)]
-    small = _table_rows(_require_table(job.knowledge_dir, kind)) <= SMALL_KNOWLEDGE_ROWS
+    small = parquet_rows(_require_table(job.knowledge_dir, kind)) <= SMALL_KNOWLEDGE_ROWS
     plan = (_plan_in_arrow if small else _plan_in_spark)(spark, job=job, kind=kind, ref=ref, mine=mine, times=times)
     by_reason, n_distinct, n_cached = plan.by_reason, plan.n_distinct, plan.n_cached
     n_input = sum(by_reason.values())
