@@ -43,7 +43,7 @@ from kar.feast import (
     key_type_of,
     write_example_repo,
 )
-from kar.paths import Location, local_path, optional_local_path
+from kar.paths import Location, is_uri, local_path, optional_local_path
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
 from spark_jobs.id_maps import IdMap
 
@@ -178,7 +178,7 @@ def check_dimensions(store: FeatureStore, *, data_dir: Path) -> None:
             continue
         expected = vector_dim(view)
         location = str(getattr(view.batch_source, "path", "") or "")
-        if "://" in location or not location:
+        if not location or is_uri(location):
             continue  # a cluster's storage: Feast and Spark read it, the driver does not list it
         path = Path(location)
         if not path.is_dir():

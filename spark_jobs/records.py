@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.errors import DataError
+from kar.paths import is_uri
 
 # A parser turns one decoded line into string fields, or raises ValueError with a reason.
 LineParser = Callable[[str], Sequence[str | None]]
@@ -109,7 +110,7 @@ def read_records(
     Raises:
         DataError: The file does not exist.
     """
-    local = isinstance(path, Path) or "://" not in path
+    local = isinstance(path, Path) or not is_uri(path)
     if local and not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     name = Path(path).name if local else str(path).rstrip("/").rsplit("/", 1)[-1]

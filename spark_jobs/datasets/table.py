@@ -49,6 +49,7 @@ from pyspark.sql.types import ArrayType, StringType
 
 from kar.config_files import load_yaml
 from kar.errors import DataError
+from kar.paths import is_uri
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.fields import REASON, FieldSpec, add_reason, apply_field_specs
 from spark_jobs.records import META_COLUMNS, TextFormat, read_records
@@ -79,7 +80,7 @@ class Source:
 
     @property
     def is_local(self) -> bool:
-        return "://" not in self.location
+        return not is_uri(self.location)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,7 +217,7 @@ def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
 
 def _source(raw: Mapping[str, Any], where: str, folder: Path) -> Source:
     location = _text(raw, "path", where)
-    if "://" not in location:
+    if not is_uri(location):
         location = os.path.normpath(os.path.join(folder, os.path.expanduser(location)))
     fmt = raw.get("format")
     if fmt is None:
