@@ -86,6 +86,11 @@ def default_cache_dir() -> Path:
     return local_path(env, what="KAR_CACHE_DIR") if env else Path.home() / ".cache" / "kar"
 
 
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """``cache_dir`` made absolute, or :func:`default_cache_dir` when None."""
+    return local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive file lock so two processes never build the same env or model at once."""
@@ -151,7 +156,7 @@ def ensure_vllm_env(
     Raises:
         EnvironmentProblem: A pip step or the import check failed; the message names the log.
     """
-    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
+    cache_dir = resolve_cache_dir(cache_dir)
     venv = cache_dir / "vllm-venv"
     python = venv_python(venv)
     stamp = venv / STAMP
@@ -275,7 +280,7 @@ def ensure_embedded_model(
     Raises:
         EnvironmentProblem: Download or conversion failed; the message names the log.
     """
-    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
+    cache_dir = resolve_cache_dir(cache_dir)
     target = cache_dir / "models" / EMBEDDED_DIRNAME
     if (target / STAMP).is_file():
         return target
@@ -674,7 +679,7 @@ def serve_embedded(
     Returns:
         An ``LLMServer``; use it as a context manager or call ``start()``/``stop()``.
     """
-    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
+    cache_dir = resolve_cache_dir(cache_dir)
     python = ensure_vllm_env(cache_dir=cache_dir, progress=progress)
     model = ensure_embedded_model(cache_dir=cache_dir, python=python, progress=progress)
     port = port if port is not None else free_port(host)

@@ -46,7 +46,7 @@ import pandas as pd
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.errors import DataError, KarError
-from kar.llm_server import STAMP, TORCH_SPEC, _locked, _run_logged, _tail, default_cache_dir, venv_python
+from kar.llm_server import STAMP, TORCH_SPEC, _locked, _run_logged, _tail, resolve_cache_dir, venv_python
 from kar.paths import Location, local_path, optional_local_path
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def ensure_fuxictr_env(*, cache_dir: Path | None = None, progress: Progress | No
     Raises:
         EnvironmentProblem: A pip step or the import check failed; the message names the log.
     """
-    cache_dir = local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
+    cache_dir = resolve_cache_dir(cache_dir)
     venv = cache_dir / "bench" / "fuxictr"
     python, stamp = venv_python(venv), venv / STAMP
     if stamp.is_file() and python.exists():
