@@ -574,6 +574,7 @@ def _encode_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
             f"[bold]{kind}[/]: {s['input']} answers → {s['encoded']} encoded, {s['skipped_cached']} already encoded, "
             f"{s['empty']} empty{rejected}, {s['non_finite']} non-finite · {s['chunked']} chunked · "
             f"{s['rows']} vectors of {s['dim']}-d {s['model']} · {s['seconds']} s, {rate}"
+            + {"driver": " (on the driver)", "spark": " (in Spark tasks)"}.get(s["encoded_on"], "")
         )
     return lines
 
@@ -604,6 +605,13 @@ def encode(
             "--text", help="text (the LLM's answers) | prompt (the data the LLM was given: the no-LLM control)."
         ),
     ] = "text",
+    driver_max_texts: Annotated[
+        int | None,
+        typer.Option(
+            help="Texts per kind at or below which the driver encodes them, not Spark tasks (default: 1000; "
+            "0: always Spark). A few texts cost less than a Spark job's workers loading the model."
+        ),
+    ] = None,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """Encode LLM knowledge into vectors with sentence-transformers in Spark (long answers chunked, not cut).
@@ -623,6 +631,7 @@ def encode(
             batch_size=batch_size,
             kinds=kind or ["user", "item"],
             text_column=text,
+            driver_max_texts=driver_max_texts,
             master=master,
             progress=step,
         )
@@ -869,14 +878,16 @@ def bench_encode_command(
     for name, m in result["inputs"].items():
         stages = ", ".join(f"{k} {v:.2f}" for k, v in m["stage_seconds"].items() if k != "total")
         console.print(
-            f"{name} ({m['texts']} texts): ratio {m['ratio']} · bare {m['bare']['sentences_per_s']:.1f} vs ours "
-            f"{m['ours']['sentences_per_s']:.1f} sentences/s · job stages (s): {stages}",
+            f"{name} ({m['texts']} texts, encoded on {' and '.join(m['encoded_on'])}): ratio {m['ratio']} · bare "
+            f"{m['bare']['sentences_per_s']:.1f} vs ours {m['ours']['sentences_per_s']:.1f} sentences/s · job stages "
+            f"(s): {stages}",
             highlight=False,
             soft_wrap=True,
         )
     start, load = result["start_up"], result["model_load"]
     console.print(
-        f"{result['tasks']} tasks × {result['threads_per_task']} thread vs {result['bare_threads']} threads · "
+        f"Spark: {result['tasks']} tasks × {result['threads_per_task']} thread; driver and bare: "
+        f"{result['bare_threads']} threads · "
         f"start-up: model import {load['import_seconds']:.1f} s + load {load['load_seconds']:.1f} s; JVM "
         f"{start['jvm_seconds']:.1f} s; first job {start['first_run_seconds']:.1f} s → {out}",
         highlight=False,

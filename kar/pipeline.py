@@ -572,6 +572,7 @@ def run_encode(
     batch_size: int = 64,
     kinds: Sequence[str] = ("user", "item"),
     text_column: str = "text",
+    driver_max_texts: int | None = None,
     master: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -585,6 +586,8 @@ def run_encode(
         batch_size: Texts per forward pass.
         kinds: ``user`` and/or ``item``.
         text_column: ``text`` (the answers) or ``prompt`` (the data the LLM was given: the no-LLM control).
+        driver_max_texts: Texts to encode per kind at or below which the driver encodes them instead of Spark
+            tasks (default ``spark_jobs.encoding.job.DRIVER_MAX_TEXTS``; 0: always Spark).
         master: Spark master (default: env or ``local[*]``).
         progress: Step callback.
 
@@ -607,6 +610,7 @@ def run_encode(
         kinds=tuple(kinds),
         batch_size=batch_size,
         text_column=text_column,
+        driver_max_texts=0 if driver_max_texts is None else driver_max_texts,
     ).check()
     step("starting Spark")
     spark = get_spark(app_name="kar-encode", master=master)
@@ -619,6 +623,7 @@ def run_encode(
         kinds=kinds,
         text_column=text_column,
         id_maps_of=data_dir,
+        driver_max_texts=driver_max_texts,
         progress=step,
     )
 

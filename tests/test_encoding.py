@@ -78,13 +78,15 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.fixture(params=["arrow", "spark"])
+@pytest.fixture(params=["driver", "spark"])
 def planning(request, monkeypatch) -> str:
-    """Both ways the job plans a run: pyarrow on the driver (small knowledge tables) and Spark (large ones)."""
+    """Both ways the job runs: planned with pyarrow and encoded by the driver (small tables, few texts), and
+    planned and encoded in Spark (large ones)."""
     import spark_jobs.encoding.job as job
 
     if request.param == "spark":
         monkeypatch.setattr(job, "SMALL_KNOWLEDGE_ROWS", -1)
+        monkeypatch.setattr(job, "DRIVER_MAX_TEXTS", 0)
     return request.param
 
 
@@ -168,6 +170,7 @@ def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tm
     assert (user["input"], user["encoded"], user["empty"], user["not_ok"], user["chunked"]) == (9, 5, 3, 1, 1)
     assert user["skipped_cached"] == user["non_finite"] == user["duplicate"] == 0
     assert user["model"] == DEFAULT_MODEL and user["dim"] == 384 and user["sentences_per_s"] > 0
+    assert user["encoded_on"] == planning
     assert json.loads((out / "summary.json").read_text())["user"]["encoded"] == 5
 
     table = vectors(out, "user")
@@ -205,6 +208,32 @@ def test_rerun_encodes_nothing_and_new_answers_only_themselves(spark, tmp_path, 
     grown = encode(spark, knowledge, out, kinds=["item"])["item"]
     assert (grown["input"], grown["encoded"], grown["skipped_cached"]) == (9, 3, 6)
     assert vectors(out, "item")["entity_id"].to_pylist() == list(range(9))
+
+
+@pytest.mark.spark
+def test_few_new_texts_in_a_large_table_are_encoded_by_the_driver_with_its_threads_restored(
+    spark, tmp_path, monkeypatch, model
+):
+    """The incremental case: a table planned in Spark (large) whose new texts are few goes to the driver."""
+    import torch
+
+    import spark_jobs.encoding.job as job
+
+    monkeypatch.setattr(job, "SMALL_KNOWLEDGE_ROWS", -1)
+    knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
+    write_kind(knowledge, "item", answers(5))
+    first = encode(spark, knowledge, out, kinds=["item"], driver_max_texts=0)["item"]
+    write_kind(knowledge, "item", answers(2, start=5), part="part-1")
+    threads = torch.get_num_threads()
+    grown = encode(spark, knowledge, out, kinds=["item"], driver_max_texts=2, threads=1)["item"]
+    assert (first["encoded_on"], grown["encoded_on"]) == ("spark", "driver")
+    assert (grown["encoded"], grown["skipped_cached"], grown["threads_per_task"]) == (2, 5, 1)
+    assert torch.get_num_threads() == threads, "the driver's own torch setting is restored"
+    table = vectors(out, "item")
+    assert table["entity_id"].to_pylist() == list(range(7))
+    texts = [r[1] for r in answers(7)]
+    np.testing.assert_allclose(np.array(table["vector"].to_pylist()), model.encode(texts), atol=1e-5)
+    assert encode(spark, knowledge, out, kinds=["item"])["item"]["encoded_on"] is None  # nothing to encode
 
 
 @pytest.mark.spark
@@ -362,6 +391,7 @@ def test_bench_encode_writes_the_result_and_its_plot(spark, tmp_path):
     assert written["ratio"] > 0 and written["cached_rerun"]["encoded"] == 0
     large = written["inputs"]["large"]
     assert large["texts"] == 6 and written["ratio_large"] == large["ratio"] > 0  # 5 users + 1 item, same run
+    assert written["inputs"]["small"]["encoded_on"] == large["encoded_on"] == ["driver"]  # a few texts each
     assert {"read", "quarantine", "already_encoded", "encode", "commit", "gate"} <= set(written["stage_seconds"])
     assert written["max_abs_diff_vs_bare"] < 1e-4
     assert set(written["model_load"]) == {"import_seconds", "load_seconds"}

@@ -322,6 +322,19 @@ def test_finish_writes_json_and_data_docs_with_every_expectation(spark, tmp_path
     assert list(index.parent.glob("validations/prepared/splits/**/*.html"))
 
 
+def test_docs_only_on_failure_when_asked_and_stale_docs_removed_on_a_pass(tmp_path):
+    def run(n_nonfinite: int) -> Path | None:
+        v = Validator(out_dir=tmp_path / "validation", name="encode", docs_on_pass=False)
+        stats = pd.DataFrame({"n_values": [4], "dim": [4], "n_nonfinite": [n_nonfinite], "norm": [1.0]})
+        v.validate_pandas(stats, suites.embeddings("item"))
+        return v.finish()
+
+    failed = run(1)
+    assert failed is not None and failed.is_file(), "a failure gets its Data Docs"
+    assert run(0) is None and not failed.parent.exists(), "a pass removes the failed run's docs"
+    assert (tmp_path / "validation" / "embeddings.item.json").is_file(), "JSON results are written either way"
+
+
 def test_hallucination_scores_year_and_genre_claims(spark):
     items = spark.createDataFrame(
         [(1, 1995, ["Animation", "Children's"]), (2, 1982, ["Sci-Fi", "Thriller"]), (3, 2001, ["Drama"])],

@@ -274,14 +274,18 @@ class Validator:
         out_dir: ``<run folder>/validation``: JSON results and ``docs/<name>/index.html`` go here (None: keep
             nothing on disk, e.g. in the benchmark's plain measurement).
         name: Job name; Data Docs of this job go to ``docs/<name>``.
+        docs_on_pass: Build Data Docs when every suite passed too. Off for jobs whose runs are small and
+            frequent (the encode job), where rendering them (~0.5 s) costs as much as the work; the JSON results
+            are written either way and ``kar validate STAGE`` renders the docs on demand.
     """
 
-    def __init__(self, *, out_dir: Path | None, name: str) -> None:
+    def __init__(self, *, out_dir: Path | None, name: str, docs_on_pass: bool = True) -> None:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         # great_expectations' file stores refuse relative folders, and a relative one would move with the cwd.
         self.out_dir, self.name = (None if out_dir is None else Path(out_dir).absolute()), name
+        self.docs_on_pass = docs_on_pass
         self.reports: list[ValidationReport] = []
         self._context = gx.get_context(mode="ephemeral")
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -399,13 +403,17 @@ class Validator:
         self.reports.append(report)
 
     def finish(self) -> Path | None:
-        """Write every report to ``<out_dir>/<suite>.json`` and build Data Docs; returns the docs index."""
+        """Write every report to ``<out_dir>/<suite>.json`` and build Data Docs (unless every suite passed and
+        ``docs_on_pass`` is off); returns the docs index, or None when no docs were built."""
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for report in self.reports:
             (self.out_dir / f"{report.suite}.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
         docs = self.out_dir / DOCS_DIR / self.name
+        if not self.docs_on_pass and all(report.passed for report in self.reports):
+            shutil.rmtree(docs, ignore_errors=True)  # an older run's docs would show failures that are gone
+            return None
         site = {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},

@@ -7,7 +7,9 @@ encode the same texts with the same model and batch size, in the same run:
 * ``bare``: one ``encode`` call over every text in this process, with torch's default threads (all cores),
   the model loaded once beforehand (its import and load times are reported apart);
 * ``ours``: ``encode_knowledge`` over a knowledge folder holding exactly those texts, into a fresh output
-  folder each round (every text is encoded), one Spark task per core with ``spark.task.cpus`` threads each.
+  folder each round (every text is encoded): one Spark task per core with ``spark.task.cpus`` threads each,
+  or, for a kind with at most ``DRIVER_MAX_TEXTS`` texts (the small input), the driver with its own threads.
+  Each input reports where it was encoded (``encoded_on``).
 
 Start-up is measured once, apart: the JVM start and the first job, whose Python workers import
 sentence-transformers and load the model. Spark kills Python workers idle for a minute (a fixed timeout),
@@ -184,6 +186,7 @@ def _job_stats(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         name: sum(s[name] for s in summaries.values())
         for name in ("encoded", "skipped_cached", "chunked", "windows", "model_loads")
     } | {
+        "encoded_on": sorted({s["encoded_on"] for s in summaries.values() if s["encoded_on"]}),
         "encode_seconds": round(sum(s["encode_seconds"] for s in summaries.values()), 3),
         # Per kind, the slowest task's load (tasks load in parallel), as the job's summary reports it.
         "model_load_seconds": round(sum(s["model_load_seconds"] for s in summaries.values()), 3),
@@ -447,6 +450,7 @@ class _Bench:
             **summarize(measured),
             # Where the job's time goes (median per stage over rounds; outside them: summaries, the gate's set-up).
             "stage_seconds": stages,
+            "encoded_on": measured[0]["ours"]["encoded_on"],
             "cached_rerun": {"seconds": round(cached_seconds, 3), "encoded": cached["encoded"]},
             "max_abs_diff_vs_bare": max_abs_diff(selected, bare_vectors, self.scratch / f"{label}-round-{rounds}"),
         }

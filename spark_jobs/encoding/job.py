@@ -10,14 +10,17 @@ For each kind (``user``, ``item``):
 3. the rest is spread round-robin over one Spark task per core; each task loads the model once per Python
    worker, encodes in batches (long texts chunked, never truncated) and appends whole parquet parts as it
    goes, so ``kill -9`` loses at most the batch in flight and a rerun picks up the rest; NaN/inf vectors are
-   quarantined instead of written;
+   quarantined instead of written. A few texts (``driver_max_texts``, what an incremental run brings) are
+   encoded the same way by the driver itself: a Spark job's scheduling and its workers' model loads would
+   cost more than the encoding;
 4. after the new parts are complete: parts of another model are deleted (a model change re-encodes
    everything first), and older parts are rewritten without rows whose knowledge changed or went away,
    so the table holds exactly one vector per current text;
 5. ``OUT/summary.json`` gets the counts, model, dimension, time and sentences/s per kind;
 6. the embeddings gate (``validation.suites.embeddings``) checks the written tables: one dimension, finite
    values, norms in range, vectors not collapsed (mean pairwise cosine); a failure stops the job with one line
-   after the vectors and summary are written. Results and Data Docs go to ``OUT/../validation``.
+   after the vectors and summary are written. JSON results go to ``OUT/../validation``, and Data Docs too when
+   a suite fails (``kar validate embeddings`` renders them any time).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from spark_jobs.encoding.model import (
     load_model,
     resolve_model,
     set_threads,
+    torch_threads,
 )
 from spark_jobs.encoding.parts import PartTable
 from spark_jobs.encoding.schema import KEY_COLUMNS, QUARANTINE_SCHEMA, UTC_MICROS, VECTOR_SCHEMA, vector_table
@@ -62,6 +66,9 @@ ID_COLUMNS = {"user": "user_id", "item": "item_id"}
 # Up to this many knowledge rows per kind the job plans on the driver with pyarrow (counts, quarantine, what is
 # already encoded) and sends only the texts to encode through Spark.
 SMALL_KNOWLEDGE_ROWS = 50_000
+# Texts to encode at or below which the driver encodes them: Spark's fixed cost (a job, a Python worker per
+# core, each loading the model) is seconds, the driver's rate on its own cores is the bare library's.
+DRIVER_MAX_TEXTS = 1000
 # Rows per written part: ~25 s of encoding per task here, the most a kill -9 can cost.
 DEFAULT_FLUSH_ROWS = 1024
 EMPTY_TEXT = "empty text"
@@ -114,6 +121,8 @@ class EncodeJob:
             id); None or no maps: the int64 id as text.
         compact: Leave each table as one file once the job is done (Feast's file offline store needs it); False
             keeps the parts as the tasks wrote them (what a crash leaves, for tests).
+        driver_max_texts: Texts to encode (per kind) at or below which the driver encodes them with its own
+            torch threads instead of Spark tasks (same parts, same resume rules); 0: always Spark.
     """
 
     knowledge_dir: Path
@@ -128,6 +137,7 @@ class EncodeJob:
     text_column: str = "text"
     id_maps_of: Path | None = None
     compact: bool = True
+    driver_max_texts: int = DRIVER_MAX_TEXTS
 
     def vectors(self, kind: str) -> PartTable:
         return PartTable(self.out / kind, schema=VECTOR_SCHEMA)
@@ -143,6 +153,8 @@ class EncodeJob:
         for name, value in (("tasks", self.tasks), ("threads", self.threads)):
             if value is not None and value < 1:
                 raise DataError(f"encode: {name} must be at least 1, got {value}")
+        if self.driver_max_texts < 0:
+            raise DataError(f"encode: driver_max_texts must be 0 or more, got {self.driver_max_texts}")
         if self.text_column not in TEXT_COLUMNS:
             raise DataError(f"encode: text column {self.text_column!r} is not one of {', '.join(TEXT_COLUMNS)}")
         unknown = [k for k in self.kinds if k not in KINDS]
@@ -170,6 +182,22 @@ def _require_table(knowledge_dir: Path, kind: str) -> Path:
     return path
 
 
+def knowledge_table(knowledge_dir: Path, kind: str, *, text_column: str = "text") -> tuple[ds.Dataset, list[str]]:
+    """One kind's knowledge table (pyarrow, schema from the footers: no data read) and the columns the job reads.
+
+    Raises:
+        DataError: The table is missing, empty of files, or lacks a column the job needs.
+    """
+    path = _require_table(knowledge_dir, kind)
+    dataset = ds.dataset(path, format="parquet")
+    needed = list(dict.fromkeys((ID_COLUMNS[kind], "as_of", "status", "text", text_column)))
+    missing = [c for c in needed if c not in dataset.schema.names]
+    if missing:
+        fix = knowledge_fix(knowledge_dir, kind)
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
+    return dataset, needed
+
+
 def read_knowledge(
     spark: SparkSession,
     *,
@@ -185,13 +213,9 @@ def read_knowledge(
     Raises:
         DataError: The table is missing, empty of files, or lacks a column the job needs.
     """
-    path = _require_table(knowledge_dir, kind)
-    rows = spark.read.parquet(str(path))
+    knowledge_table(knowledge_dir, kind, text_column=text_column)
+    rows = spark.read.parquet(str(knowledge_dir / kind))
     id_column = ID_COLUMNS[kind]
-    missing = [c for c in (id_column, "as_of", "status", "text", text_column) if c not in rows.columns]
-    if missing:
-        fix = knowledge_fix(knowledge_dir, kind)
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
     status, text = F.col("status"), F.col(text_column)
     reason = (
         F.when(F.col(id_column).isNull(), F.lit(f"missing {id_column}"))
@@ -253,9 +277,10 @@ def _non_finite_rows(frame: pd.DataFrame, *, kind: str, model: str) -> pa.Table:
 
 
 def _encode_tasks(
-    job: EncodeJob, *, kind: str, ref: ModelRef, threads: int
+    job: EncodeJob, *, kind: str, ref: ModelRef, threads: int | None
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The function each Spark task runs: encode its rows, append vector parts, yield one row of task stats."""
+    """The function each Spark task (or the driver) runs: encode its rows, append vector parts, yield one row of
+    task stats. ``threads``: torch threads to set first (None: the process's own setting)."""
     vectors_root, quarantine_root = job.vectors(kind).uri, job.quarantine(kind).uri
     batch_size, flush_rows, faulty = job.batch_size, job.flush_rows, job.fault_nan_entity_ids
 
@@ -271,7 +296,8 @@ def _encode_tasks(
             return
         if load_seconds is not None:
             stats.update(model_loads=1, load_seconds=load_seconds)
-        set_threads(threads)
+        if threads is not None:
+            set_threads(threads)
         encoder = SentenceEncoder(model=model, batch_size=batch_size)
         stats["dim"] = encoder.dim
         vectors_table = PartTable(vectors_root, schema=VECTOR_SCHEMA)
@@ -412,6 +438,7 @@ class _Plan:
         n_distinct: Encodable texts, one per key.
         n_cached: Of those, already encoded with this model.
         todo: The texts to encode (``entity_id, entity_key, as_of_us, text, text_hash``), as a Spark DataFrame.
+        todo_frame: The same texts as pandas, for the driver to encode.
         current: Every encodable key, as a Spark DataFrame (what pruning keeps).
         release: Frees what the plan cached.
     """
@@ -420,6 +447,7 @@ class _Plan:
     n_distinct: int
     n_cached: int
     todo: Callable[[], DataFrame]
+    todo_frame: Callable[[], pd.DataFrame]
     current: Callable[[], DataFrame]
     release: Callable[[], None]
 
@@ -448,11 +476,13 @@ def _plan_in_spark(
             marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
         counts = marked.agg(F.count("*").alias("n"), F.count("_done").alias("cached")).first()
     todo_columns = ("entity_id", "entity_key", F.unix_micros("as_of").alias("as_of_us"), "text", "text_hash")
+    todo = marked.filter(F.col("_done").isNull()).select(*todo_columns)
     return _Plan(
         by_reason=by_reason,
         n_distinct=int(counts["n"]),
         n_cached=int(counts["cached"]),
-        todo=lambda: marked.filter(F.col("_done").isNull()).select(*todo_columns),
+        todo=lambda: todo,
+        todo_frame=todo.toPandas,
         current=lambda: encodable,
         release=rows.unpersist,
     )
@@ -496,6 +526,7 @@ def _plan_in_arrow(
         n_distinct=len(keys),
         n_cached=int(keys["_done"].notna().sum()),
         todo=lambda: spark.createDataFrame(todo, schema),
+        todo_frame=lambda: todo,
         current=lambda: spark.createDataFrame(encodable[list(KEY_COLUMNS)], current_schema),
         release=lambda: None,
     )
@@ -509,14 +540,8 @@ def read_knowledge_arrow(
     Raises:
         DataError: The table is missing, empty of files, or lacks a column the job needs.
     """
-    path = _require_table(knowledge_dir, kind)
-    dataset = ds.dataset(path, format="parquet")
+    dataset, needed = knowledge_table(knowledge_dir, kind, text_column=text_column)
     id_column = ID_COLUMNS[kind]
-    needed = list(dict.fromkeys((id_column, "as_of", "status", "text", text_column)))
-    missing = [c for c in needed if c not in dataset.schema.names]
-    if missing:
-        fix = knowledge_fix(knowledge_dir, kind)
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a `kar knowledge` table ({fix})")
     frame = dataset.to_table(columns=needed).to_pandas()
     text = frame[text_column].astype("string")
     status = frame["status"].astype("string")
@@ -574,6 +599,17 @@ def _quarantine_rows(bad: pd.DataFrame, *, model: str) -> pa.Table:
     )
 
 
+def _encode_on_driver(
+    todo: pd.DataFrame, *, job: EncodeJob, kind: str, ref: ModelRef
+) -> tuple[list[dict[str, Any]], int]:
+    """What one Spark task does, done by the driver with all its torch threads (or ``job.threads``): the stats
+    row and the threads it used."""
+    with torch_threads(job.threads) as threads:
+        runner = _encode_tasks(job, kind=kind, ref=ref, threads=None)
+        rows = [row for frame in runner(iter([todo])) for row in frame.to_dict("records")]
+    return rows, threads
+
+
 def encode_kind(
     spark: SparkSession, *, kind: str, job: EncodeJob, ref: ModelRef, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -604,16 +640,20 @@ def encode_kind(
     stats = {"encoded": 0, "non_finite": 0, "chunked": 0, "windows": 0, "model_loads": 0, "load_seconds": 0.0}
     dims: set[int] = set()
     task_seconds: list[float] = []
-    tasks = max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
+    on_driver = n_todo <= job.driver_max_texts
+    tasks = 1 if on_driver else max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
     threads = job.threads or int(spark.conf.get("spark.task.cpus", "1") or 1)
     encode_started = time.perf_counter()
     if n_todo:
-        step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name}")
-        todo = plan.todo()
-        runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
+        where = "the driver" if on_driver else f"{tasks} Spark task{'s' if tasks > 1 else ''}"
+        step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name} on {where}")
         with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
-            # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
-            task_stats = todo.repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
+            if on_driver:
+                task_stats, threads = _encode_on_driver(plan.todo_frame(), job=job, kind=kind, ref=ref)
+            else:
+                runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
+                # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
+                task_stats = plan.todo().repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
         aborted = [r["aborted"] for r in task_stats if r["aborted"]]
         if aborted:
             raise KarError(f"encode {kind}: {aborted[0]}")
@@ -660,6 +700,7 @@ def encode_kind(
         "model": ref.name,
         "dim": dims.pop() if len(dims) == 1 else _first_dim(table, parts),
         "batch_size": job.batch_size,
+        "encoded_on": ("driver" if on_driver else "spark") if n_todo else None,
         "tasks": tasks if n_todo else 0,
         "threads_per_task": threads,
         "model_loads": stats["model_loads"],
@@ -693,6 +734,7 @@ def encode_knowledge(
     text_column: str = "text",
     id_maps_of: Path | None = None,
     compact: bool = True,
+    driver_max_texts: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
@@ -718,13 +760,12 @@ def encode_knowledge(
         text_column=text_column,
         id_maps_of=id_maps_of,
         compact=compact,
+        driver_max_texts=DRIVER_MAX_TEXTS if driver_max_texts is None else driver_max_texts,
     )
     job.check()
     ref = resolve_model(model)
-    for kind in job.kinds:
-        read_knowledge(
-            spark, knowledge_dir=job.knowledge_dir, kind=kind, text_column=job.text_column
-        )  # every table's columns, before any work
+    for kind in job.kinds:  # every table's columns, before any work
+        knowledge_table(job.knowledge_dir, kind, text_column=job.text_column)
     summaries = {}
     for kind in job.kinds:
         summary = encode_kind(spark, kind=kind, job=job, ref=ref, progress=progress)
@@ -735,7 +776,8 @@ def encode_knowledge(
     from validation.gate import VALIDATION_DIR, Validator
 
     gate_started = time.perf_counter()
-    validator = Validator(out_dir=job.out.parent / VALIDATION_DIR, name="encode")
+    # Docs only on a failure: a small incremental run would spend as long rendering them as encoding.
+    validator = Validator(out_dir=job.out.parent / VALIDATION_DIR, name="encode", docs_on_pass=False)
     stages.embeddings(spark, None, validator, vectors_dir=job.out, kinds=job.kinds)
     validator.finish()
     gate_seconds = time.perf_counter() - gate_started

@@ -11,10 +11,11 @@ counts; ``n_chunks`` records how many windows each text took.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,21 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Torch intra-op threads set for a block and restored after it (the driver encoding in a user's process
+    must not change that process's setting); None keeps the current one. Yields the count in effect."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, kw_only=True)
