@@ -838,6 +838,36 @@ def bench_llm_command(
     )
 
 
+@bench_app.command("refresh")
+@friendly
+def bench_refresh_command(
+    out: Annotated[Path, typer.Option(parser=cli_path, help="JSON result file (the plot goes next to it as .png).")],
+    users: Annotated[int, typer.Option(help="Users of the generated input (a refresh's new users).")] = 10,
+    items: Annotated[int, typer.Option(help="Items of the generated input (a refresh's new items).")] = 10,
+    rounds: Annotated[int, typer.Option(help="Measured rounds after the warm-up.")] = 2,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible LLM endpoint (default: the embedded server).")
+    ] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Every stage of a refresh-sized run (prepare → knowledge from the answer cache → encode → feast apply →
+    export → materialize), timed per stage once Spark and the LLM are up."""
+    from kar.bench.refresh import bench_refresh
+
+    with steps() as step:
+        result = bench_refresh(
+            out=out, users=users, items=items, rounds=rounds, base_url=base_url, master=master, progress=step
+        )
+    verdict = "met" if result["meets_goal"] else "NOT met"
+    stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result["stage_seconds"].items())
+    console.print(
+        f"[bold]end to end {result['total_seconds']:.1f} s, goal < {result['goal_seconds']:.0f} s[/]: {verdict} · "
+        f"median s per stage: {stages} → {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @bench_app.command("encode")
 @friendly
 def bench_encode_command(

@@ -262,10 +262,12 @@ def _chart(result: Mapping[str, Any]) -> tuple[str, list[Panel], str]:
             bars={"JVM": [cold["jvm_seconds"]], "first job": [cold["first_run_seconds"]]},
         )
     )
-    ratios = " · ".join(f"{name} {_shown(m['ratio'])}" for name, m in inputs.items())
+    ratios = " · ".join(
+        f"{name} {_shown(m['ratio'])} (on {' and '.join(m['encoded_on'])})" for name, m in inputs.items()
+    )
     note = (
-        f"ours/bare: {ratios} (goal ≥ {GOAL}) · batch {result['batch_size']}, "
-        f"{result['tasks']} tasks × {result['threads_per_task']} thread vs {result['bare_threads']} threads"
+        f"ours/bare: {ratios} (goal ≥ {GOAL}) · batch {result['batch_size']}, Spark {result['tasks']} tasks × "
+        f"{result['threads_per_task']} thread, driver and bare {result['bare_threads']} threads"
     )
     return f"kar bench encode: {result['model']}", panels, note
 
