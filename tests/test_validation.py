@@ -537,3 +537,29 @@ def test_the_numpy_vector_frames_equal_the_spark_ones(spark):
     reference = vector_spread(spark.createDataFrame(kept.to_pandas())).first()
     assert spread["vectors"] == reference["vectors"] == 3
     assert spread["mean_pairwise_cosine"] == pytest.approx(reference["mean_pairwise_cosine"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "statuses",
+    [
+        ["ok"] * 94 + ["empty"] * 6,  # fails: 6% empty
+        ["truncated", "truncated", "ok"],  # measured, not judged below 20 rows
+        ["truncated" if i % 3 else "ok" for i in range(30)] + ["over_budget", "missing"],
+    ],
+)
+def test_status_gate_from_counts_matches_the_gate_over_the_joined_rows(spark, tmp_path, monkeypatch, statuses):
+    """The knowledge job gates a refresh-sized run's statuses on pandas rebuilt from their counts: same verdicts."""
+    from collections import Counter
+
+    import spark_jobs.knowledge.job as job
+
+    joined = spark.createDataFrame([(i, s) for i, s in enumerate(statuses)], "item_id long, status string")
+    counts = dict(Counter(statuses))
+    outcomes = []
+    for small in (True, False):
+        monkeypatch.setattr(job, "SMALL_STATUS_ROWS", 50_000 if small else 0)
+        v = validator(tmp_path)
+        job.gate_statuses(v, joined, counts, kind="item")
+        (report,) = v.reports
+        outcomes.append(sorted((o.name, o.success, str(o.observed)) for o in report.outcomes))
+    assert outcomes[0] == outcomes[1]

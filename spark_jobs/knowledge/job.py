@@ -65,6 +65,9 @@ TABLES: dict[Kind, str] = {"user": "user", "item": "item", "entity": "kerec_enti
 SUMMARY_FILE = "summary.json"
 # Prompt text is kept for audit and for the no-LLM control; the fixed system prompt is in the config.
 DROPPED_PROMPT_COLUMNS = ("system", "json_schema", "key", "over_budget")
+# Prompts at or below which the answer-status gate runs on pandas rebuilt from the status counts: on a handful
+# of rows great_expectations' own Spark jobs cost seconds.
+SMALL_STATUS_ROWS = 50_000
 TASK_STATS = StructType(
     [
         StructField("calls", LongType()),
@@ -246,11 +249,13 @@ def answer_prompts(
     """
     cache = job.cache()
     keyed = with_keys(prompts, model=job.model, spec=spec).cache()
-    total = keyed.count()
-    sendable = keyed.filter(~F.col("over_budget"))
-    done = cached_answers(spark, cache).filter(F.col("status") != "error").select("key")
-    todo = sendable.join(done, "key", "left_anti").select("key", "prompt_hash", "system", "prompt", "json_schema")
-    n_todo = todo.count()
+    done = cached_answers(spark, cache).filter(F.col("status") != "error").select("key").distinct()
+    marked = keyed.join(done.withColumn("_cached", F.lit(True)), "key", "left")
+    to_send = ~F.col("over_budget") & F.col("_cached").isNull()
+    # One job counts both: on a refresh-sized run each Spark job costs more than its rows.
+    counts = marked.agg(F.count("*").alias("total"), F.count(F.when(to_send, 1)).alias("todo")).first()
+    total, n_todo = int(counts["total"]), int(counts["todo"])
+    todo = marked.filter(to_send).select("key", "prompt_hash", "system", "prompt", "json_schema")
     tasks = max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
     started = time.perf_counter()
     stats = {"prompts": total, "cached": total - n_todo, "calls": 0, "tokens_in": 0, "tokens_out": 0}
@@ -286,8 +291,8 @@ def _reason() -> F.Column:
     return F.concat_ws(": ", F.col("status"), F.coalesce(F.col("error"), F.col("finish_reason")))
 
 
-def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Validator | None = None) -> dict[str, int]:
-    """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``; returns counts by status.
+def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Validator | None = None) -> None:
+    """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``.
 
     With a ``validator``, usable answers that break a row-level rule of ``validation.suites.answers`` go to
     ``OUT/quarantine/answers/<table>`` instead (they keep status ``ok`` there; the failed rules say why).
@@ -301,7 +306,36 @@ def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Valida
     ok.write.mode("overwrite").parquet(str(out / table))
     bad = kept.filter(F.col("status") != "ok").withColumn("reason", _reason())
     bad.write.mode("overwrite").parquet(str(out / "quarantine" / table))
-    return {r["status"]: r["n"] for r in joined.groupBy("status").agg(F.count("*").alias("n")).collect()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusTotals:
+    """Prompts per answer status, with the tokens of those answers (one Spark job over the joined rows)."""
+
+    rows: int
+    tokens_in: int
+    tokens_out: int
+    flagged: int
+
+    @classmethod
+    def of(cls, joined: DataFrame) -> dict[str, StatusTotals]:
+        sums = [F.sum(c).alias(c) for c in ("tokens_in", "tokens_out", "n_flagged")]
+        totals = joined.groupBy("status").agg(F.count("*").alias("rows"), *sums).collect()
+        return {
+            r["status"]: cls(rows=r["rows"], tokens_in=int(r["tokens_in"] or 0), tokens_out=int(r["tokens_out"] or 0),
+                             flagged=int(r["n_flagged"] or 0))
+            for r in totals
+        }  # fmt: skip
+
+
+def gate_statuses(validator: Validator, joined: DataFrame, counts: Mapping[str, int], *, kind: Kind) -> None:
+    """The answer-status suite; on few prompts over a pandas frame rebuilt from ``counts`` (the same statuses,
+    the same expectations), else over the joined rows in Spark."""
+    if sum(counts.values()) > SMALL_STATUS_ROWS:
+        validator.validate(joined, suites.answer_statuses(kind))
+        return
+    statuses = [status for status, n in sorted(counts.items()) for _ in range(n)]
+    validator.validate_pandas(pd.DataFrame({"status": statuses}), suites.answer_statuses(kind))
 
 
 def _limited(prompts: DataFrame, kind: Kind, limit: int | None) -> DataFrame:
@@ -327,29 +361,35 @@ def _run_kind(
     frame = _limited(prompts, kind, job.limit)
     gated = validator is not None and kind in ("user", "item")
     if gated:
+        progress(f"gating the {kind} prompts")
         frame = frame.cache()
         quarantine = job.out / "quarantine" / "prompts" / TABLES[kind]
         frame, report = validator.validate(frame, suites.prompts(kind), quarantine=quarantine)
         if not report.passed:
             validator.finish()
             report.raise_for_failures(kept="no prompt of this kind was sent to the LLM")
+    progress(f"looking up cached {kind} answers")
     joined, stats = answer_prompts(spark, frame, kind=kind, spec=scenario.spec(kind), job=job, progress=progress)
     joined = joined.cache()
-    stats["status"] = write_answers(joined, kind=kind, out=job.out, validator=validator)
+    progress(f"writing {kind} answers and their quarantine")
+    write_answers(joined, kind=kind, out=job.out, validator=validator)
+    progress(f"counting the {kind} answers and their tokens")
+    totals = StatusTotals.of(joined)
+    stats["status"] = {status: t.rows for status, t in totals.items()}
     if gated:
-        validator.validate(joined, suites.answer_statuses(kind))
+        progress(f"gating the {kind} answer statuses")
+        gate_statuses(validator, joined, stats["status"], kind=kind)
     items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR)) if kind == "item" else None
     # Year and genre claims can only be checked against a catalogue that has years and genres.
     if gated and items is not None and {"year", "genres"} <= set(items.columns):
+        progress("checking the item answers' year and genre claims")
         answers = spark.read.parquet(str(job.out / TABLES[kind]))
         facts = hallucination.check_item_facts(answers, items, out=job.out / hallucination.OUTPUT_DIR / "item")
         stats["item_facts"] = facts.as_dict()
-    tokens = joined.filter(F.col("status") != "over_budget").agg(
-        F.sum("tokens_in").alias("i"), F.sum("tokens_out").alias("o"), F.sum("n_flagged").alias("f")
-    )
-    row = tokens.first()
-    stats["answer_tokens_in"], stats["answer_tokens_out"] = int(row["i"] or 0), int(row["o"] or 0)
-    stats["prompts_flagged_injection"] = int(row["f"] or 0)
+    answered = [t for status, t in totals.items() if status != "over_budget"]
+    stats["answer_tokens_in"] = sum(t.tokens_in for t in answered)
+    stats["answer_tokens_out"] = sum(t.tokens_out for t in answered)
+    stats["prompts_flagged_injection"] = sum(t.flagged for t in answered)
     stats["usd_estimate_this_run"] = job.pricing.cost(stats["tokens_in"], stats["tokens_out"])
     stats["usd_estimate_all_answers"] = job.pricing.cost(stats["answer_tokens_in"], stats["answer_tokens_out"])
     return joined, stats
