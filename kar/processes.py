@@ -14,6 +14,7 @@ Three rules, the same for every service a command starts:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from kar.errors import EnvironmentProblem
 from kar.guard import group_exists, signal_group
 
 GUARD = Path(__file__).with_name("guard.py")
@@ -166,3 +168,35 @@ def _proc_state(stat: Path) -> tuple[str, int] | None:
     except (OSError, IndexError):
         return None
     return fields[0], int(fields[2])
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive file lock on ``path`` (created if missing): two processes never build the same env
+    or model at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """Return the last ``lines`` lines of a log file (empty if missing): the part that says what went wrong."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_logged(cmd: Sequence[str], *, log: Path, what: str, env: Mapping[str, str] | None = None) -> None:
+    """Run ``cmd`` appending stdout+stderr to ``log``; raise ``EnvironmentProblem`` naming the log on failure."""
+    with log.open("a") as handle:
+        handle.write(f"\n$ {' '.join(cmd)}\n")
+        handle.flush()
+        code = subprocess.call(list(cmd), stdout=handle, stderr=subprocess.STDOUT, env=dict(env) if env else None)
+    if code != 0:
+        raise EnvironmentProblem(f"{what} failed (exit {code}); see the full log in {log}")

@@ -4,7 +4,7 @@ Both sides train DeepFM on the same encoded training split (``deepfm_movielens-1
 sequence fields, the knowledge vector columns are not read), with the same embedding size, DNN, dropout,
 batch size, optimizer (Adam, lr 1e-3, the config's L2: none), seed and number of torch CPU threads:
 
-* ``ours``: ``ctr``'s DeepFM and the epoch loop of ``ctr.trainer`` (``_train_epoch``, what ``kar train``
+* ``ours``: ``ctr``'s DeepFM and the epoch loop of ``ctr.trainer`` (``train_epoch``, what ``kar train``
   runs), in this process, on tensors already built by our encoder;
 * ``fuxictr``: FuxiCTR 2.3.10's ``BaseModel.train_epoch`` (forward, BCE on sigmoid outputs, backward,
   gradient-norm clipping, Adam step, fed by FuxiCTR's torch ``NpzDataLoader``) in a child process that runs
@@ -46,8 +46,9 @@ import pandas as pd
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.errors import DataError, KarError
-from kar.llm_server import STAMP, TORCH_SPEC, _locked, _run_logged, _tail, resolve_cache_dir, venv_python
+from kar.llm_server import STAMP, TORCH_SPEC, resolve_cache_dir, venv_python
 from kar.paths import Location, local_path, optional_local_path
+from kar.processes import file_lock, log_tail, run_logged
 
 if TYPE_CHECKING:
     from ctr.features import FeatureSpec, InputLayout
@@ -211,17 +212,17 @@ def ensure_fuxictr_env(*, cache_dir: Path | None = None, progress: Progress | No
     log = cache_dir / "logs" / "bench-fuxictr-env.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     (progress or _noop)(f"building the FuxiCTR scratch env in {venv} (~4 min, once; log {log})")
-    with _locked(cache_dir / ".bench-fuxictr.lock"):
+    with file_lock(cache_dir / ".bench-fuxictr.lock"):
         if stamp.is_file() and python.exists():  # another process finished it while we waited
             return python
         if venv.exists():
             shutil.rmtree(venv)
         log.write_text(f"building {venv} with {sys.executable}\n")
-        _run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the FuxiCTR venv")
+        run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the FuxiCTR venv")
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-        _run_logged([*pip, *FUXICTR_ENV_SPECS], log=log, what=f"installing {', '.join(FUXICTR_ENV_SPECS)}")
+        run_logged([*pip, *FUXICTR_ENV_SPECS], log=log, what=f"installing {', '.join(FUXICTR_ENV_SPECS)}")
         check = "from fuxictr.pytorch.models import BaseModel; from fuxictr.pytorch.dataloaders import RankDataLoader"
-        _run_logged([str(python), "-c", check], log=log, what="importing fuxictr in the scratch venv")
+        run_logged([str(python), "-c", check], log=log, what="importing fuxictr in the scratch venv")
         stamp.write_text(json.dumps({"built": time.strftime("%Y-%m-%dT%H:%M:%S"), "specs": FUXICTR_ENV_SPECS}) + "\n")
     return python
 
@@ -353,7 +354,7 @@ class FuxiCTRWorker:
         line = stdout.readline()
         if not line:
             self.process.wait()
-            tail = _tail(self.log)
+            tail = log_tail(self.log)
             raise KarError(
                 f"bench train: the FuxiCTR worker died while {what} (exit {self.process.returncode}):\n{tail}"
             )
@@ -455,7 +456,7 @@ class OursSide:
 
         from ctr.models import build_model
         from ctr.progress import ProgressEvent
-        from ctr.trainer import _param_groups, seed_everything, to_tensors
+        from ctr.trainer import param_groups, seed_everything, to_tensors
 
         seed_everything(config.seed)
         self.config, self.threads = config, threads
@@ -465,7 +466,7 @@ class OursSide:
         }
         self.model = build_model(config.model, layout=encoded.layout, **config.model_params)
         settings = config.train
-        self.optimizer = torch.optim.Adam(_param_groups(self.model, settings), lr=settings.lr)
+        self.optimizer = torch.optim.Adam(param_groups(self.model, settings), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         steps = -(-encoded.n_train // settings.batch_size)
         self.event = ProgressEvent(model=config.model, epoch=0, epochs=settings.epochs, step=0, steps=steps)
@@ -473,12 +474,12 @@ class OursSide:
 
     def epoch(self) -> float:
         """Train one epoch; its seconds."""
-        from ctr.trainer import _train_epoch, torch_threads
+        from ctr.trainer import torch_threads, train_epoch
 
         settings = self.config.train
         with torch_threads(self.threads):
             started = time.perf_counter()
-            _train_epoch(
+            train_epoch(
                 self.model,
                 self.optimizer,
                 self.data["train"],
@@ -490,11 +491,11 @@ class OursSide:
             return time.perf_counter() - started
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        from ctr.trainer import _evaluate, torch_threads
+        from ctr.trainer import evaluate, torch_threads
 
         with torch_threads(self.threads):
             return {
-                name: _evaluate(self.model, self.data[split], batch_size=self.config.train.eval_batch_size)
+                name: evaluate(self.model, self.data[split], batch_size=self.config.train.eval_batch_size)
                 for name, split in (("val", "val"), ("test", "test"))
             }
 
@@ -502,13 +503,13 @@ class OursSide:
         """Seconds to cut one epoch's shuffled batches without training (our batch assembly)."""
         import torch
 
-        from ctr.trainer import _batches, torch_threads
+        from ctr.trainer import batches, torch_threads
 
         train = self.data["train"]
         order = torch.randperm(len(train["label"]), generator=torch.Generator().manual_seed(0))
         with torch_threads(self.threads):
             started = time.perf_counter()
-            for _batch in _batches(train, batch_size=self.config.train.batch_size, order=order):
+            for _batch in batches(train, batch_size=self.config.train.batch_size, order=order):
                 pass
             return time.perf_counter() - started
 
