@@ -274,33 +274,32 @@ def test_resume_after_a_crash_encodes_only_what_is_missing_and_drops_leftovers(s
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_sigkill_mid_run_then_rerun_gives_exactly_one_vector_per_answer(spark, tmp_path):
+@pytest.mark.parametrize("where", ["driver", "spark"])
+def test_sigkill_at_a_known_point_then_rerun_gives_exactly_one_vector_per_answer(spark, tmp_path, where):
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
-    n = 120
+    n, flush, block_after = 120, 4, 3
     write_kind(knowledge, "user", answers(n))
-    # Small parts so the victim has written some and not all when it dies.
+    writers = 1 if where == "driver" else 2  # local[2]: two Spark tasks, each its own writer
+    # Every writer blocks for good after its third part (fault injection): the kill lands at that point.
     script = (
         "import sys; from pathlib import Path; from spark_jobs.session import get_spark; "
         "from spark_jobs.encoding.job import encode_knowledge; "
         "encode_knowledge(get_spark(master='local[2]'), knowledge_dir=Path(sys.argv[1]), out=Path(sys.argv[2]), "
-        "kinds=['user'], flush_rows=4)"
+        f"kinds=['user'], flush_rows={flush}, fault_block_after_parts={block_after}, "
+        f"driver_max_texts={n if where == 'driver' else 0})"
     )
     victim = subprocess.Popen([sys.executable, "-c", script, str(knowledge), str(out)], cwd=REPO,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while len(list((out / "user").glob("part-*"))) < 3 and time.monotonic() < deadline and victim.poll() is None:
+    expected_parts = writers * block_after
+    deadline = time.monotonic() + 300  # a bound on a hang, not a timing the test depends on
+    while len(list((out / "user").glob("part-*"))) < expected_parts and victim.poll() is None:
+        assert time.monotonic() < deadline, "the victim never reached the known point"
         time.sleep(0.2)
-    os.killpg(victim.pid, signal.SIGKILL)  # the driver and its Spark JVM, mid-encode
+    assert victim.poll() is None, "the victim should be blocked at the known point, not finished"
+    os.killpg(victim.pid, signal.SIGKILL)  # the driver and its Spark JVM
     victim.wait()
-    # Spark's Python daemon has its own process group: it sees the JVM gone and stops its workers within a
-    # second or so, in which they may still finish a part (whole parts only). Wait until nothing moves.
-    parts, stable_since = -1, time.monotonic()
-    while time.monotonic() - stable_since < 2 and time.monotonic() < deadline:
-        now = len(list((out / "user").glob("*")))
-        parts, stable_since = (now, time.monotonic()) if now != parts else (parts, stable_since)
-        time.sleep(0.2)
     before = pq.read_table(out / "user").num_rows
-    assert 0 < before < n, "the job should have written some vectors and not all before it was killed"
+    assert before == expected_parts * flush  # the blocked writers wrote exactly their parts
 
     summary = encode(spark, knowledge, out, kinds=["user"])["user"]
     assert (summary["skipped_cached"], summary["encoded"]) == (before, n - before)

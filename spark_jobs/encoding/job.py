@@ -112,6 +112,8 @@ class EncodeJob:
         tasks: Spark tasks that encode (default: the cluster's parallelism).
         threads: Torch threads per task (default: ``spark.task.cpus``, i.e. one per core a task holds).
         flush_rows: Rows per written part: the most work a crash can lose per task.
+        fault_block_after_parts: Fault injection for tests only: each writer (a Spark task, or the driver) blocks
+            for good once it has written this many vector parts, so a kill test kills at a known point.
         fault_nan_entity_ids: Fault injection for tests only: these entities' vectors are replaced by NaN
             after encoding, to exercise the non-finite quarantine with a real model.
         text_column: The column encoded: ``text`` (the LLM's answer) or ``prompt`` (the data the LLM was given:
@@ -134,6 +136,7 @@ class EncodeJob:
     threads: int | None = None
     flush_rows: int = DEFAULT_FLUSH_ROWS
     fault_nan_entity_ids: frozenset[int] = frozenset()
+    fault_block_after_parts: int | None = None
     text_column: str = "text"
     id_maps_of: Path | None = None
     compact: bool = True
@@ -283,6 +286,7 @@ def _encode_tasks(
     task stats. ``threads``: torch threads to set first (None: the process's own setting)."""
     vectors_root, quarantine_root = job.vectors(kind).uri, job.quarantine(kind).uri
     batch_size, flush_rows, faulty = job.batch_size, job.flush_rows, job.fault_nan_entity_ids
+    block_after = job.fault_block_after_parts
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         stats: dict[str, Any] = dict.fromkeys(("encoded", "non_finite", "chunked", "windows", "model_loads"), 0)
@@ -302,6 +306,7 @@ def _encode_tasks(
         stats["dim"] = encoder.dim
         vectors_table = PartTable(vectors_root, schema=VECTOR_SCHEMA)
         quarantine = PartTable(quarantine_root, schema=QUARANTINE_SCHEMA)
+        parts_written = 0
         for batch in batches:
             for start in range(0, len(batch), flush_rows):
                 frame = batch.iloc[start : start + flush_rows]
@@ -314,6 +319,9 @@ def _encode_tasks(
                 if ok.any():
                     rows = _vector_rows(frame[ok], encoded.vectors[ok], encoded.n_chunks[ok], kind=kind, model=ref.name)
                     vectors_table.append(rows, tag=ref.tag)
+                    parts_written += 1
+                    if block_after is not None and parts_written >= block_after:
+                        threading.Event().wait()  # until killed: the test's known point
                 if not ok.all():
                     quarantine.append(_non_finite_rows(frame[~ok], kind=kind, model=ref.name), tag=ref.tag)
                 stats["encoded"] += int(ok.sum())
@@ -731,6 +739,7 @@ def encode_knowledge(
     threads: int | None = None,
     flush_rows: int = DEFAULT_FLUSH_ROWS,
     fault_nan_entity_ids: Sequence[int] = (),
+    fault_block_after_parts: int | None = None,
     text_column: str = "text",
     id_maps_of: Path | None = None,
     compact: bool = True,
@@ -757,6 +766,7 @@ def encode_knowledge(
         threads=threads,
         flush_rows=flush_rows,
         fault_nan_entity_ids=frozenset(int(i) for i in fault_nan_entity_ids),
+        fault_block_after_parts=fault_block_after_parts,
         text_column=text_column,
         id_maps_of=id_maps_of,
         compact=compact,
