@@ -15,7 +15,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -208,11 +208,20 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class LLMClient:
-    """Answers prompts against one endpoint; use as ``async with LLMClient(endpoint=..., model=...)``."""
+    """Answers prompts against one endpoint; use as ``async with LLMClient(endpoint=..., model=...)``.
 
-    def __init__(self, *, endpoint: Endpoint, model: str) -> None:
+    Args:
+        endpoint: The server and its retry, backoff and breaker settings.
+        model: Model id sent with every request.
+        sleep: How a backoff waits (``asyncio.sleep``); tests pass one that records the delays asked for.
+    """
+
+    def __init__(
+        self, *, endpoint: Endpoint, model: str, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         self.endpoint = endpoint
         self.model = model
+        self._sleep = sleep
         self.breaker = CircuitBreaker(
             failures=endpoint.breaker_failures, cooldown_s=endpoint.breaker_cooldown_s, trips=endpoint.breaker_trips
         )
@@ -272,7 +281,7 @@ class LLMClient:
                         max_s=self.endpoint.backoff_max_s,
                         retry_after=exc.retry_after,
                     )
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                 continue
             except _Final as exc:
                 self.breaker.record(ok=True, probe=probe)  # the server answered; the prompt itself is bad
