@@ -24,7 +24,7 @@ from rich.table import Table
 
 from kar.errors import KarError
 from kar.paths import local_path, name_or_path
-from kar.processes import Terminated, sigterm_raises
+from kar.processes import Terminated, sigterm_raises, stopped_by_sigterm
 
 app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
 feast_app = typer.Typer(help="Register, materialize and read the Feast feature store.", no_args_is_help=True)
@@ -124,7 +124,13 @@ def friendly(func: F) -> F:
         _STAGE.set(None)
         try:
             with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: every child service is stopped on the way out
-                return func(*args, **kwargs)
+                try:
+                    return func(*args, **kwargs)
+                except Exception as exc:
+                    # The unwinding can fail on a JVM the same signal stopped: the stop is what ended the command.
+                    if stopped_by_sigterm(exc):
+                        raise Terminated from exc
+                    raise
         except KarError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -39,6 +39,22 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
+def stopped_by_sigterm(exc: BaseException) -> bool:
+    """Whether ``exc`` is :class:`Terminated` or was raised while unwinding from it.
+
+    A SIGTERM to a job's process group stops its Spark JVM too, so the cleanup that ``Terminated`` runs can fail
+    on the dead JVM (a Py4J error) and replace it; the stop, not that error, is what ended the command.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Terminated):
+            return True
+        seen.add(id(current))
+        current = current.__context__
+    return False
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""

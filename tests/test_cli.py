@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -169,6 +170,31 @@ def test_an_unexpected_error_is_one_line_naming_the_step_with_the_traceback_in_t
     ]
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "fault_injected_prepare" in text
+
+
+_SIGTERM_THEN_CLEANUP_FAILS = textwrap.dedent(
+    """
+    import os, signal, sys
+    import kar.pipeline
+
+    def prepare_stopped_mid_job(**kwargs):  # what a SIGTERM to the job's group does to a Spark job
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler raises Terminated here
+        finally:
+            raise ConnectionRefusedError("the JVM the same signal stopped is gone")  # cleanup fails on it
+
+    kar.pipeline.run_prepare = prepare_stopped_mid_job
+    from kar.cli import app
+    app(sys.argv[1:], prog_name="kar")
+    """
+)
+
+
+def test_sigterm_whose_unwinding_fails_on_the_stopped_jvm_still_exits_as_stopped(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_THEN_CLEANUP_FAILS, "prepare", "--out", "out"],
+                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "kar prepare: stopped by SIGTERM" in result.stderr and "ConnectionRefusedError" not in result.stderr
 
 
 @pytest.mark.parametrize("how", [["--debug"], ["KAR_DEBUG=1"]])
