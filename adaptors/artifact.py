@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from adaptors.hea import AdaptorConfig, HybridExpertAdaptor
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 ADAPTOR_CONFIG_FILE = "adaptor.json"
 ADAPTOR_WEIGHTS_FILE = "adaptor.pt"

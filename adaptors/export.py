@@ -25,7 +25,7 @@ import torch
 
 from adaptors.artifact import load_adaptor
 from adaptors.hea import HybridExpertAdaptor
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.encoding.schema import VECTOR_SCHEMA, vector_table
 
 KNOWLEDGE_SUFFIX = "_knowledge"

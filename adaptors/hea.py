@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
+from kar.contracts.tables import ADAPTED_DIM
 
 ADAPTORS = ("hea", "moe", "mlp")
 # (shared, specific) expert counts of each variant when the config does not set them.
@@ -50,7 +51,7 @@ class AdaptorConfig:
 
     fields: tuple[str, ...]
     adaptor: str = "hea"
-    out_dim: int = 32
+    out_dim: int = ADAPTED_DIM
     hidden: tuple[int, ...] = (128,)
     shared_experts: int | None = None
     specific_experts: int | None = None
@@ -114,7 +115,7 @@ class HybridExpertAdaptor(nn.Module):
         self,
         *,
         inputs: Mapping[str, int],
-        out_dim: int = 32,
+        out_dim: int = ADAPTED_DIM,
         hidden: Sequence[int] = (128,),
         shared_experts: int = 2,
         specific_experts: int = 2,

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 T = TypeVar("T")
 # Builds one nested value from its raw form and its key path.

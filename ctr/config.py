@@ -28,8 +28,8 @@ import yaml
 from adaptors import AdaptorConfig
 from ctr._mapping import from_mapping
 from ctr.features import FeatureSpec
-from kar.config_files import load_yaml
-from kar.errors import DataError
+from kar.contracts.config_files import load_yaml
+from kar.contracts.errors import DataError
 
 # Experiment YAMLs bundled with the package (package data of ``kar``).
 BUNDLED_DIR = Path(str(resources.files("kar") / "configs" / "experiments"))

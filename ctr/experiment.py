@@ -14,7 +14,7 @@ from ctr.runs import TORCH_MODEL_FILE, XGBOOST_MODEL_FILE
 from ctr.trainer import Ranker, load_torch_ranker, train_torch
 from ctr.xgb import MODEL_NAME as XGBOOST
 from ctr.xgb import XGBoostRanker, load_xgboost_ranker, train_xgboost, xgboost_params
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def train_experiment(
@@ -32,7 +32,7 @@ def train_experiment(
         The metrics: ``{"model", "val": {"auc", "logloss"}, "test": {"auc", "logloss"}, ...}``.
 
     Raises:
-        kar.errors.DataError: If the frame or config cannot be used.
+        kar.contracts.errors.DataError: If the frame or config cannot be used.
     """
     check_experiment(config)
     train = train_xgboost if config.model == XGBOOST else train_torch
@@ -43,7 +43,7 @@ def load_ranker(run_dir: Path) -> Ranker | XGBoostRanker:
     """The ranker a ``kar train`` run wrote (torch or XGBoost): ``.predict(frame)`` gives click probabilities.
 
     Raises:
-        kar.errors.DataError: ``run_dir`` holds no finished run.
+        kar.contracts.errors.DataError: ``run_dir`` holds no finished run.
     """
     run_dir = Path(run_dir)
     if (run_dir / XGBOOST_MODEL_FILE).is_file():
@@ -57,7 +57,7 @@ def check_experiment(config: ExperimentConfig) -> None:
     """Fail fast on an unknown model or model parameter, before any data is fetched.
 
     Raises:
-        kar.errors.DataError: Naming the model or the parameter.
+        kar.contracts.errors.DataError: Naming the model or the parameter.
     """
     if config.model == XGBOOST:
         xgboost_params(config.model_params)

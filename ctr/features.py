@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr._mapping import coerce, from_mapping
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 ENCODER_FORMAT = "kar-feast/ctr-encoder"
 ENCODER_VERSION = 1

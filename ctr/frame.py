@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 LABEL = "label"
 SPLIT = "split"

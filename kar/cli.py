@@ -1,4 +1,4 @@
-"""``kar``: a thin typer CLI over ``kar.pipeline`` and ``kar.store``; every command is an importable function."""
+"""``kar``: a thin typer CLI over ``kar.pipeline`` and ``kar.serving``; every command is an importable function."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kar.errors import KarError
-from kar.paths import local_path, name_or_path
+from kar.contracts.errors import KarError
+from kar.contracts.paths import local_path, name_or_path
 from kar.processes import Terminated, sigterm_raises, stopped_by_sigterm
 
 app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
@@ -54,7 +54,7 @@ def cli_path(value: str | os.PathLike[str]) -> Path:
 
 
 def cli_name_or_path(value: str) -> str:
-    """For options that take a bundled/hub name or a path (models, scenarios): see ``kar.paths.name_or_path``."""
+    """For options taking a bundled/hub name or a path (models, scenarios): ``kar.contracts.paths.name_or_path``."""
     return name_or_path(value)
 
 
@@ -267,8 +267,8 @@ def feast_apply(
     ] = None,
 ) -> None:
     """Register the example repo over a prepared folder (DATA/feast/repo), or run `feast apply` in --repo."""
-    from kar import store
     from kar.feast import Dimensions, vector_dims
+    from kar.serving import store
 
     dims = None
     if knowledge_dim or adapted_dim:
@@ -293,7 +293,7 @@ def feast_init(
 ) -> None:
     """Write kar_knowledge.py into your Feast repo: knowledge views for your entities and services
     kar_training/kar_serving over your views. Then run Feast's own `feast apply` there."""
-    from kar import store
+    from kar.serving import store
 
     path = store.init_repo(
         repo=repo, user_entity=user_entity, item_entity=item_entity, data_dir=data, with_views=with_view, force=force
@@ -313,7 +313,7 @@ def feast_materialize(
     ] = None,
 ) -> None:
     """Load the latest feature values into the online store (the repo's own; Redis with --redis)."""
-    from kar import store
+    from kar.serving import store
 
     store.materialize(data_dir=data, repo=repo, profile=profile, online_store=_online_store(redis), service=service)
     target = f"redis://{redis}" if redis else ("the repo's online store" if repo else store.feast_dir(data))
@@ -330,9 +330,9 @@ def feast_online(
     redis: RedisOpt = None,
     service: ServiceOpt = None,
 ) -> None:
-    """Serving-time lookup of one user's and N items' features from the online store (kar.online)."""
-    from kar import store
-    from kar.online import OnlineLookup
+    """Serving-time lookup of one user's and N items' features from the online store (kar.serving.online)."""
+    from kar.serving import store
+    from kar.serving.online import OnlineLookup
 
     item_ids = [i.strip() for i in items.split(",") if i.strip()]
     feature_store = store.open_store(data_dir=data, repo=repo, online_store=_online_store(redis))
@@ -416,7 +416,7 @@ def demo(
     console.print(f"training rows with knowledge (point-in-time): {coverage}", highlight=False)
     for field, table in metrics["adapted_export"].items():
         console.print(f"adapted export: {field} {table['rows']} vectors ({table['dim']}-d)", highlight=False)
-    console.print("online lookup (kar.online, SQLite, ranking_serving):", highlight=False)
+    console.print("online lookup (kar.serving.online, SQLite, ranking_serving):", highlight=False)
     for line in online_lines(metrics["online_lookup"]):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     ranking = metrics["online_ranking"]
@@ -722,8 +722,8 @@ def serve_command(
     workers: Annotated[int, typer.Option(help="Requests scored at once (one thread each).")] = 2,
     threads: Annotated[int, typer.Option(help="torch CPU threads per forward pass.")] = 1,
 ) -> None:
-    """Serve POST /rank (plus /healthz, /metrics) from the Feast online store; see `kar.service`."""
-    from kar.service import ServiceLimits, serve
+    """Serve POST /rank (plus /healthz, /metrics) from the Feast online store; see `kar.serving.service`."""
+    from kar.serving.service import ServiceLimits, serve
 
     limits = ServiceLimits(
         max_candidates=max_candidates,
@@ -763,7 +763,7 @@ def llm_serve(
     ] = None,
 ) -> None:
     """Start a vLLM OpenAI-compatible server on loopback and keep it up until Ctrl-C."""
-    from kar.llm_server import serve_embedded, serve_forever, serve_model
+    from kar.llm import serve_embedded, serve_forever, serve_model
 
     with steps() as step:
         if model == "embedded":
@@ -781,7 +781,7 @@ def llm_setup(
     ] = None,
 ) -> None:
     """Build the vLLM CPU env and the embedded model once (cached), without starting a server."""
-    from kar.llm_server import ensure_embedded_model
+    from kar.llm import ensure_embedded_model
 
     with steps() as step:
         path = ensure_embedded_model(cache_dir=cache_dir, progress=step)
@@ -943,7 +943,7 @@ def bench_online_command(
     rounds: Annotated[int, typer.Option(help="Rounds per way, alternating order.")] = 3,
     backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or redis (repeatable; default both).")] = None,
 ) -> None:
-    """p50/p99 of reading one user + N items (profiles and knowledge vectors): Feast SDK vs kar.online."""
+    """p50/p99 of reading one user + N items (profiles and knowledge vectors): Feast SDK vs kar.serving.online."""
     from kar.bench.online import BACKENDS, GOAL_REDIS_P99_MS, bench_online
 
     with steps() as step:

@@ -14,17 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kar.errors import DataError, KarError
-from kar.paths import Location, local_path, name_or_path, optional_local_path
-from kar.timing import StageTimes
+from kar.contracts import tables
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.paths import Location, local_path, name_or_path, optional_local_path
+from kar.contracts.progress import Progress, silent
+from kar.contracts.timing import StageTimes
 
-Progress = Callable[[str], None]
 # The rankers the demo trains (every bundled model trains with `kar train`).
 DEMO_MODELS = ("deepfm", "xgboost")
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 def run_prepare(
@@ -57,7 +54,7 @@ def run_prepare(
     from spark_jobs.session import get_spark
     from spark_jobs.splits import SplitConfig
 
-    step = progress or _noop
+    step = progress or silent
     out, path = local_path(out, what="out"), optional_local_path(path, what="path")
     table_spec = TableSpec.load(local_path(spec, what="spec")) if spec is not None else None
     check_input(dataset, path, table_spec)  # before Spark starts: a typo should not cost a JVM start-up
@@ -129,9 +126,9 @@ def run_train(
         progress: Step callback.
     """
     from ctr import check_experiment, train_experiment
-    from kar import store
+    from kar.serving import store
 
-    step = progress or _noop
+    step = progress or silent
     data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
     config_path = optional_local_path(config_path, what="config")
     repo = optional_local_path(repo, what="repo")
@@ -182,7 +179,7 @@ def _derived(
 ) -> Any:
     """The experiment ``ctr.derive`` reads off the frame, with the YAML's keys over it."""
     from ctr.derive import derive_experiment, merged
-    from kar import store
+    from kar.serving import store
 
     roles = store.service_roles(store.open_store(data_dir=data_dir, repo=repo), service)
     # A team's own ids duplicate user_id/item_id (the int64 ids the embeddings learn from).
@@ -217,10 +214,10 @@ def run_demo(
     embedded vLLM CPU server, their cache and summary), ``out/models/<model>`` and ``out/metrics.json``;
     returns the metrics.
     """
-    from kar import store
+    from kar.serving import store
     from spark_jobs.datasets.synthetic import SyntheticConfig
 
-    step = progress or _noop
+    step = progress or silent
     started = time.perf_counter()
     out = local_path(out, what="out")
     data_dir = out / "prepared"
@@ -311,7 +308,7 @@ def validate_late_stage(stage: str, *, data_dir: Path, frame: Any, knowledge: bo
     if stage == "features":
         stages.features(get_spark(app_name="kar-validate"), data_dir, validator)
     else:
-        has = tuple(k for k in stages.KINDS if knowledge and f"has_{k}_knowledge" in frame.columns)
+        has = tuple(k for k in tables.KINDS if knowledge and f"has_{k}_knowledge" in frame.columns)
         validator.validate_pandas(frame, training(knowledge=has))
     validator.finish()
     for report in validator.reports:
@@ -348,8 +345,8 @@ def _sample_ranking(feature_store: Any, frame: Any, *, ranker_dir: Path, n_items
     ``max_abs_diff_vs_raw`` shows the pre-stored path gives the same scores.
     """
     from ctr import load_ranker
-    from kar import store
-    from kar.online import OnlineLookup
+    from kar.serving import store
+    from kar.serving.online import OnlineLookup
 
     test = frame[frame["split"] == "test"]
     rows = test if len(test) else frame
@@ -390,9 +387,9 @@ def served_ranking(*, data_dir: Location, model_dir: Location, request: dict[str
     """
     import httpx
 
-    from kar.scorer import OnlineScorer
-    from kar.service import ServiceProcess
-    from kar.store import open_store
+    from kar.serving.scorer import OnlineScorer
+    from kar.serving.service import ServiceProcess
+    from kar.serving.store import open_store
 
     data_dir, model_dir = local_path(data_dir, what="data"), local_path(model_dir, what="model")
     body = {**request, "item_ids": [*request["item_ids"], UNKNOWN_ITEM_ID]}
@@ -432,10 +429,10 @@ def llm_endpoint(
     With no ``base_url`` (and no ``$KAR_LLM_BASE_URL``) the embedded vLLM CPU server is started for the
     duration of the block and stopped after it; its tokenizer gives exact token budgets.
     """
-    from kar.llm_server import serve_embedded
+    from kar.llm import serve_embedded
     from spark_jobs.llm.client import Endpoint, resolve_model
 
-    step = progress or _noop
+    step = progress or silent
     tokenizer = optional_local_path(tokenizer, what="tokenizer")
     base_url = base_url or os.environ.get("KAR_LLM_BASE_URL")
     model = model or os.environ.get("KAR_LLM_MODEL")
@@ -474,7 +471,7 @@ def run_knowledge(
     from spark_jobs.knowledge.job import KnowledgeJob, generate_knowledge
     from spark_jobs.session import get_spark
 
-    step = progress or _noop
+    step = progress or silent
     data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
     cache_dir = optional_local_path(cache_dir, what="cache")
     scenario = name_or_path(scenario) if scenario else None
@@ -535,11 +532,12 @@ def plan_knowledge(
         One ``spark_jobs.knowledge.job.PromptPlan`` per kind (``kerec`` plans its entity step: its pairs are
         built from the entity answers).
     """
-    from kar.llm_server import EMBEDDED_DIRNAME, default_cache_dir
+    from kar.llm.embedded import EMBEDDED_DIRNAME
+    from kar.llm.env import default_cache_dir
     from spark_jobs.knowledge.job import plan_prompts
     from spark_jobs.session import get_spark
 
-    step = progress or _noop
+    step = progress or silent
     data_dir = local_path(data_dir, what="data")
     scenario_loaded = _checked_knowledge_request(kinds, data_dir, name_or_path(scenario) if scenario else None)
     # The embedded model's tokenizer, when it was built, counts exactly; else the heuristic overestimates.
@@ -597,7 +595,7 @@ def run_encode(
     from spark_jobs.encoding.job import EncodeJob, encode_knowledge
     from spark_jobs.session import get_spark
 
-    step = progress or _noop
+    step = progress or silent
     data_dir = local_path(data_dir, what="data")
     knowledge_dir = optional_local_path(knowledge_dir, what="knowledge") or data_dir / "knowledge"
     out = optional_local_path(out, what="out") or data_dir / "vectors"
@@ -641,19 +639,22 @@ def run_validate(
     Returns:
         The reports, the stage's extras (``item_facts`` for answers) and the Data Docs index.
     """
+    from kar.serving import store
     from spark_jobs.session import get_spark
     from validation.gate import DOCS_DIR, VALIDATION_DIR
-    from validation.stages import STAGES, validate_stage
+    from validation.stages import STAGE_NAMES, validate_stage
 
-    step = progress or _noop
+    step = progress or silent
     data_dir, out = local_path(data_dir, what="data"), optional_local_path(out, what="out")
-    if stage not in STAGES:
-        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if stage not in STAGE_NAMES:
+        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGE_NAMES)}")
     step("starting Spark")
     spark = get_spark(app_name=f"kar-validate-{stage}", master=master)
     step(f"validating {stage}")
     out = out or data_dir / VALIDATION_DIR
-    reports, extra = validate_stage(spark, stage, data_dir=data_dir, out_dir=out)
+    reports, extra = validate_stage(
+        spark, stage, data_dir=data_dir, out_dir=out, training_frame=lambda d: store.training_frame(data_dir=d)
+    )
     return reports, extra, out / DOCS_DIR / f"validate-{stage}" / "index.html"
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from kar.errors import EnvironmentProblem
+from kar.contracts.errors import EnvironmentProblem
 from kar.guard import group_exists, signal_group
 
 GUARD = Path(__file__).with_name("guard.py")

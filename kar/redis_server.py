@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from kar.errors import EnvironmentProblem
+from kar.contracts.errors import EnvironmentProblem
 from kar.processes import free_port, spawn_guarded, stop_group
 
 INSTALL_HINT = "install it with `apt-get install -y redis-server` (`make redis` does it)"

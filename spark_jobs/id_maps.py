@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.dataset as ds
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

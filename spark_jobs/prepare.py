@@ -29,9 +29,10 @@ from typing import Any
 from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
-from kar.timing import StageTimes
-from spark_jobs import schema
+from kar.contracts import tables
+from kar.contracts.errors import DataError
+from kar.contracts.progress import Progress
+from kar.contracts.timing import StageTimes
 from spark_jobs.datasets import RawTables, TableSpec, load_dataset
 from spark_jobs.datasets.base import PROMPT_FIELDS
 from spark_jobs.fields import REASON, add_reason
@@ -41,19 +42,18 @@ from validation import suites
 from validation.frames import samples_with_cutoffs, split_stats
 from validation.gate import VALIDATION_DIR, Check, ValidationReport, Validator
 
-Progress = Callable[[str], None]
 # Suites are built only when the gates run: building one needs great_expectations' context.
 SuiteBuilder = Callable[[], Any]
 # Row counts in the summary are read back from what was written (parquet metadata), not recomputed.
 # A gated table is written here first and renamed into place once its batch passed.
 UNPUBLISHED = ".unpublished"
 _COUNTED = (
-    schema.INTERACTIONS_DIR,
-    schema.USERS_DIR,
-    schema.ITEMS_DIR,
-    schema.SAMPLES_DIR,
-    schema.HISTORY_DIR,
-    schema.CUTOFFS_DIR,
+    tables.INTERACTIONS_DIR,
+    tables.USERS_DIR,
+    tables.ITEMS_DIR,
+    tables.SAMPLES_DIR,
+    tables.HISTORY_DIR,
+    tables.CUTOFFS_DIR,
 )
 
 
@@ -134,7 +134,7 @@ class _Gates:
         if self.validator is None:
             return _Unchecked(df)
         suite = build()
-        quarantine = self.out / schema.QUARANTINE_DIR / suite.meta["stage"] / table
+        quarantine = self.out / tables.QUARANTINE_DIR / suite.meta["stage"] / table
         return self.validator.observe(df, suite, quarantine=quarantine)
 
     def settle(self, check: Check | _Unchecked, *, kept: str = "") -> tuple[DataFrame, ValidationReport | None]:
@@ -184,15 +184,15 @@ def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol:
     The samples are judged beside their user's knowledge cutoff, then per split. Rows that break a row rule stay
     out of the published table (they are in ``quarantine/prepared/samples``); a failed batch stays unpublished.
     """
-    path = out / schema.SAMPLES_DIR
+    path = out / tables.SAMPLES_DIR
     staged = _staged(path)
     samples = spark.read.parquet(str(staged))
     kept = f"the failed batch is in {staged}"
     judged = samples
     if gates.validator is not None:
-        cutoffs = spark.read.parquet(str(out / schema.CUTOFFS_DIR))
+        cutoffs = spark.read.parquet(str(out / tables.CUTOFFS_DIR))
         judged = samples_with_cutoffs(samples, cutoffs).select(*samples.columns, "knowledge_cutoff")
-    accepted, report = gates.settle(gates.observe(judged, suites.prepared_samples, table=schema.SAMPLES_DIR), kept=kept)
+    accepted, report = gates.settle(gates.observe(judged, suites.prepared_samples, table=tables.SAMPLES_DIR), kept=kept)
     rejected = report is not None and report.rejected
     per_split = split_stats(accepted if rejected else samples).cache()
     rates = _label_rates(per_split)
@@ -254,7 +254,7 @@ def prepare(
         spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic, spec=spec
     )
     step("validating rows")
-    users, items, interactions, reports = _clean_tables(raw, out / schema.QUARANTINE_DIR)
+    users, items, interactions, reports = _clean_tables(raw, out / tables.QUARANTINE_DIR)
 
     label = F.col("label") if raw.label_given else (F.col("rating") > F.lit(raw.positive_threshold)).cast("int")
     canonical = interactions.select(
@@ -267,7 +267,7 @@ def prepare(
     step("validating canonical tables")
     stats = _interaction_stats(canonical)  # materializes the cached canonical table
     interactions_suite = partial(suites.raw_interactions, now=now, rating_range=raw.rating_range)
-    interactions, report = gates.settle(gates.observe(canonical, interactions_suite, table=schema.INTERACTIONS_DIR))
+    interactions, report = gates.settle(gates.observe(canonical, interactions_suite, table=tables.INTERACTIONS_DIR))
     if report is not None and report.rejected:
         stats = _interaction_stats(interactions)
     if stats["rows"] == 0:
@@ -276,7 +276,7 @@ def prepare(
     valid_from = F.lit(stats["first"]).cast("timestamp")
 
     step("writing canonical tables")
-    _write(interactions, out / schema.INTERACTIONS_DIR)
+    _write(interactions, out / tables.INTERACTIONS_DIR)
     users_out = users.select("user_id", *raw.user_columns)
     items_out = items.select("item_id", *raw.item_columns)
 
@@ -285,19 +285,19 @@ def prepare(
 
     # Profiles are small: the gate counts while they are written (observed metrics), with no pass of its own.
     users_suite = partial(suites.raw_users, demographics=raw.catalogue_rules)
-    users_check = gates.observe(users_out, users_suite, table=schema.USERS_DIR)
-    gates.publish(users_check, out / schema.USERS_DIR, shape=with_valid_from)
+    users_check = gates.observe(users_out, users_suite, table=tables.USERS_DIR)
+    gates.publish(users_check, out / tables.USERS_DIR, shape=with_valid_from)
     items_suite = partial(suites.raw_items, catalogue=raw.catalogue_rules)
-    items_check = gates.observe(items_out, items_suite, table=schema.ITEMS_DIR)
-    gates.publish(items_check, out / schema.ITEMS_DIR, shape=with_valid_from)
+    items_check = gates.observe(items_out, items_suite, table=tables.ITEMS_DIR)
+    gates.publish(items_check, out / tables.ITEMS_DIR, shape=with_valid_from)
     for name, id_map in raw.id_maps.items():
         _write(id_map, out / "id_maps" / name)
 
     step(f"splitting ({split.protocol} protocol)")
     splits = make_splits(interactions, split)
-    _write(splits.samples, _staged(out / schema.SAMPLES_DIR))
-    _write(splits.history, out / schema.HISTORY_DIR)
-    _write(splits.cutoffs, out / schema.CUTOFFS_DIR)
+    _write(splits.samples, _staged(out / tables.SAMPLES_DIR))
+    _write(splits.history, out / tables.HISTORY_DIR)
+    _write(splits.cutoffs, out / tables.CUTOFFS_DIR)
     splits.release()
     step("validating splits")
     label_rates = _publish_samples(spark, gates, out, protocol=split.protocol)
@@ -331,7 +331,7 @@ def prepare(
         # Wall seconds per step (and the Spark start when the caller timed it): the job's fixed cost, named.
         "stage_seconds": times.as_dict(),
     }
-    (out / schema.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    (out / tables.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     canonical.unpersist()
     return summary
 

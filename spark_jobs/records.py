@@ -17,8 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from kar.errors import DataError
-from kar.paths import is_uri
+from kar.contracts.errors import DataError
+from kar.contracts.paths import is_uri
 
 # A parser turns one decoded line into string fields, or raises ValueError with a reason.
 LineParser = Callable[[str], Sequence[str | None]]

@@ -53,16 +53,7 @@ ITEMS = StructType(
     ]
 )
 
-# Sub-folders of a prepared-data directory (each a parquet dataset written by Spark).
-INTERACTIONS_DIR = "interactions"
-USERS_DIR = "users"
-ITEMS_DIR = "items"
-SAMPLES_DIR = "samples"
-CUTOFFS_DIR = "knowledge_cutoffs"
-HISTORY_DIR = "knowledge_history"
-QUARANTINE_DIR = "quarantine"
-SUMMARY_FILE = "summary.json"
-
+# The prepared folder's table names live in ``kar.contracts.tables``.
 HISTORY_LEN = 10
 SPLITS = ("train", "val", "test")
 

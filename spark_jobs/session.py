@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from kar.errors import EnvironmentProblem
+from kar.contracts.errors import EnvironmentProblem
 
 MIN_JAVA = 17
 _LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"

@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 Protocol = Literal["time", "kar"]
 

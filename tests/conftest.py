@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kar.contracts.tables import ADAPTED_DIM, KNOWLEDGE_DIM
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Tests pin "now" so the "timestamp in the future" rule does not depend on the clock.
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -39,7 +41,7 @@ def llm_base_url(tmp_path_factory):
     if url := os.environ.get("KAR_TEST_LLM_BASE_URL"):
         yield url
         return
-    from kar.llm_server import serve_embedded
+    from kar.llm import serve_embedded
 
     server = serve_embedded(log_path=tmp_path_factory.mktemp("llm") / "vllm.log")
     with server:
@@ -94,7 +96,6 @@ def redis_server(_redis_process):
     return _redis_process
 
 
-KNOWLEDGE_DIM, ADAPTED_DIM = 384, 32
 KNOWLEDGE_FIELDS = ("user_knowledge", "item_knowledge")
 
 
@@ -103,7 +104,7 @@ def _vector_table(ids: list[int], as_of: list, *, kind: str, seed: int):
     import pandas as pd
     import pyarrow as pa
 
-    from kar import store
+    from kar.serving import store
 
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -140,8 +141,8 @@ def knowledge_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory)
     from ctr import train_experiment
     from ctr.config import load_config
     from ctr.features import DenseField
-    from kar import store
     from kar.pipeline import run_adapt_export
+    from kar.serving import store
 
     root = tmp_path_factory.mktemp("adapt") / "prepared"
     shutil.copytree(tiny_prepared, root, ignore=shutil.ignore_patterns("feast", "vectors", "adapted"))

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from adaptors import load_adaptor
 from ctr import load_ranker
-from kar import store
 from kar.cli import app
-from kar.errors import DataError
-from kar.online import OnlineLookup
+from kar.contracts.errors import DataError
 from kar.pipeline import run_adapt_export
+from kar.serving import store
+from kar.serving.online import OnlineLookup
 from tests.conftest import ADAPTED_DIM, KNOWLEDGE_FIELDS
 
 pytestmark = pytest.mark.spark

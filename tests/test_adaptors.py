@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptors import AdaptorConfig, HybridExpertAdaptor
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 INPUTS = {"user_knowledge": 12, "item_knowledge": 12}
 

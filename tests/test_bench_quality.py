@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kar.bench.quality import VARIANTS, Job, bench_quality, job_config, summarize, variants_for
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def _variant(name: str):

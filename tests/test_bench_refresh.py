@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def test_bad_sizes_are_one_sentence(tmp_path):

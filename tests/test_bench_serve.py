@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from kar.bench.online import generate_store
 from kar.bench.serve import _server_timing, bench_serve, generated_run
 from kar.cli import app
-from kar.errors import KarError
+from kar.contracts.errors import KarError
 
 
 def test_server_timing_header_parses() -> None:

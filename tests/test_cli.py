@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kar.errors import EnvironmentProblem
+from kar.contracts.errors import EnvironmentProblem
 from spark_jobs import session
 from tests.serving import rank_when_up
 

@@ -9,7 +9,7 @@ import pytest
 
 from ctr import check_experiment
 from ctr.config import ExperimentConfig, bundled_experiments, load_config
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def test_bundled_experiments_cover_models_and_datasets() -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ctr.features import DenseField, Encoder, FeatureSpec, SequenceField, SparseField
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 SPEC = FeatureSpec(
     sparse=(SparseField(name="item_id"), SparseField(name="gender"), SparseField(name="year")),

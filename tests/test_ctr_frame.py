@@ -8,7 +8,7 @@ import pytest
 
 from ctr.frame import split_frame
 from ctr.metrics import binary_metrics
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def _frame(**overrides: list) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from ctr.config import ExperimentConfig, load_config
 from ctr.features import DenseField, FeatureSpec, SparseField
 from ctr.models import KnowledgeAugmented, adapted_name
 from ctr.testing import planted_frame
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 KNOWLEDGE = AdaptorConfig(fields=("user_knowledge",), out_dim=8, hidden=(16,))
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.encoding.chunking import split_text, token_counts
 from spark_jobs.encoding.model import DEFAULT_MODEL, SentenceEncoder, finite_rows, load_model, resolve_model
 from spark_jobs.encoding.schema import VECTOR_SCHEMA

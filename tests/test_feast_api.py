@@ -18,7 +18,7 @@ from ctr.derive import column_kind, derive_experiment, merged
 from ctr.features import InputLayout
 from ctr.models import build_model
 from ctr.models.external import ExternalRanker
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from kar.feast import (
     KNOWLEDGE_FILE,
     Dimensions,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar.errors import KarError
+from kar.contracts.errors import KarError
 from spark_jobs.knowledge.job import KnowledgeJob, generate_knowledge
 from spark_jobs.llm.cache import AnswerCache
 from spark_jobs.llm.client import Endpoint

@@ -18,16 +18,9 @@ from typing import Any
 
 import pytest
 
-from kar.errors import EnvironmentProblem, KarError
-from kar.llm_server import (
-    EMBEDDED_SERVED_NAME,
-    LLMServer,
-    ensure_vllm_env,
-    port_open,
-    serve_embedded,
-    serve_forever,
-    serve_model,
-)
+from kar.contracts.errors import EnvironmentProblem, KarError
+from kar.llm import EMBEDDED_SERVED_NAME, LLMServer, ensure_vllm_env, serve_embedded, serve_forever, serve_model
+from kar.processes import port_open
 from tests.fake_service import fake_python
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kar.errors import DataError
-from kar.paths import is_uri, local_path, name_or_path, optional_local_path, resolve_location
+from kar.contracts.errors import DataError
+from kar.contracts.paths import is_uri, local_path, name_or_path, optional_local_path, resolve_location
 
 
 def test_a_relative_path_is_made_absolute_against_the_current_directory(tmp_path, monkeypatch):

@@ -203,7 +203,7 @@ def test_a_team_adds_knowledge_to_its_own_feast_repo(tmp_path, llm_base_url):
     # Point in time, with the team's own ids: knowledge as of each sample's time, nothing later. Feast's own call
     # for a sample after the cutoff; kar's training_frame (the same call per view) also keeps the sample before
     # it, which Feast's file store drops for being older than every feature row of the view.
-    from kar.store import training_frame
+    from kar.serving.store import training_frame
 
     vectors = pd.read_parquet(prepared / "vectors" / "user")
     known = vectors.iloc[0]

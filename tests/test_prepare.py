@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.prepare import prepare
 from spark_jobs.splits import SplitConfig
 from tests.conftest import NOW

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kar.llm_server import LLMServer
+from kar.llm import LLMServer
 from kar.processes import group_alive, port_open
 from tests.fake_service import fake_python
 
@@ -27,7 +27,7 @@ PARENT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from kar.llm_server import LLMServer
+    from kar.llm import LLMServer
     from kar.processes import sigterm_raises
 
     wrapper, state, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

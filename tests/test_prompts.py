@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, TimestampType
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.knowledge.config import Scenario, load_scenario
 from spark_jobs.knowledge.prompts import (
     ITEM_COLUMNS,

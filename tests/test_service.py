@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from ctr import load_ranker
-from kar import store
 from kar.cli import app as cli_app
-from kar.errors import KarError
-from kar.scorer import OnlineScorer
-from kar.service import TOKEN_ENV, ServiceLimits, ServiceProcess, create_app, is_loopback, resolve_token
+from kar.contracts.errors import KarError
+from kar.serving import store
+from kar.serving.scorer import OnlineScorer
+from kar.serving.service import TOKEN_ENV, ServiceLimits, ServiceProcess, create_app, is_loopback, resolve_token
 
 pytestmark = pytest.mark.spark
 TOKEN = "test-token"

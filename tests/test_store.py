@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar import store
+from kar.serving import store
 
 T = [datetime(2024, 1, d, tzinfo=UTC) for d in range(1, 8)]
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kar import store
-from kar.errors import DataError
-from kar.online import OnlineLookup
+from kar.contracts.errors import DataError
+from kar.serving import store
+from kar.serving.online import OnlineLookup
 
 T = [datetime(2024, 1, d, tzinfo=UTC) for d in range(1, 9)]
 DIM, ADAPTED = 384, 32
@@ -247,18 +247,3 @@ def test_spark_offline_store_profile_gives_the_same_training_set(knowledge, spar
         assert on_spark[column].tolist() == on_files[column].tolist(), column
     for column in ("user_knowledge", "item_knowledge"):
         np.testing.assert_array_equal(np.stack(on_spark[column]), np.stack(on_files[column]))
-
-
-@pytest.mark.parametrize("dim", [1, 32, 384, 1000])
-def test_packed_floats_reads_feast_vector_bytes_exactly(dim):
-    """The Redis fast path reads vectors from Feast's serialized Value without the proto; other shapes → None."""
-    from feast.protos.feast.types.Value_pb2 import FloatList, Value
-
-    from kar.online import packed_floats
-
-    vector = np.random.default_rng(dim).standard_normal(dim).astype(np.float32)
-    raw = Value(float_list_val=FloatList(val=vector.tolist())).SerializeToString()
-    np.testing.assert_array_equal(packed_floats(raw, dim), vector)
-    assert packed_floats(raw, dim + 1) is None  # a view of another dimension
-    assert packed_floats(Value(double_list_val={"val": [1.0] * dim}).SerializeToString(), dim) is None
-    assert packed_floats(Value(string_val="x").SerializeToString(), 1) is None

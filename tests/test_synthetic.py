@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets import vocab_synthetic as vocab
 from spark_jobs.datasets.synthetic import (
     POSITIVE_THRESHOLD,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets.table import TableSpec
 from spark_jobs.id_maps import IdMap
 from spark_jobs.prepare import prepare
@@ -182,8 +182,8 @@ def _amazon(folder: Path, *, users: int = 30, items: int = 12) -> Path:
 @pytest.mark.spark
 def test_a_prepared_amazon_category_trains_with_a_derived_experiment(spark, tmp_path):
     """There is no bundled deepfm_amazon.yaml: the experiment comes from the training frame's columns."""
-    from kar import store
     from kar.pipeline import run_train
+    from kar.serving import store
 
     data = tmp_path / "amazon"
     prepare(spark=spark, dataset="amazon", path=_amazon(tmp_path / "raw"), out=data, now=NOW)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from tests.conftest import NOW
 from validation import suites
 from validation.gate import Validator

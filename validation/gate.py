@@ -45,7 +45,7 @@ from great_expectations.data_context.types.resource_identifiers import (
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from validation.rows import FAILED, failed_column, is_table_rule, row_rule, table_rule
 from validation.suites import expectation_name, is_row_level, min_rows
 

@@ -21,7 +21,7 @@ from great_expectations.expectations.expectation import Expectation
 from pyspark.sql import Column, Window
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from validation.suites import expectation_name
 
 FAILED = "failed_expectations"

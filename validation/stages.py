@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts import tables
+from kar.contracts.errors import DataError
 from spark_jobs import schema
 from validation import hallucination, suites
 from validation.frames import (
@@ -28,7 +30,6 @@ from validation.frames import (
 )
 from validation.gate import VALIDATION_DIR, ValidationReport, Validator
 
-KINDS = ("user", "item")
 # Up to this many vectors (~75 MB at 384-d) the embeddings gate reads the table into numpy instead of Spark.
 SMALL_VECTOR_ROWS = 50_000
 
@@ -40,22 +41,22 @@ def _read(spark: SparkSession, path: Path, *, fix: str) -> Any:
 
 
 def _protocol(data_dir: Path) -> str:
-    summary = data_dir / schema.SUMMARY_FILE
+    summary = data_dir / tables.SUMMARY_FILE
     return json.loads(summary.read_text()).get("split", {}).get("protocol", "time") if summary.is_file() else "time"
 
 
 def raw(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
     fix = f"run `kar prepare --out {data_dir}` first"
-    v.validate(_read(spark, data_dir / schema.INTERACTIONS_DIR, fix=fix), suites.raw_interactions())
-    v.validate(_read(spark, data_dir / schema.USERS_DIR, fix=fix), suites.raw_users())
-    v.validate(_read(spark, data_dir / schema.ITEMS_DIR, fix=fix), suites.raw_items())
+    v.validate(_read(spark, data_dir / tables.INTERACTIONS_DIR, fix=fix), suites.raw_interactions())
+    v.validate(_read(spark, data_dir / tables.USERS_DIR, fix=fix), suites.raw_users())
+    v.validate(_read(spark, data_dir / tables.ITEMS_DIR, fix=fix), suites.raw_items())
     return {}
 
 
 def prepared(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
     fix = f"run `kar prepare --out {data_dir}` first"
-    samples = _read(spark, data_dir / schema.SAMPLES_DIR, fix=fix)
-    cutoffs = _read(spark, data_dir / schema.CUTOFFS_DIR, fix=fix)
+    samples = _read(spark, data_dir / tables.SAMPLES_DIR, fix=fix)
+    cutoffs = _read(spark, data_dir / tables.CUTOFFS_DIR, fix=fix)
     v.validate(samples_with_cutoffs(samples, cutoffs), suites.prepared_samples())
     v.validate(split_stats(samples), suites.prepared_splits(protocol=_protocol(data_dir)))
     return {}
@@ -65,7 +66,7 @@ def prompts(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
     from spark_jobs.knowledge import prompts as builders
     from spark_jobs.knowledge.config import load_scenario, scenario_for_dataset
 
-    dataset = json.loads((data_dir / schema.SUMMARY_FILE).read_text())["dataset"]
+    dataset = json.loads((data_dir / tables.SUMMARY_FILE).read_text())["dataset"]
     scenario = load_scenario(scenario_for_dataset(dataset))
     # No tokenizer: token counts are the builders' estimate, as in a knowledge run without the served model.
     v.validate(builders.user_prompts(spark, data_dir, scenario=scenario), suites.prompts("user"))
@@ -77,7 +78,7 @@ def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
     knowledge = data_dir / "knowledge"
     fix = f"run `kar knowledge --data {data_dir}` first"
     extra: dict[str, Any] = {}
-    for kind in KINDS:
+    for kind in tables.KINDS:
         ok = _read(spark, knowledge / kind, fix=fix)
         v.validate(ok, suites.answers(kind))
         statuses = ok.select("status")
@@ -86,7 +87,7 @@ def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
                 statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
         v.validate(statuses, suites.answer_statuses(kind))
         if kind == "item":
-            items = _read(spark, data_dir / schema.ITEMS_DIR, fix=fix)
+            items = _read(spark, data_dir / tables.ITEMS_DIR, fix=fix)
             table = v.out_dir / hallucination.OUTPUT_DIR / "item" if v.out_dir else None
             report = hallucination.check_item_facts(ok, items, out=table)
             extra["item_facts"] = report.as_dict()
@@ -99,7 +100,7 @@ def embeddings(
     v: Validator,
     *,
     vectors_dir: Path | None = None,
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...] = tables.KINDS,
 ) -> dict[str, Any]:
     vectors_dir = vectors_dir or Path(data_dir or ".") / "vectors"
     for kind in kinds:
@@ -124,9 +125,9 @@ def embeddings(
 
 def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
     fix = f"run `kar prepare --out {data_dir}` first"
-    newest = _read(spark, data_dir / schema.INTERACTIONS_DIR, fix=fix).agg(F.max("event_timestamp")).first()[0]
+    newest = _read(spark, data_dir / tables.INTERACTIONS_DIR, fix=fix).agg(F.max("event_timestamp")).first()[0]
     found = False
-    for table in ("vectors/user", "vectors/item", "adapted/user", "adapted/item"):
+    for table in tables.VECTOR_TABLES:
         if (data_dir / table).is_dir():
             found = True
             v.validate(spark.read.parquet(str(data_dir / table)), suites.features(table, newest_event=newest))
@@ -135,11 +136,9 @@ def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any
     return {}
 
 
-def training(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]:
-    from kar import store
-
-    frame = store.training_frame(data_dir=data_dir)
-    knowledge = tuple(k for k in KINDS if f"has_{k}_knowledge" in frame.columns)
+def training(frame: pd.DataFrame, v: Validator) -> dict[str, Any]:
+    """The training frame's suite; the caller builds the frame (Feast's point-in-time join lives above here)."""
+    knowledge = tuple(k for k in tables.KINDS if f"has_{k}_knowledge" in frame.columns)
     v.validate_pandas(frame, suites.training(knowledge=knowledge))
     return {}
 
@@ -151,25 +150,38 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "answers": answers,
     "embeddings": embeddings,
     "features": features,
-    "training": training,
 }
+TRAINING_STAGE = "training"
+"""The stage that validates the Feast training frame: ``validate_stage`` needs the frame's loader for it."""
+STAGE_NAMES = (*STAGES, TRAINING_STAGE)
 
 
 def validate_stage(
-    spark: SparkSession, stage: str, *, data_dir: Path, out_dir: Path | None = None
+    spark: SparkSession,
+    stage: str,
+    *,
+    data_dir: Path,
+    out_dir: Path | None = None,
+    training_frame: Callable[[Path], pd.DataFrame] | None = None,
 ) -> tuple[list[ValidationReport], dict[str, Any]]:
     """Run ``stage``'s suites on ``data_dir``; JSON results and Data Docs go to ``out_dir`` (default
     ``DATA/validation``, docs under ``docs/validate-<stage>``).
 
+    Args:
+        training_frame: For the ``training`` stage: builds the training frame of a prepared folder
+            (``kar.serving.store.training_frame``, a Feast point-in-time join, which this layer cannot import).
+
     Returns:
         The reports and stage extras (``item_facts`` for answers).
     """
-    if stage not in STAGES:
-        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if stage not in STAGE_NAMES:
+        raise DataError(f"unknown stage {stage!r}; use one of {', '.join(STAGE_NAMES)}")
+    if stage == TRAINING_STAGE and training_frame is None:
+        raise ValueError("the training stage needs training_frame, the loader of the Feast training frame")
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: folder not found")
     v = Validator(out_dir=out_dir or data_dir / VALIDATION_DIR, name=f"validate-{stage}")
-    extra = STAGES[stage](spark, data_dir, v)
+    extra = training(training_frame(data_dir), v) if stage == TRAINING_STAGE else STAGES[stage](spark, data_dir, v)
     v.finish()
     return v.reports, extra
 

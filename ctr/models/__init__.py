@@ -25,7 +25,7 @@ from ctr.models.external import ExternalRanker, check_external, is_import_path
 from ctr.models.knowledge import KnowledgeAugmented, adapted_name, backbone_layout
 from ctr.models.mmoe import MMOE
 from ctr.models.wukong import Wukong
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 MODELS: dict[str, type[nn.Module]] = {
     "deepfm": DeepFM,

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ctr.features import InputLayout
 from ctr.modules.embedding import Batch
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 DENSE = "dense"
 SIZED_BY_KAR = ("vocab_sizes", "dense_width")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from adaptors import AdaptorConfig, HybridExpertAdaptor
 from ctr.features import InputLayout
 from ctr.modules.embedding import Batch
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 ADAPTED_SUFFIX = "_adapted"
 

@@ -33,7 +33,7 @@ import random
 import shlex
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
-from kar.errors import DataError, KarError
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
 from spark_jobs.encoding.job import ID_COLUMNS, KINDS, encode_knowledge
 from spark_jobs.encoding.model import resolve_model
 from spark_jobs.session import get_spark
@@ -58,12 +59,6 @@ GENERATED_TEXTS = 512
 LARGE_TEXTS = 2048
 # Texts of the unmeasured job that keeps Spark's Python workers (and their loaded model) alive before a round.
 KEEPALIVE_TEXTS = 8
-
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -315,7 +310,7 @@ def bench_encode(
             raise DataError(f"bench encode: --{name} must be at least 1, got {value}")
     if large < 0:
         raise DataError(f"bench encode: --large must be 0 or more, got {large}")
-    step = progress or _noop
+    step = progress or silent
     started_at, started = datetime.now(UTC), time.perf_counter()
     source = str(knowledge_folder(data_dir)) if data_dir is not None else "generated"
     inputs = _inputs(data_dir, texts=texts, large=large)

@@ -32,20 +32,15 @@ from typing import Any
 import httpx
 
 from kar.bench.report import Panel, machine, median, ratio, write_report
-from kar.errors import DataError, KarError
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
 
 GOAL = 0.95
 SCENARIO = "movies"
 # Prompts the job answers once before the measured rounds: starts Spark's Python workers and the task path.
 WARMUP_PROMPTS = 4
 SIDES = ("bare", "ours")
-
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -474,7 +469,7 @@ def bench_llm(
     from spark_jobs.session import get_spark
 
     _check_args(prompts=prompts, concurrency=concurrency, rounds=rounds, max_tokens=max_tokens)
-    step = progress or _noop
+    step = progress or silent
     embedded = not (base_url or os.environ.get("KAR_LLM_BASE_URL"))  # as llm_endpoint decides
     started_at, started = datetime.now(UTC), time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ store, on the same store and the same request sequence:
 
 * ``feast``: the bare reference, ``FeatureStore.get_online_features`` once for the user and once for the
   items, converted ``to_dict()`` (what a caller of Feast's SDK gets);
-* ``kar``: :class:`kar.online.OnlineLookup`, which resolves the service once and reads the store directly
+* ``kar``: :class:`kar.serving.online.OnlineLookup`, which resolves the service once and reads the store directly
   (one pipeline on Redis), returning numpy columns.
 
 Rounds alternate the order of the two ways; p50/p99 are over every request of every round, and
@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from kar.bench.report import Panel, machine, percentiles, write_report
-from kar.errors import DataError
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.errors import DataError
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
+from kar.contracts.tables import ADAPTED_DIM, ADAPTED_DIR, KNOWLEDGE_DIM, VECTOR_TABLES, VECTORS_DIR
 
 GOAL_REDIS_P99_MS = 5.0
 SERVICES = ("ranking_training", "ranking_serving")
@@ -38,12 +40,6 @@ WAYS = ("feast", "kar")
 GENERATED_USERS = 1_000
 GENERATED_ITEMS = 2_000
 WARMUP = 20
-
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 def generate_store(
@@ -54,7 +50,7 @@ def generate_store(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kar import store
+    from kar.serving import store
 
     rng = np.random.default_rng(seed)
     when = datetime(2024, 1, 1, tzinfo=UTC)
@@ -84,8 +80,8 @@ def generate_store(
     for name, frame in tables.items():
         (root / name).mkdir(parents=True)
         frame.to_parquet(root / name / "part-0.parquet", index=False, coerce_timestamps="us")
-    dims = {"vectors": 384, "adapted": 32}
-    for table in store.VECTOR_TABLES:
+    dims = {VECTORS_DIR: KNOWLEDGE_DIM, ADAPTED_DIR: ADAPTED_DIM}
+    for table in VECTOR_TABLES:
         folder, kind = table.split("/")
         n = n_users if kind == "user" else n_items
         vectors = rng.standard_normal((n, dims[folder])).astype(np.float32)
@@ -108,8 +104,8 @@ def generate_store(
 
 
 def _ways(feature_store: Any, service: str) -> dict[str, Callable[[int, list[int]], Any]]:
-    from kar.online import OnlineLookup
-    from kar.store import feature_refs
+    from kar.serving.online import OnlineLookup
+    from kar.serving.store import feature_refs
 
     projections = feature_store.get_feature_service(service).feature_view_projections
     user_refs = feature_refs(feature_store, projections, entity="user")
@@ -187,9 +183,9 @@ def bench_online(
     """
     out = local_path(out, what="out")
     data_dir = optional_local_path(data_dir, what="data")
-    from kar import store
+    from kar.serving import store
 
-    step = progress or _noop
+    step = progress or silent
     with tempfile.TemporaryDirectory(prefix="kar-bench-online-") as scratch:
         if data_dir is None:
             step("generating a store with random knowledge vectors")

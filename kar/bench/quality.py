@@ -22,15 +22,16 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kar.bench.report import machine
-from kar.errors import DataError
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.errors import DataError
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
 
 BOTH = ("user_knowledge", "item_knowledge")
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
@@ -38,8 +39,6 @@ DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 LLM, TEXT = "llm", "text"
 # A finished run is reused only for the same config *and* the same training frame (its digest, in this file).
 INPUT_KEY_FILE = "bench-input.sha256"
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,10 +88,6 @@ class Job:
     dataset: str
     run_dir: Path
     data_key: str = ""
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 def variants_for(model: str, names: Sequence[str]) -> list[Variant]:
@@ -172,7 +167,7 @@ def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
 
 def _frames(data_dir: Path, out: Path, *, text: bool, progress: Progress) -> dict[str, Path]:
     """Training frames (Feast, point-in-time) of the LLM vectors and, for the control, the prompt vectors."""
-    from kar import store
+    from kar.serving import store
 
     paths = {}
     sources = {LLM: data_dir}
@@ -313,7 +308,7 @@ def bench_quality(
     data_dir = optional_local_path(data_dir, what="data")
     from kar.pipeline import read_summary
 
-    step = progress or _noop
+    step = progress or silent
     if dataset not in DATASETS:
         raise DataError(f"dataset {dataset!r}: use one of {', '.join(DATASETS)}")
     unknown = [m for m in models if m not in MODELS] + [v for v in variants if v not in {x.name for x in VARIANTS}]

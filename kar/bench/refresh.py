@@ -26,18 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from kar.bench.report import Panel, machine, median, write_report
-from kar.errors import DataError, KarError
-from kar.paths import Location, local_path
+from kar.contracts import tables
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.paths import Location, local_path
+from kar.contracts.progress import Progress, silent
 
 GOAL_SECONDS = 60.0
 STAGES = ("prepare", "knowledge", "encode", "feast_apply", "export", "materialize")
-KINDS = ("user", "item")
-
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +54,7 @@ def _llm(base_url: str | None, progress: Progress) -> Iterator[tuple[str, str | 
     if base_url:
         yield base_url, None
         return
-    from kar.llm_server import serve_embedded
+    from kar.llm import serve_embedded
 
     progress("starting the embedded LLM (set-up, not measured)")
     with serve_embedded(progress=progress) as server:
@@ -78,8 +73,8 @@ class _Stages:
 
     def run(self, folder: Path, *, ranker: Path | None) -> RefreshRound:
         """Every stage into ``folder/prepared``; ``ranker`` None trains one there (the warm-up) before export."""
-        from kar import store
         from kar.pipeline import run_adapt_export, run_encode, run_knowledge, run_prepare, run_train
+        from kar.serving import store
 
         data = folder / "prepared"
         seconds: dict[str, float] = {}
@@ -95,7 +90,7 @@ class _Stages:
         knowledge = timed(
             "knowledge",
             lambda: run_knowledge(
-                kinds=KINDS,
+                kinds=tables.KINDS,
                 data_dir=data,
                 out=data / "knowledge",
                 base_url=self.base_url,
@@ -113,8 +108,8 @@ class _Stages:
         timed("materialize", lambda: store.materialize(data_dir=data))
         return RefreshRound(
             seconds=seconds,
-            prompts=sum(int(knowledge[kind]["prompts"]) for kind in KINDS),
-            cached=sum(int(knowledge[kind]["cached"]) for kind in KINDS),
+            prompts=sum(int(knowledge[kind]["prompts"]) for kind in tables.KINDS),
+            cached=sum(int(knowledge[kind]["cached"]) for kind in tables.KINDS),
         )
 
 
@@ -148,7 +143,7 @@ def bench_refresh(
     for name, value in (("users", users), ("items", items), ("rounds", rounds)):
         if value < 1:
             raise DataError(f"bench refresh: --{name} must be at least 1, got {value}")
-    step = progress or _noop
+    step = progress or silent
     from spark_jobs.datasets.synthetic import SyntheticConfig
     from spark_jobs.session import get_spark
 

@@ -2,10 +2,10 @@
 
 Per online store (SQLite, Redis), on the same store, model and request sequence:
 
-* **bare**: in this process, the bare feature fetch (:class:`kar.online.OnlineLookup`) and the bare forward
+* **bare**: in this process, the bare feature fetch (:class:`kar.serving.online.OnlineLookup`) and the bare forward
   pass of the model on the already-encoded batch, timed separately; their p50s added are the floor a service
   cannot beat;
-* **library**: :meth:`kar.scorer.OnlineScorer.rank` in this process (fetch + frame + encoding + forward);
+* **library**: :meth:`kar.serving.scorer.OnlineScorer.rank` in this process (fetch + frame + encoding + forward);
 * **http c=N**: ``kar serve`` started as its own process on loopback, hit by N client threads (keep-alive
   connections), a bounded number of requests each level. The service's ``Server-Timing`` header gives the
   fetch and model split of every request.
@@ -28,19 +28,15 @@ import numpy as np
 
 from kar.bench.online import BACKENDS, entity_ids, generate_store, online_store_for
 from kar.bench.report import Panel, machine, percentiles, write_report
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
 
 GOAL_P99_MS = 20.0
 CONCURRENCY = (1, 8)
 WARMUP = 30
 GENERATED_MODEL = "deepfm_synthetic"
 
-Progress = Callable[[str], None]
 Request = tuple[int, list[int], list[int]]  # user, candidates, history
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 def generated_run(data_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
@@ -215,13 +211,13 @@ def bench_serve(
     out = local_path(out, what="out")
     data_dir = optional_local_path(data_dir, what="data")
     model_dir = optional_local_path(model_dir, what="model")
-    from kar import store
-    from kar.scorer import OnlineScorer
-    from kar.service import ServiceProcess
+    from kar.serving import store
+    from kar.serving.scorer import OnlineScorer
+    from kar.serving.service import ServiceProcess
 
-    step = progress or _noop
+    step = progress or silent
     if (model_dir is None) != (data_dir is None):
-        from kar.errors import KarError
+        from kar.contracts.errors import KarError
 
         raise KarError("pass --model and --data together (or neither, for a generated store and model)")
     with tempfile.TemporaryDirectory(prefix="kar-bench-serve-") as scratch:

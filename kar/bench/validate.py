@@ -21,13 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kar.bench.report import Panel, machine, median, write_report
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.paths import Location, local_path, optional_local_path
+from kar.contracts.progress import Progress, silent
 from spark_jobs.datasets.generated import write_synthetic
 from spark_jobs.datasets.synthetic import SyntheticConfig
 from spark_jobs.prepare import prepare
@@ -38,12 +38,6 @@ GOAL = 0.2
 SIDES = ("plain", "gated")
 # ML-1M's shape: 6,040 users, 3,706 rated movies, 1,000,209 ratings (165.6 per user).
 ML1M_LIKE = SyntheticConfig(n_users=6040, n_items=3706, mean_interactions=165)
-
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 # Run in a fresh interpreter: what importing great_expectations adds once the prepare job's own libraries are in.
@@ -87,7 +81,7 @@ def bench_validate(
     out = local_path(out, what="out")
     path = optional_local_path(path, what="path")
     work_dir = optional_local_path(work_dir, what="work dir")
-    step = progress or _noop
+    step = progress or silent
     spark = get_spark(app_name="kar-bench-validate", master=master)
     split = SplitConfig(protocol=protocol)  # type: ignore[arg-type]
     now = datetime.now(UTC)

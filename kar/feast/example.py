@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kar.contracts.paths import Location, local_path
 from kar.feast.views import Dimensions, knowledge_service, knowledge_views, profile_view, vector_dims
-from kar.paths import Location, local_path
 
 
 def example_objects(*, data: Location, dims: Dimensions | None = None, offline_store: str = "file") -> list[Any]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
+from kar.contracts.paths import Location, local_path
 from kar.feast.views import KEY_TYPES, Dimensions, summary_key_types, vector_dims
-from kar.paths import Location, local_path
 
 GENERATED_MARK = "# Written by `kar feast init`"
 KNOWLEDGE_FILE = "kar_knowledge.py"

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kar.errors import DataError
-from kar.paths import Location, is_uri, local_path
+from kar.contracts import tables
+from kar.contracts.errors import DataError
+from kar.contracts.paths import Location, is_uri, local_path
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureView
@@ -25,10 +26,9 @@ KEY_TYPES = {"STRING": "string", "INT64": "int64", "INT32": "int64"}
 # The vector tables key each vector twice: the int64 id and the dataset's own id as text.
 KEY_COLUMNS = {"int64": "entity_id", "string": "entity_key"}
 TABLES = {
-    ("raw", "user"): "vectors/user",
-    ("raw", "item"): "vectors/item",
-    ("adapted", "user"): "adapted/user",
-    ("adapted", "item"): "adapted/item",
+    (stage, kind): f"{folder}/{kind}"
+    for stage, folder in (("raw", tables.VECTORS_DIR), ("adapted", tables.ADAPTED_DIR))
+    for kind in tables.KINDS
 }
 
 
@@ -42,8 +42,8 @@ class Dimensions:
         adapted: The adaptor's output (the experiment's ``knowledge.out_dim``).
     """
 
-    knowledge: int = 384
-    adapted: int = 32
+    knowledge: int = tables.KNOWLEDGE_DIM
+    adapted: int = tables.ADAPTED_DIM
 
     def __post_init__(self) -> None:
         for name in ("knowledge", "adapted"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets.amazon import load_amazon
 from spark_jobs.datasets.base import RawTables, require_dir
 from spark_jobs.datasets.movielens import load_movielens_1m, load_movielens_100k

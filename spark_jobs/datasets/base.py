@@ -8,7 +8,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.fields import REASON, add_reason
 from spark_jobs.records import META_COLUMNS
 

@@ -12,7 +12,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.datasets.synthetic import SyntheticConfig, generate
 from spark_jobs.fields import FieldSpec, apply_field_specs

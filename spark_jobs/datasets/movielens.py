@@ -7,7 +7,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets.base import (
     MIN_TIMESTAMP,
     RawTables,

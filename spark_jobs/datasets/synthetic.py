@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.datasets import vocab_synthetic as vocab
 
 # ML-1M rating shares for 1..5 stars; the cut points of the noisy affinity reproduce them.

@@ -47,9 +47,9 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType
 
-from kar.config_files import load_yaml
-from kar.errors import DataError
-from kar.paths import is_uri
+from kar.contracts.config_files import load_yaml
+from kar.contracts.errors import DataError
+from kar.contracts.paths import is_uri
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.fields import REASON, FieldSpec, add_reason, apply_field_specs
 from spark_jobs.records import META_COLUMNS, TextFormat, read_records

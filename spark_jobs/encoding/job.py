@@ -43,8 +43,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
-from kar.errors import DataError, EnvironmentProblem, KarError
-from kar.timing import StageTimes
+from kar.contracts import tables
+from kar.contracts.errors import DataError, EnvironmentProblem, KarError
+from kar.contracts.progress import Progress, silent
+from kar.contracts.timing import StageTimes
 from spark_jobs.encoding.model import (
     DEFAULT_BATCH_SIZE,
     ModelRef,
@@ -61,7 +63,7 @@ from spark_jobs.id_maps import IdMap, read_id_map
 from spark_jobs.knowledge.job import write_summary
 from spark_jobs.schema import parquet_rows
 
-KINDS: tuple[str, ...] = ("user", "item")
+KINDS: tuple[str, ...] = tables.KINDS
 ID_COLUMNS = {"user": "user_id", "item": "item_id"}
 # Up to this many knowledge rows per kind the job plans on the driver with pyarrow (counts, quarantine, what is
 # already encoded) and sends only the texts to encode through Spark.
@@ -88,15 +90,9 @@ TASK_STATS = StructType(
 )
 PRUNE_STATS = StructType([StructField("dropped", LongType()), StructField("deleted", BooleanType())])
 
-Progress = Callable[[str], None]
-
 
 # What can be encoded: the LLM's answer, or the prompt's data (the no-LLM control).
 TEXT_COLUMNS = ("text", "prompt")
-
-
-def _noop(_message: str) -> None:
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -627,7 +623,7 @@ def encode_kind(
         DataError: The kind's knowledge table is missing or malformed.
         KarError: The model could not be loaded in the Spark tasks (parts written so far are kept).
     """
-    step = progress or _noop
+    step = progress or silent
     started = time.perf_counter()
     times = StageTimes()
     table = job.vectors(kind)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kar.errors import DataError, EnvironmentProblem
+from kar.contracts.errors import DataError, EnvironmentProblem
 from spark_jobs.encoding.chunking import content_budget, split_text, token_counts
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

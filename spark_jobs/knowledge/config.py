@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 Kind = Literal["user", "item", "entity", "pair"]
 KINDS: tuple[Kind, ...] = ("user", "item", "entity", "pair")

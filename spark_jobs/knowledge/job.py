@@ -36,9 +36,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from kar.errors import DataError, KarError
-from kar.timing import StageTimes
-from spark_jobs import schema
+from kar.contracts import tables
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.progress import Progress
+from kar.contracts.timing import StageTimes
 from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import (
     Kind,
@@ -76,8 +77,6 @@ TASK_STATS = StructType(
         StructField("aborted", StringType()),
     ]
 )
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,7 +378,7 @@ def _run_kind(
     if gated:
         progress(f"gating the {kind} answer statuses")
         gate_statuses(validator, joined, stats["status"], kind=kind)
-    items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR)) if kind == "item" else None
+    items = spark.read.parquet(str(job.data_dir / tables.ITEMS_DIR)) if kind == "item" else None
     # Year and genre claims can only be checked against a catalogue that has years and genres.
     if gated and items is not None and {"year", "genres"} <= set(items.columns):
         progress("checking the item answers' year and genre claims")
@@ -464,10 +463,10 @@ def _run_kerec(
         spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress
     )
     progress("LLM-KERec: entities and candidate pairs")
-    items = spark.read.parquet(str(job.data_dir / schema.ITEMS_DIR))
+    items = spark.read.parquet(str(job.data_dir / tables.ITEMS_DIR))
     entities = kerec.item_entities(entity_answers, items).cache()
     entities.write.mode("overwrite").parquet(str(job.out / "kerec_entities"))
-    history = spark.read.parquet(str(job.data_dir / schema.HISTORY_DIR))
+    history = spark.read.parquet(str(job.data_dir / tables.HISTORY_DIR))
     candidates = kerec.pair_candidates(history, entities, max_pairs=job.kerec_max_pairs)
     pair_frame = kerec.pair_prompts(candidates, scenario=scenario, tokenizer=job.tokenizer)
     pair_answers, pair_stats = _run_kind(spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress)
@@ -553,7 +552,7 @@ def plan_prompts(
 def _require_prepared(data_dir: Path) -> None:
     missing = [
         d
-        for d in (schema.USERS_DIR, schema.ITEMS_DIR, schema.HISTORY_DIR, schema.CUTOFFS_DIR)
+        for d in (tables.USERS_DIR, tables.ITEMS_DIR, tables.HISTORY_DIR, tables.CUTOFFS_DIR)
         if not (data_dir / d).is_dir()
     ]
     if missing:

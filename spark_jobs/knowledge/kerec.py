@@ -38,7 +38,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 from spark_jobs.knowledge.config import Scenario
 from spark_jobs.knowledge.text import CHAT_OVERHEAD_TOKENS, clean, looks_like_injection, token_counter
 

@@ -25,8 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from kar.errors import DataError
-from spark_jobs import schema
+from kar.contracts import tables
+from kar.contracts.errors import DataError
 from spark_jobs.datasets.base import ITEM_COLUMNS as ITEM_COLUMNS_DEFAULT
 from spark_jobs.datasets.base import PROMPT_FIELDS
 from spark_jobs.datasets.base import USER_COLUMNS as USER_COLUMNS_DEFAULT
@@ -301,11 +301,11 @@ def prompt_fields_for(data_dir: Path, scenario: Scenario) -> PromptFields:
     Raises:
         DataError: A template field no table provides or no allow-list lets through.
     """
-    summary_path = Path(data_dir) / schema.SUMMARY_FILE
+    summary_path = Path(data_dir) / tables.SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     columns = {
-        "user": table_columns(data_dir, schema.USERS_DIR, key="user_id"),
-        "item": table_columns(data_dir, schema.ITEMS_DIR, key="item_id"),
+        "user": table_columns(data_dir, tables.USERS_DIR, key="user_id"),
+        "item": table_columns(data_dir, tables.ITEMS_DIR, key="item_id"),
     }
     return resolve_prompt_fields(scenario, allowed=summary.get("prompt_fields") or PROMPT_FIELDS, columns=columns)
 
@@ -425,12 +425,12 @@ def user_prompts(
     check_spec(spec, kind="user", scenario=scenario.name)
     fields = fields or prompt_fields_for(data_dir, scenario)
     line_items = [name for name in fields.item if name != "description"]
-    items = _select(_read(spark, data_dir, schema.ITEMS_DIR), ["item_id", *line_items])
-    history = _select(_read(spark, data_dir, schema.HISTORY_DIR), ["user_id", "item_id", "position", "rating", "label"])
+    items = _select(_read(spark, data_dir, tables.ITEMS_DIR), ["item_id", *line_items])
+    history = _select(_read(spark, data_dir, tables.HISTORY_DIR), ["user_id", "item_id", "position", "rating", "label"])
     line = F.struct("position", "item_id", "rating", "label", *line_items)
     histories = history.join(items, "item_id", "left").groupBy("user_id").agg(F.collect_list(line).alias("history"))
-    cutoffs = _read(spark, data_dir, schema.CUTOFFS_DIR).select("user_id", F.col("knowledge_cutoff").alias("as_of"))
-    users = _select(_read(spark, data_dir, schema.USERS_DIR), ["user_id", *fields.user])
+    cutoffs = _read(spark, data_dir, tables.CUTOFFS_DIR).select("user_id", F.col("knowledge_cutoff").alias("as_of"))
+    users = _select(_read(spark, data_dir, tables.USERS_DIR), ["user_id", *fields.user])
     inputs = cutoffs.join(users, "user_id", "left").join(histories, "user_id", "left")
     mapper = _user_mapper(
         spec=spec,
@@ -474,7 +474,7 @@ def item_prompts(
     spec = scenario.spec(kind)
     check_spec(spec, kind=kind, scenario=scenario.name)
     fields = fields or prompt_fields_for(data_dir, scenario)
-    items = _read(spark, data_dir, schema.ITEMS_DIR).withColumnRenamed("event_timestamp", "as_of")
+    items = _read(spark, data_dir, tables.ITEMS_DIR).withColumnRenamed("event_timestamp", "as_of")
     inputs = _select(items, ["item_id", "as_of", *fields.item])
     mapper = _item_mapper(
         spec=spec,

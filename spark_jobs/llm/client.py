@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 
-from kar.errors import KarError
+from kar.contracts.errors import KarError
 
 Status = Literal["ok", "truncated", "refused", "empty", "error"]
 STATUSES: tuple[Status, ...] = ("ok", "truncated", "refused", "empty", "error")

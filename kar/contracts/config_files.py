@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 
 def load_yaml(path: Path) -> Any:

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kar.errors import DataError, KarError
+from kar.contracts import tables
+from kar.contracts.errors import DataError, KarError
+from kar.contracts.paths import Location, is_uri, local_path, optional_local_path
 from kar.feast import (
     KNOWLEDGE_TAG,
     ROLE_TAG,
@@ -43,7 +45,6 @@ from kar.feast import (
     key_type_of,
     write_example_repo,
 )
-from kar.paths import Location, is_uri, local_path, optional_local_path
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
 from spark_jobs.id_maps import IdMap
 
@@ -58,7 +59,6 @@ FEAST_DIR = "feast"
 PROFILES = ("spark",)  # the example repo's other offline store
 
 # The vector tables under a prepared folder (``kar encode`` writes vectors/, ``kar adapt export`` adapted/).
-VECTOR_TABLES = ("vectors/user", "vectors/item", "adapted/user", "adapted/item")
 
 
 def default_service(repo: Location | None, *, serving: bool = False) -> str:
@@ -148,7 +148,7 @@ def ensure_vector_tables(data_dir: Path) -> list[str]:
     ``has_* = False``, the same as an entity the LLM has no answer for.
     """
     created = []
-    for table in VECTOR_TABLES:
+    for table in tables.VECTOR_TABLES:
         path = data_dir / table
         if not path.is_dir() or not any(path.glob("*.parquet")):
             path.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ itself (~35 ms against a few ms). :class:`OnlineLookup` resolves the service onc
 
 It returns numpy columns: knowledge vectors as an ``(N, dim)`` float32 matrix, ready for a ranker. Missing
 entities never raise: their features are None, their knowledge vectors zeros and ``has_<view>`` False,
-exactly as :func:`kar.store.fill_missing_knowledge` does for training frames.
+exactly as :func:`kar.serving.store.fill_missing_knowledge` does for training frames.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kar.store import TRAINING_SERVICE, is_knowledge_view, service_roles, vector_dim
+from kar.serving import feast_adapter
+from kar.serving.store import TRAINING_SERVICE, is_knowledge_view, service_roles, vector_dim
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 Rows = list[dict[str, "Value"] | None]
 KEY_CACHE_SIZE = 200_000
-VALUE_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +107,7 @@ class OnlineLookup:
         features: Read only these of the service's features (e.g. what a ranker uses); all when None.
 
     Attributes:
-        roles: Which entity (join key, key type) is the user and which the item (``kar.store.service_roles``).
+        roles: Which entity (join key, key type) is the user and which the item (``kar.serving.store.service_roles``).
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class OnlineLookup:
         self._config = store.config
         # online_read is Feast's store interface; reaching it skips only get_online_features' per-call
         # registry lookups and response building.
-        self._provider = store._get_provider()
+        self._provider = feast_adapter.provider(store)
         self._reads: dict[str, list[_ViewRead]] = {}
         for projection in store.get_feature_service(service).feature_view_projections:
             names = [f.name for f in projection.features]
@@ -177,7 +177,7 @@ class OnlineLookup:
         result = self._provider.online_read(
             config=self._config,
             table=read.view,
-            entity_keys=_entity_keys(join_key, ids),
+            entity_keys=feast_adapter.entity_keys(join_key, ids),
             requested_features=list(read.features),
         )
         return [values for _ts, values in result]
@@ -192,16 +192,6 @@ def _plan(view: FeatureView, features: list[str]) -> _ViewRead:
 
 def _ints(ids: Sequence[Any]) -> bool:
     return all(isinstance(i, int | np.integer) for i in ids)
-
-
-def _entity_keys(join_key: str, ids: Sequence[Any]) -> list[Any]:
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    def value(entity_id: Any) -> Value:
-        return Value(string_val=entity_id) if isinstance(entity_id, str) else Value(int64_val=int(entity_id))
-
-    return [EntityKey(join_keys=[join_key], entity_values=[value(i)]) for i in ids]
 
 
 def _fast_reader(online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> Any:
@@ -223,22 +213,14 @@ class _SqliteReader:
     """
 
     def __init__(self, online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> None:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.infra.online_stores.sqlite import _table_id
-
-        self._conn = online_store._get_conn(config)
+        self._conn = feast_adapter.sqlite_connection(online_store, config)
         self._reads = reads
-        versioning = config.registry.enable_online_feature_view_versioning
         self._tables = {
-            read.view.name: _table_id(config.project, read.view, versioning) for plan in reads.values() for read in plan
+            read.view.name: feast_adapter.sqlite_table(config, read.view) for plan in reads.values() for read in plan
         }
-        version = config.entity_key_serialization_version
-
-        def key(join_key: str, entity_id: Any) -> bytes:
-            (entity,) = _entity_keys(join_key, [entity_id])
-            return serialize_entity_key(entity, entity_key_serialization_version=version)
-
-        self.key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(key)
+        self.key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(
+            functools.partial(feast_adapter.sqlite_entity_key, config)
+        )
 
     def read(self, requests: dict[str, list[Any]]) -> dict[str, list[Rows]]:
         """Per join key, one list of rows per planned view, for that key's ids."""
@@ -266,7 +248,7 @@ class _RedisReader:
     def __init__(self, online_store: Any, config: Any, reads: dict[str, list[_ViewRead]]) -> None:
         self._store = online_store
         self._config = config
-        self._client = online_store._get_client(config.online_store)
+        self._client = feast_adapter.redis_client(online_store, config)
         self._reads = reads
         # One HMGET per entity asks for the fields of all that entity's views, in plan order.
         self._fields = {key: [f for read in plan for f in self._hash_fields(read)] for key, plan in reads.items()}
@@ -274,16 +256,10 @@ class _RedisReader:
         self.redis_key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._redis_key)
 
     def _redis_key(self, join_key: str, entity_id: Any) -> bytes:
-        (key,) = self._store._generate_redis_keys_for_entities(self._config, _entity_keys(join_key, [entity_id]))
-        return key
+        return feast_adapter.redis_key(self._store, self._config, join_key, entity_id)
 
     def _hash_fields(self, read: _ViewRead) -> list[bytes | str]:
-        from feast.infra.online_stores.redis import _versioned_fv_name
-
-        _names, hashes = self._store._generate_hset_keys_for_features(
-            read.view, list(read.features), fv_name_override=_versioned_fv_name(read.view, self._config)
-        )
-        return hashes[:-1]  # the last one is the view's timestamp field: not needed here
+        return feast_adapter.redis_fields(self._store, self._config, read.view, read.features)
 
     def read(self, requests: dict[str, list[Any]]) -> dict[str, list[Rows]]:
         """Per join key, one list of rows per planned view, for that key's ids."""
@@ -312,71 +288,16 @@ def _row(read: _ViewRead, raws: list[bytes | None]) -> dict[str, Any] | None:
         return None
     row: dict[str, Any] = {}
     for name, raw in zip(read.features, raws, strict=True):
-        if name == read.vector and raw and (floats := packed_floats(raw, read.dim)) is not None:
+        if name == read.vector and raw and (floats := feast_adapter.packed_floats(raw, read.dim)) is not None:
             row[name] = floats
             continue
-        row[name] = _parsed(raw or b"")
+        row[name] = feast_adapter.parse_value(raw or b"")
     return row
-
-
-@functools.lru_cache(maxsize=VALUE_CACHE_SIZE)
-def _parsed(raw: bytes) -> Value:
-    """A stored ``Value``, parsed once per distinct bytes: profile values (years, genre lists) repeat across
-    entities. Callers only read it (``_python_value`` copies lists out)."""
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    value = Value()
-    value.ParseFromString(raw)
-    return value
-
-
-# Value.float_list_val is field 16, length-delimited: tag bytes 0x82 0x01; FloatList.val is field 1, packed (0x0A).
-_FLOAT_LIST_TAG = b"\x82\x01"
-_PACKED_TAG = 0x0A
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = raw[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def packed_floats(raw: bytes, dim: int) -> np.ndarray | None:
-    """The ``dim`` floats of a serialized ``Value(float_list_val=...)``, read in place without building the proto.
-
-    Building the proto and copying its repeated field costs more than the rest of a 100-item read with
-    384-d vectors. Returns None when the bytes are not exactly that message (the caller parses the proto).
-    """
-    if not raw.startswith(_FLOAT_LIST_TAG):
-        return None
-    length, pos = _varint(raw, len(_FLOAT_LIST_TAG))
-    if pos + length != len(raw) or raw[pos] != _PACKED_TAG:
-        return None
-    size, pos = _varint(raw, pos + 1)
-    if size != 4 * dim or pos + size != len(raw):
-        return None
-    return np.frombuffer(raw, dtype="<f4", count=dim, offset=pos)
-
-
-def _python_value(value: Value | None) -> Any:
-    """A ``Value`` proto as a Python value: None when unset, a list for ``*_list_val``."""
-    if value is None:
-        return None
-    kind = value.WhichOneof("val")
-    if kind is None or kind == "null_val":
-        return None
-    field = getattr(value, kind)
-    return list(field.val) if kind.endswith("_list_val") else field
 
 
 def _decode(read: _ViewRead, rows: Rows) -> dict[str, Any]:
     out: dict[str, Any] = {
-        feature: [_python_value(row.get(feature)) if row else None for row in rows]
+        feature: [feast_adapter.python_value(row.get(feature)) if row else None for row in rows]
         for feature in read.features
         if feature != read.vector
     }

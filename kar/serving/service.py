@@ -1,4 +1,4 @@
-"""``kar serve``: an HTTP ranking service over :class:`kar.scorer.OnlineScorer` (FastAPI + uvicorn).
+"""``kar serve``: an HTTP ranking service over :class:`kar.serving.scorer.OnlineScorer` (FastAPI + uvicorn).
 
 Endpoints:
 
@@ -11,7 +11,7 @@ Endpoints:
 Security defaults: a bearer token is required on ``/rank`` and ``/metrics`` (from ``$KAR_SERVE_TOKEN`` or a
 file); ``--no-auth`` is refused unless the service binds a loopback address. Bodies over ``max_body_bytes``
 get 413, more than ``max_candidates`` items or malformed JSON get 422, a request slower than ``timeout_s``
-gets 504. Unknown users and items are scored with fallback features (see ``kar.scorer``), never a 500.
+gets 504. Unknown users and items are scored with fallback features (see ``kar.serving.scorer``), never a 500.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from kar.errors import EnvironmentProblem, KarError
-from kar.paths import Location, local_path, optional_local_path
+from kar.contracts.errors import EnvironmentProblem, KarError
+from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.processes import free_port, spawn_guarded, stop_group
 
 if TYPE_CHECKING:
-    from kar.scorer import OnlineScorer, Ranking
+    from kar.serving.scorer import OnlineScorer, Ranking
 
 TOKEN_ENV = "KAR_SERVE_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
@@ -52,7 +52,7 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0
 INT64 = 2**63
 MAX_ID_CHARS = 256
 
-log = logging.getLogger("kar.service")
+log = logging.getLogger("kar.serving.service")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,8 +385,8 @@ def serve(
     """
     import uvicorn
 
-    from kar import store
-    from kar.scorer import OnlineScorer
+    from kar.serving import store
+    from kar.serving.scorer import OnlineScorer
 
     model_dir, data_dir = local_path(model_dir, what="model"), local_path(data_dir, what="data")
     token_file = optional_local_path(token_file, what="token file")

@@ -1,9 +1,9 @@
 """Rank one user's candidate items from Feast online features: the library behind ``kar serve``.
 
 :class:`OnlineScorer` loads a trained ranker once and, per request, reads the user's and the candidates'
-features from the online store (:class:`kar.online.OnlineLookup`, feature service ``ranking_serving`` by
+features from the online store (:class:`kar.serving.online.OnlineLookup`, feature service ``ranking_serving`` by
 default: profiles + the adapted knowledge vectors ``kar adapt export`` stored), builds the candidates frame
-and scores it in one forward pass. No HTTP here: the service (``kar.service``) and the benchmark call it, and
+and scores it in one forward pass. No HTTP here: the service (``kar.serving.service``) and the benchmark call it, and
 so can any Python serving stack.
 
 Unknown ids never fail a request. An entity the online store does not have reads as missing features: the
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kar.errors import KarError
-from kar.store import SERVING_SERVICE
+from kar.contracts.errors import KarError
+from kar.serving.store import SERVING_SERVICE
 from spark_jobs.id_maps import UNKNOWN_ID
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
     from ctr.trainer import Ranker
-    from kar.online import OnlineFeatures
+    from kar.serving.online import OnlineFeatures
 
 ENTITY_KEYS = ("user_id", "item_id")
 
@@ -97,7 +97,7 @@ class OnlineScorer:
     def __init__(
         self, *, ranker: Ranker, store: FeatureStore, service: str = SERVING_SERVICE, data_dir: Path | None = None
     ) -> None:
-        from kar.online import OnlineLookup
+        from kar.serving.online import OnlineLookup
         from spark_jobs.id_maps import IdMap
 
         self.ranker = ranker

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from kar.errors import DataError
+from kar.contracts.errors import DataError
 
 # RFC 3986 scheme followed by "://"; a Windows drive letter ("C:\\") has no "//" and stays a path.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

