@@ -131,6 +131,15 @@ Behaviour = Ok | Status | Hang | Garbage | Disconnect
 Rule = Callable[[dict[str, Any]], Behaviour | None]
 
 
+@dataclass(frozen=True)
+class Wait:
+    """One delay (``Ok.delay_s``) or hang that ended: for which call, how long it was, whether ``stop()`` cut it."""
+
+    call: int
+    seconds: float
+    cut_by_stop: bool
+
+
 class RecordedRequest(TypedDict):
     """One request as the server received it.
 
@@ -353,6 +362,7 @@ class FaultInjectingLLMServer:
         self._calls = 0
         self._in_flight = 0
         self._max_in_flight = 0
+        self._waits: list[Wait] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -451,6 +461,12 @@ class FaultInjectingLLMServer:
             return self._in_flight
 
     @property
+    def waits(self) -> list[Wait]:
+        """Every delay or hang that has ended, in the order they ended: waited out, or cut short by ``stop()``."""
+        with self._lock:
+            return list(self._waits)
+
+    @property
     def max_in_flight(self) -> int:
         """Peak number of chat-completion requests served at the same time."""
         with self._lock:
@@ -514,10 +530,17 @@ class FaultInjectingLLMServer:
         with self._lock:
             return self._script.popleft() if self._script else self._default
 
+    def _wait(self, seconds: float, *, call: int) -> bool:
+        """Wait ``seconds`` unless stopped first; record which, and return True when stopped."""
+        stopped = self._stopping.wait(seconds)
+        with self._lock:
+            self._waits.append(Wait(call=call, seconds=seconds, cut_by_stop=stopped))
+        return stopped
+
     def _act(self, handler: _Handler, behaviour: Behaviour, body: dict[str, Any], call: int) -> None:
         match behaviour:
             case Ok():
-                if behaviour.delay_s and self._stopping.wait(behaviour.delay_s):
+                if behaviour.delay_s and self._wait(behaviour.delay_s, call=call):
                     handler._drop()
                     return
                 model = body.get("model") if isinstance(body.get("model"), str) else self.model_name
@@ -532,7 +555,7 @@ class FaultInjectingLLMServer:
                     headers["Retry-After"] = _retry_after_header(behaviour.retry_after)
                 handler._send(behaviour.code, body_text, headers=headers)
             case Hang():
-                self._stopping.wait(behaviour.seconds)
+                self._wait(behaviour.seconds, call=call)
                 handler._drop()
             case Garbage():
                 handler._send(behaviour.status, behaviour.body, content_type=behaviour.content_type)

@@ -22,7 +22,7 @@ def test_bench_validate_measures_both_sides_and_reports_per_suite_time(spark, tm
     assert result["overhead"] == pytest.approx(result["gated_seconds"] / result["plain_seconds"] - 1, abs=1e-4)
     assert result["meets_goal"] == (result["overhead"] <= 0.2)
     assert result["interactions"] > 0
-    assert 0 < result["ge_import_seconds_once_per_process"] < 60
+    assert result["ge_import_seconds_once_per_process"] > 0  # measured, in a fresh process
     expected = {"raw.interactions", "raw.users", "raw.items", "prepared.samples", "prepared.splits"}
     assert set(result["suites"]) == set(result["suite_seconds_median"]) == expected
     # Only the measured gated run counts (not the warm-up), and the gates take part of that run's time.

@@ -20,6 +20,7 @@ from tests.fault_server import (
     Hang,
     Ok,
     Status,
+    Wait,
     unused_port,
 )
 
@@ -98,9 +99,8 @@ def test_ok_with_explicit_text_tokens_finish_reason_and_logprobs():
 
 def test_ok_delay_is_waited_out_and_trips_a_shorter_client_timeout():
     with FaultInjectingLLMServer(script=[Ok(delay_s=0.3), Ok(delay_s=2.0)]) as srv, httpx.Client() as client:
-        began = time.monotonic()
         assert _chat(client, srv).status_code == 200
-        assert time.monotonic() - began >= 0.3
+        assert srv.waits == [Wait(call=1, seconds=0.3, cut_by_stop=False)]  # answered after the whole delay
         with pytest.raises(httpx.ReadTimeout):
             client.post(f"{srv.base_url}/chat/completions", json=_body("x"), timeout=SHORT_READ)
 
@@ -129,10 +129,8 @@ def test_status_custom_body_is_sent_verbatim():
 
 def test_hang_times_out_a_client_with_a_shorter_timeout():
     with FaultInjectingLLMServer(script=[Hang(seconds=HANG_S)]) as srv, httpx.Client(timeout=SHORT_READ) as client:
-        began = time.monotonic()
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(httpx.ReadTimeout):  # the client's 0.2 s read timeout, long before the 60 s hang ends
             _chat(client, srv)
-        assert time.monotonic() - began < PROMPT_S
         # On a loaded machine the client can give up before the server thread has read the request.
         _wait_until(lambda: srv.calls == 1)
         assert srv.pending == 0
@@ -140,10 +138,9 @@ def test_hang_times_out_a_client_with_a_shorter_timeout():
 
 def test_hang_ends_by_closing_the_connection_without_a_response():
     with FaultInjectingLLMServer(script=[Hang(seconds=0.2)]) as srv, httpx.Client(timeout=10) as client:
-        began = time.monotonic()
         with pytest.raises(httpx.RemoteProtocolError):
             _chat(client, srv)
-        assert time.monotonic() - began >= 0.2
+        assert srv.waits == [Wait(call=1, seconds=0.2, cut_by_stop=False)]  # dropped after the whole hang
 
 
 def test_garbage_is_a_200_whose_body_is_not_json():
@@ -301,9 +298,8 @@ def test_stop_with_a_request_in_flight_returns_promptly_and_leaves_no_threads(be
     srv = FaultInjectingLLMServer(script=[behaviour]).start()
     caller, outcome = _chat_in_background(srv)
     _wait_until(lambda: srv.in_flight == 1)
-    began = time.monotonic()
     srv.stop()
-    assert time.monotonic() - began < PROMPT_S
+    assert srv.waits == [Wait(call=1, seconds=HANG_S, cut_by_stop=True)]  # stop() ended the 60 s wait
     caller.join(timeout=PROMPT_S)
     assert not caller.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], httpx.RemoteProtocolError), outcome
@@ -312,12 +308,13 @@ def test_stop_with_a_request_in_flight_returns_promptly_and_leaves_no_threads(be
 
 
 def test_stop_with_an_idle_keep_alive_connection_returns_promptly():
+    before = set(_threads_alive())
     with httpx.Client() as client:
         srv = FaultInjectingLLMServer().start()
         assert _chat(client, srv).status_code == 200  # the client now holds an idle pooled connection
-        began = time.monotonic()
         srv.stop()
-        assert time.monotonic() - began < PROMPT_S
+        # The handler thread blocked on that connection ended: stop() closed it rather than waiting on it.
+        assert set(_threads_alive()) <= before, "stop() left server threads running"
         assert srv.in_flight == 0
 
 

@@ -73,9 +73,7 @@ def test_stop_kills_the_whole_group_even_if_sigterm_is_ignored(tmp_path):
         time.sleep(0.05)
     members = _group_members(pgid)
     assert len(members) >= 2, "the double should run a server and a grandchild"
-    began = time.monotonic()
-    server.stop()
-    assert time.monotonic() - began < 15
+    server.stop()  # SIGTERM is ignored: only the escalation to SIGKILL after the grace ends the group
     _assert_gone(pgid, members, server.host, server.port)
     assert list((tmp_path / "scratch").iterdir()) == [], "the server's TMPDIR should be removed"
     server.stop()  # idempotent
@@ -83,10 +81,9 @@ def test_stop_kills_the_whole_group_even_if_sigterm_is_ignored(tmp_path):
 
 def test_process_that_dies_at_start_raises_with_log_tail(tmp_path):
     server = _fake(tmp_path, FAKE_CRASH="1")
-    began = time.monotonic()
+    # The exit is noticed as such: waiting out the 30 s start-up timeout would raise "not ready after" instead.
     with pytest.raises(EnvironmentProblem, match="exited with code 3") as info:
         server.start()
-    assert time.monotonic() - began < 10
     assert "config.json not found in /no/such/model" in str(info.value)
     assert not server.running
 
@@ -227,11 +224,9 @@ def test_bogus_model_path_fails_fast_with_log_tail(tmp_path):
         log_path=tmp_path / "vllm.log",
     )
     server.startup_timeout_s = 180
-    began = time.monotonic()
+    # Noticed as an exit, not by the 180 s start-up timeout (whose error says "not ready after").
     with pytest.raises(KarError, match="exited with code") as info:
         server.start()
-    elapsed = time.monotonic() - began
-    assert elapsed < 120, f"took {elapsed:.0f} s to notice the dead server"
     last_line = (tmp_path / "vllm.log").read_text().strip().splitlines()[-1]
     assert last_line in str(info.value)
     assert "Error" in str(info.value).splitlines()[0], "the first line should name the cause"
