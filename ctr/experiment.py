@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -15,11 +14,12 @@ from ctr.trainer import Ranker, load_torch_ranker, train_torch
 from ctr.xgb import MODEL_NAME as XGBOOST
 from ctr.xgb import XGBoostRanker, load_xgboost_ranker, train_xgboost, xgboost_params
 from kar.contracts.errors import DataError
+from kar.contracts.results import TrainMetrics
 
 
 def train_experiment(
     frame: pd.DataFrame, config: ExperimentConfig, out_dir: Path, progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> TrainMetrics:
     """Train and evaluate the experiment's model on ``frame``; write the run to ``out_dir``.
 
     Args:
@@ -29,7 +29,7 @@ def train_experiment(
         progress: Optional callback receiving :class:`ctr.progress.ProgressEvent` reports.
 
     Returns:
-        The metrics: ``{"model", "val": {"auc", "logloss"}, "test": {"auc", "logloss"}, ...}``.
+        The run's metrics (``val`` and ``test`` hold ``auc`` and ``logloss``), also in ``metrics.json``.
 
     Raises:
         kar.contracts.errors.DataError: If the frame or config cannot be used.

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from ctr.config import ExperimentConfig
 from ctr.features import Encoder
+from kar.contracts.results import TrainMetrics
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
@@ -30,6 +30,6 @@ def prepare_run_dir(out_dir: Path, *, config: ExperimentConfig, encoder: Encoder
     return out_dir
 
 
-def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> None:
+def write_metrics(out_dir: Path, metrics: TrainMetrics) -> None:
     """Write ``metrics.json`` (the run's completion marker)."""
-    (Path(out_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    (Path(out_dir) / METRICS_FILE).write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")

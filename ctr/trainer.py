@@ -24,6 +24,7 @@ from ctr.models import KnowledgeAugmented, adapted_name, build_model, model_task
 from ctr.modules.embedding import Batch
 from ctr.progress import ProgressCallback, ProgressEvent
 from ctr.runs import CONFIG_FILE, ENCODER_FILE, TORCH_MODEL_FILE, prepare_run_dir, write_metrics
+from kar.contracts.results import TrainMetrics
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,7 @@ class _Fit:
 
 def train_torch(
     frame: pd.DataFrame, config: ExperimentConfig, out_dir: Path, *, progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> TrainMetrics:
     """Train ``config.model`` on the train split, select the epoch by validation AUC, score test once.
 
     Writes ``config.yaml``, ``encoder.json``, ``model.pt`` (best weights) and ``metrics.json`` to ``out_dir``.
@@ -108,22 +109,22 @@ def train_torch(
         # On its own too, so `kar adapt export` needs neither the ranker nor its encoder.
         save_adaptor(model.adaptor, config=config.knowledge, inputs=model.adaptor.inputs, run_dir=out_dir)
     n_train = len(splits["train"])
-    metrics = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "val": fit.val,
-        "test": test,
-        "best_epoch": fit.best_epoch,
-        "epochs_run": fit.epochs_run,
-        "n_train": n_train,
-        "n_val": len(splits["val"]),
-        "n_test": len(splits["test"]),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "seed": config.seed,
-        "seconds": round(time.perf_counter() - started, 3),
+    metrics = TrainMetrics(
+        model=config.model,
+        dataset=config.dataset,
+        val=fit.val,
+        test=test,
+        best_epoch=fit.best_epoch,
+        epochs_run=fit.epochs_run,
+        n_train=n_train,
+        n_val=len(splits["val"]),
+        n_test=len(splits["test"]),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        seed=config.seed,
+        seconds=round(time.perf_counter() - started, 3),
         # Training steps only: validation passes and data preparation are left out.
-        "samples_per_sec": round(n_train * fit.epochs_run / fit.train_seconds, 1),
-    }
+        samples_per_sec=round(n_train * fit.epochs_run / fit.train_seconds, 1),
+    )
     write_metrics(out_dir, metrics)
     return metrics
 

@@ -29,6 +29,7 @@ from ctr.frame import LABEL, split_frame
 from ctr.metrics import binary_metrics
 from ctr.progress import ProgressCallback, ProgressEvent
 from ctr.runs import CONFIG_FILE, ENCODER_FILE, XGBOOST_MODEL_FILE, prepare_run_dir, write_metrics
+from kar.contracts.results import TrainMetrics
 
 MODEL_NAME = "xgboost"
 
@@ -107,7 +108,7 @@ class _ReportRounds(xgb.callback.TrainingCallback):
 
 def train_xgboost(
     frame: pd.DataFrame, config: ExperimentConfig, out_dir: Path, *, progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> TrainMetrics:
     """Boost trees on the train split, stop on validation AUC, score test once with the best round.
 
     Writes ``config.yaml``, ``encoder.json``, ``model.ubj`` (trees up to the best round) and ``metrics.json``.
@@ -146,21 +147,21 @@ def train_xgboost(
 
     best.save_model(out_dir / XGBOOST_MODEL_FILE)
     n_train = len(splits["train"])
-    metrics = {
-        "model": MODEL_NAME,
-        "dataset": config.dataset,
-        "val": scores["val"],
-        "test": scores["test"],
-        "best_round": booster.best_iteration + 1,
-        "rounds_run": rounds_run,
-        "n_train": n_train,
-        "n_val": len(splits["val"]),
-        "n_test": len(splits["test"]),
-        "n_features": matrices["train"].num_col(),
-        "seed": config.seed,
-        "seconds": round(time.perf_counter() - started, 3),
-        "samples_per_sec": round(n_train * rounds_run / fit_seconds, 1),
-    }
+    metrics = TrainMetrics(
+        model=MODEL_NAME,
+        dataset=config.dataset,
+        val=scores["val"],
+        test=scores["test"],
+        best_round=booster.best_iteration + 1,
+        rounds_run=rounds_run,
+        n_train=n_train,
+        n_val=len(splits["val"]),
+        n_test=len(splits["test"]),
+        n_features=matrices["train"].num_col(),
+        seed=config.seed,
+        seconds=round(time.perf_counter() - started, 3),
+        samples_per_sec=round(n_train * rounds_run / fit_seconds, 1),
+    )
     write_metrics(out_dir, metrics)
     return metrics
 

@@ -24,6 +24,8 @@ from rich.table import Table
 
 from kar.contracts.errors import KarError
 from kar.contracts.paths import local_path, name_or_path
+from kar.contracts.results import AnswerStats, EncodeSummary, KerecSummary, KnowledgeSummary, TrainMetrics
+from kar.contracts.tables import SUMMARY_FILE
 from kar.processes import Terminated, sigterm_raises, stopped_by_sigterm
 
 app = typer.Typer(help="kar-feast: LLM knowledge for CTR rankers on Feast.", no_args_is_help=True)
@@ -196,12 +198,12 @@ def steps() -> Iterator[_Steps]:
             tracker.hide()
 
 
-def _metrics_table(results: dict[str, dict[str, Any]], title: str) -> Table:
+def _metrics_table(results: Mapping[str, TrainMetrics], title: str) -> Table:
     table = Table(title=title)
     for column in ("model", "val AUC", "val LogLoss", "test AUC", "test LogLoss"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, metrics in results.items():
-        val, test = metrics["val"], metrics["test"]
+        val, test = metrics.val, metrics.test
         table.add_row(
             name, f"{val['auc']:.4f}", f"{val['logloss']:.4f}", f"{test['auc']:.4f}", f"{test['logloss']:.4f}"
         )
@@ -232,10 +234,10 @@ def prepare(
         summary = run_prepare(
             dataset=dataset, out=out, path=path, spec=spec, protocol=protocol, seed=seed, master=master, progress=step
         )
-    rejected = {t: q["rejected"] for t, q in summary["quarantine"].items() if q["rejected"]}
-    console.print(f"[bold]{dataset}[/]: {json.dumps(summary['rows'])}")
-    console.print(f"splits: {json.dumps(summary['splits'])}")
-    console.print(f"quarantined: {json.dumps(rejected) if rejected else 'none'} → {out / 'summary.json'}")
+    rejected = {t: q["rejected"] for t, q in summary.quarantine.items() if q["rejected"]}
+    console.print(f"[bold]{dataset}[/]: {json.dumps(summary.rows)}")
+    console.print(f"splits: {json.dumps(summary.splits)}")
+    console.print(f"quarantined: {json.dumps(rejected) if rejected else 'none'} → {out / SUMMARY_FILE}")
 
 
 ProfileOpt = Annotated[
@@ -386,7 +388,7 @@ def train(
             service=service,
             progress=step,
         )
-    console.print(_metrics_table({metrics["model"]: metrics}, f"{data}"))
+    console.print(_metrics_table({metrics.model: metrics}, f"{data}"))
 
 
 @app.command()
@@ -403,23 +405,23 @@ def demo(
     from kar.pipeline import run_demo
 
     with steps() as step:
-        metrics = run_demo(out=out, n_users=users, n_items=items, knowledge=knowledge, progress=step)
-    for line in _knowledge_lines(metrics["knowledge"]):
+        result = run_demo(out=out, n_users=users, n_items=items, knowledge=knowledge, progress=step)
+    for line in _knowledge_lines(result.knowledge):
         console.print(line, highlight=False)
-    if sample := metrics["knowledge_sample"]:
+    if sample := result.knowledge_sample:
         text = sample["text"] if len(sample["text"]) <= 300 else sample["text"][:300] + "…"
         console.print(f"user {sample['user_id']} as of {sample['as_of']}: [italic]{text}[/]", highlight=False)
-    console.print(_metrics_table(metrics["models"], "kar demo (synthetic, test = last 10% of time)"))
-    for line in _encode_lines(metrics["encode"]):
+    console.print(_metrics_table(result.models, "kar demo (synthetic, test = last 10% of time)"))
+    for line in _encode_lines(result.encode):
         console.print(line, highlight=False)
-    coverage = ", ".join(f"{view} {share:.0%}" for view, share in metrics["knowledge_coverage"].items())
+    coverage = ", ".join(f"{view} {share:.0%}" for view, share in result.knowledge_coverage.items())
     console.print(f"training rows with knowledge (point-in-time): {coverage}", highlight=False)
-    for field, table in metrics["adapted_export"].items():
+    for field, table in result.adapted_export.items():
         console.print(f"adapted export: {field} {table['rows']} vectors ({table['dim']}-d)", highlight=False)
     console.print("online lookup (kar.serving.online, SQLite, ranking_serving):", highlight=False)
-    for line in online_lines(metrics["online_lookup"]):
+    for line in online_lines(result.online_lookup):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
-    ranking = metrics["online_ranking"]
+    ranking = result.online_ranking
     ranked = ", ".join(
         f"item {i['item_id']} {i['score']:.4f}{'' if i['has_knowledge'] else ' (no knowledge)'}"
         for i in ranking["items"]
@@ -431,11 +433,11 @@ def demo(
     )
     from validation.stages import stage_lines
 
-    for line in stage_lines(metrics["validation"]):
+    for line in stage_lines(result.validation):
         console.print(line, highlight=False, soft_wrap=True)
-    for line in service_lines(metrics["service"]):
+    for line in service_lines(result.service):
         console.print(line, highlight=False)
-    console.print(f"metrics → {out / 'metrics.json'} ({metrics['seconds']} s)")
+    console.print(f"metrics → {out / 'metrics.json'} ({result.seconds} s)")
 
 
 def service_lines(served: dict[str, Any]) -> list[str]:
@@ -451,23 +453,27 @@ def service_lines(served: dict[str, Any]) -> list[str]:
     ]
 
 
-def _knowledge_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+def _knowledge_lines(summaries: Mapping[str, KnowledgeSummary | KerecSummary]) -> list[str]:
     """One line per prompt kind: counts, status breakdown, tokens, throughput and cost estimate."""
     lines = []
     for kind, summary in summaries.items():
-        parts = {f"{kind} {k}": v for k, v in summary.items() if k in ("entity", "pair")} or {kind: summary}
-        for name, s in parts.items():
-            status = ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items()))
-            rate = f"{s['prompts_per_s']:.2f} prompts/s" if s["prompts_per_s"] else "no LLM calls"
+        steps: dict[str, AnswerStats] = (
+            {f"{kind} entity": summary.entity, f"{kind} pair": summary.pair}
+            if isinstance(summary, KerecSummary)
+            else {kind: summary}
+        )
+        for name, s in steps.items():
+            status = ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
+            rate = f"{s.prompts_per_s:.2f} prompts/s" if s.prompts_per_s else "no LLM calls"
             lines.append(
-                f"[bold]{name}[/]: {s['prompts']} prompts ({s['cached']} cached, {s['calls']} LLM calls) → {status}"
-                f" · tokens {s['answer_tokens_in']} in / {s['answer_tokens_out']} out · {rate}"
-                f" · est. ${s['usd_estimate_all_answers']:.4f}"
+                f"[bold]{name}[/]: {s.prompts} prompts ({s.cached} cached, {s.calls} LLM calls) → {status}"
+                f" · tokens {s.answer_tokens_in} in / {s.answer_tokens_out} out · {rate}"
+                f" · est. ${s.usd_estimate_all_answers:.4f}"
             )
-        if "graph_edges" in summary:
+        if isinstance(summary, KerecSummary):
             lines.append(
-                f"[bold]{kind} graph[/]: {summary['entities']} item entities, {summary['graph_edges']} judged pairs, "
-                f"{summary['complementary_edges']} complementary"
+                f"[bold]{kind} graph[/]: {summary.entities} item entities, {summary.graph_edges} judged pairs, "
+                f"{summary.complementary_edges} complementary"
             )
     return lines
 
@@ -550,7 +556,7 @@ def knowledge(
         )
     for line in _knowledge_lines(summaries):
         console.print(line, highlight=False)
-    console.print(f"summary → {out / 'summary.json'}")
+    console.print(f"summary → {out / SUMMARY_FILE}")
 
 
 def plan_lines(plans: list[Any]) -> list[str]:
@@ -569,18 +575,18 @@ def plan_lines(plans: list[Any]) -> list[str]:
     return lines
 
 
-def _encode_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+def _encode_lines(summaries: Mapping[str, EncodeSummary]) -> list[str]:
     """One line per kind: what was encoded, skipped and quarantined, the model and the throughput."""
     lines = []
     for kind, s in summaries.items():
-        rate = f"{s['sentences_per_s']:.1f} sentences/s" if s["sentences_per_s"] else "nothing to encode"
-        other = s["input"] - s["empty"] - s["encoded"] - s["skipped_cached"] - s["non_finite"] - s["duplicate"]
+        rate = f"{s.sentences_per_s:.1f} sentences/s" if s.sentences_per_s else "nothing to encode"
+        other = s.input - s.empty - s.encoded - s.skipped_cached - s.non_finite - s.duplicate
         rejected = f", {other} not ok" if other else ""
         lines.append(
-            f"[bold]{kind}[/]: {s['input']} answers → {s['encoded']} encoded, {s['skipped_cached']} already encoded, "
-            f"{s['empty']} empty{rejected}, {s['non_finite']} non-finite · {s['chunked']} chunked · "
-            f"{s['rows']} vectors of {s['dim']}-d {s['model']} · {s['seconds']} s, {rate}"
-            + {"driver": " (on the driver)", "spark": " (in Spark tasks)"}.get(s["encoded_on"], "")
+            f"[bold]{kind}[/]: {s.input} answers → {s.encoded} encoded, {s.skipped_cached} already encoded, "
+            f"{s.empty} empty{rejected}, {s.non_finite} non-finite · {s.chunked} chunked · "
+            f"{s.rows} vectors of {s.dim}-d {s.model} · {s.seconds} s, {rate}"
+            + {"driver": " (on the driver)", "spark": " (in Spark tasks)"}.get(s.encoded_on or "", "")
         )
     return lines
 
@@ -643,7 +649,7 @@ def encode(
         )
     for line in _encode_lines(summaries):
         console.print(line, highlight=False)
-    console.print(f"vectors → {out} (summary: {out / 'summary.json'})", highlight=False)
+    console.print(f"vectors → {out} (summary: {out / SUMMARY_FILE})", highlight=False)
 
 
 @app.command()

@@ -18,6 +18,14 @@ from kar.contracts import tables
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, name_or_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.contracts.results import (
+    DemoResult,
+    EncodeSummary,
+    KerecSummary,
+    KnowledgeSummary,
+    PrepareSummary,
+    TrainMetrics,
+)
 from kar.contracts.timing import StageTimes
 
 # The rankers the demo trains (every bundled model trains with `kar train`).
@@ -35,7 +43,7 @@ def run_prepare(
     master: str | None = None,
     synthetic: Any = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> PrepareSummary:
     """Run the Spark prepare job (see ``spark_jobs.prepare``) and return its summary.
 
     Args:
@@ -76,12 +84,20 @@ def run_prepare(
     )
 
 
-def read_summary(data_dir: Location) -> dict[str, Any]:
+def read_summary(data_dir: Location) -> PrepareSummary:
+    """The summary ``kar prepare`` wrote in ``data_dir``.
+
+    Raises:
+        DataError: No summary there (not a prepared folder), or one this version cannot read.
+    """
     data_dir = local_path(data_dir, what="data")
-    path = data_dir / "summary.json"
+    path = data_dir / tables.SUMMARY_FILE
     if not path.is_file():
-        raise DataError(f"{data_dir}: no summary.json; run `kar prepare --out {data_dir}` first")
-    return json.loads(path.read_text())
+        raise DataError(f"{data_dir}: no {tables.SUMMARY_FILE}; run `kar prepare --out {data_dir}` first")
+    try:
+        return PrepareSummary.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a summary of `kar prepare`: {e}") from e
 
 
 def _epoch_reporter(step: Progress) -> Callable[[Any], None]:
@@ -107,7 +123,7 @@ def run_train(
     repo: Location | None = None,
     service: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> TrainMetrics:
     """Train one ranker on the Feast training frame of ``data_dir`` and write ``out/metrics.json``.
 
     The experiment is, in order: a complete YAML given as ``config_path``; the bundled
@@ -133,7 +149,7 @@ def run_train(
     config_path = optional_local_path(config_path, what="config")
     repo = optional_local_path(repo, what="repo")
     service = service or store.default_service(repo)
-    dataset = read_summary(data_dir)["dataset"]
+    dataset = read_summary(data_dir).dataset
     config, overrides = _experiment(model, dataset, config_path, bundled=repo is None)
     if config is not None:
         if seed is not None:
@@ -207,7 +223,7 @@ def run_demo(
     n_items: int | None = None,
     knowledge: bool = True,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> DemoResult:
     """The main job on embedded defaults: synthetic data → Spark → LLM knowledge → Feast → DeepFM and XGBoost.
 
     Writes ``out/prepared`` (tables, Feast registry and online store, and ``knowledge/``: LLM answers from the
@@ -253,27 +269,34 @@ def run_demo(
         late_reports += validate_late_stage("features", data_dir=data_dir, frame=frame, knowledge=knowledge)
     step("materializing the online store")
     feature_store = store.materialize(data_dir=data_dir)
-    validation = collect_validation(summary, knowledge_summary, encode_summary) + late_reports
+    validation = (
+        collect_validation(
+            summary.to_dict(),
+            {kind: s.to_dict() for kind, s in knowledge_summary.items()},
+            {kind: s.to_dict() for kind, s in encode_summary.items()},
+        )
+        + late_reports
+    )
     lookup, ranking = _sample_ranking(feature_store, frame, ranker_dir=ranker_dir)
     step("starting `kar serve` and ranking one request over HTTP")
     served = served_ranking(data_dir=data_dir, model_dir=ranker_dir, request=ranking["request"])
-    metrics = {
-        "dataset": "synthetic",
-        "samples": summary["splits"],
-        "knowledge": knowledge_summary,
-        "encode": encode_summary,
-        "knowledge_coverage": knowledge_coverage(frame),
-        "validation": validation,
-        "knowledge_sample": _knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
-        "models": results,
-        "adapted_export": {table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
-        "online_lookup": lookup.describe(),
-        "online_ranking": ranking,
-        "service": served,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+    result = DemoResult(
+        dataset="synthetic",
+        samples=summary.splits,
+        knowledge=knowledge_summary,
+        encode=encode_summary,
+        knowledge_coverage=knowledge_coverage(frame),
+        validation=validation,
+        knowledge_sample=_knowledge_sample(data_dir / "knowledge", user_id=lookup.user["user_id"]),
+        models=results,
+        adapted_export={table.field: {"rows": table.rows, "dim": table.dim} for table in exported},
+        online_lookup=lookup.describe(),
+        online_ranking=ranking,
+        service=served,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
 
 
 def collect_validation(*summaries: dict[str, Any]) -> list[dict[str, Any]]:
@@ -463,7 +486,7 @@ def run_knowledge(
     kerec_max_pairs: int = 500,
     master: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, KnowledgeSummary | KerecSummary]:
     """Generate LLM knowledge (``user``, ``item``, ``kerec``) for a prepared folder; see ``spark_jobs.knowledge``.
 
     Returns the summary entries by kind (also in ``out/summary.json``).
@@ -573,7 +596,7 @@ def run_encode(
     driver_max_texts: int | None = None,
     master: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, EncodeSummary]:
     """Encode knowledge answers into vectors with sentence-transformers; see ``spark_jobs.encoding``.
 
     Args:

@@ -26,12 +26,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, Row, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from kar.contracts import tables
 from kar.contracts.errors import DataError
 from kar.contracts.progress import Progress
+from kar.contracts.results import PrepareSummary
 from kar.contracts.timing import StageTimes
 from spark_jobs.datasets import RawTables, TableSpec, load_dataset
 from spark_jobs.datasets.base import PROMPT_FIELDS
@@ -206,6 +207,49 @@ def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol:
     return rates
 
 
+def _canonical(interactions: DataFrame, raw: RawTables) -> DataFrame:
+    """The interactions table as every later job reads it: a 0/1 label (given, or rating above the dataset's
+    threshold) and an event timestamp."""
+    label = F.col("label") if raw.label_given else (F.col("rating") > F.lit(raw.positive_threshold)).cast("int")
+    return interactions.select(
+        "user_id",
+        "item_id",
+        F.col("rating").cast("double").alias("rating"),
+        label.alias("label"),
+        F.timestamp_seconds("timestamp").alias("event_timestamp"),
+    )
+
+
+def _publish_profiles(
+    gates: _Gates, raw: RawTables, users: DataFrame, items: DataFrame, *, out: Path, valid_from: Column
+) -> None:
+    """Write the user and item profiles through their gates, each valid from ``valid_from``."""
+
+    def with_valid_from(profiles: DataFrame) -> DataFrame:
+        return profiles.withColumn("event_timestamp", valid_from)
+
+    # Profiles are small: the gate counts while they are written (observed metrics), with no pass of its own.
+    users_suite = partial(suites.raw_users, demographics=raw.catalogue_rules)
+    gates.publish(
+        gates.observe(users, users_suite, table=tables.USERS_DIR), out / tables.USERS_DIR, shape=with_valid_from
+    )
+    items_suite = partial(suites.raw_items, catalogue=raw.catalogue_rules)
+    gates.publish(
+        gates.observe(items, items_suite, table=tables.ITEMS_DIR), out / tables.ITEMS_DIR, shape=with_valid_from
+    )
+
+
+def _write_splits(interactions: DataFrame, split: SplitConfig, *, out: Path) -> dict[str, object]:
+    """Write the samples (staged until their gate passes), the knowledge histories and cutoffs; returns the
+    split's boundaries."""
+    splits = make_splits(interactions, split)
+    _write(splits.samples, _staged(out / tables.SAMPLES_DIR))
+    _write(splits.history, out / tables.HISTORY_DIR)
+    _write(splits.cutoffs, out / tables.CUTOFFS_DIR)
+    splits.release()
+    return splits.boundaries
+
+
 def prepare(
     *,
     spark: SparkSession,
@@ -219,7 +263,7 @@ def prepare(
     now: datetime | None = None,
     validate: bool = True,
     timings: StageTimes | None = None,
-) -> dict[str, object]:
+) -> PrepareSummary:
     """Run the prepare job and return its summary (also written to ``out/summary.json``).
 
     Args:
@@ -256,14 +300,7 @@ def prepare(
     step("validating rows")
     users, items, interactions, reports = _clean_tables(raw, out / tables.QUARANTINE_DIR)
 
-    label = F.col("label") if raw.label_given else (F.col("rating") > F.lit(raw.positive_threshold)).cast("int")
-    canonical = interactions.select(
-        "user_id",
-        "item_id",
-        F.col("rating").cast("double").alias("rating"),
-        label.alias("label"),
-        F.timestamp_seconds("timestamp").alias("event_timestamp"),
-    ).persist()
+    canonical = _canonical(interactions, raw).persist()
     step("validating canonical tables")
     stats = _interaction_stats(canonical)  # materializes the cached canonical table
     interactions_suite = partial(suites.raw_interactions, now=now, rating_range=raw.rating_range)
@@ -279,26 +316,12 @@ def prepare(
     _write(interactions, out / tables.INTERACTIONS_DIR)
     users_out = users.select("user_id", *raw.user_columns)
     items_out = items.select("item_id", *raw.item_columns)
-
-    def with_valid_from(profiles: DataFrame) -> DataFrame:
-        return profiles.withColumn("event_timestamp", valid_from)
-
-    # Profiles are small: the gate counts while they are written (observed metrics), with no pass of its own.
-    users_suite = partial(suites.raw_users, demographics=raw.catalogue_rules)
-    users_check = gates.observe(users_out, users_suite, table=tables.USERS_DIR)
-    gates.publish(users_check, out / tables.USERS_DIR, shape=with_valid_from)
-    items_suite = partial(suites.raw_items, catalogue=raw.catalogue_rules)
-    items_check = gates.observe(items_out, items_suite, table=tables.ITEMS_DIR)
-    gates.publish(items_check, out / tables.ITEMS_DIR, shape=with_valid_from)
+    _publish_profiles(gates, raw, users_out, items_out, out=out, valid_from=valid_from)
     for name, id_map in raw.id_maps.items():
         _write(id_map, out / "id_maps" / name)
 
     step(f"splitting ({split.protocol} protocol)")
-    splits = make_splits(interactions, split)
-    _write(splits.samples, _staged(out / tables.SAMPLES_DIR))
-    _write(splits.history, out / tables.HISTORY_DIR)
-    _write(splits.cutoffs, out / tables.CUTOFFS_DIR)
-    splits.release()
+    boundaries = _write_splits(interactions, split, out=out)
     step("validating splits")
     label_rates = _publish_samples(spark, gates, out, protocol=split.protocol)
     step("counting what was written, Data Docs")
@@ -308,30 +331,30 @@ def prepare(
         counts = {name: table.count() for name, table in written.items()}
     step.done()
 
-    summary = {
-        "dataset": dataset,
-        "path": str(path) if path else None,
-        "split": asdict(split),
-        "boundaries": splits.boundaries,
-        "notes": {**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},
-        "rows": {
+    summary = PrepareSummary(
+        dataset=dataset,
+        path=str(path) if path else None,
+        split=asdict(split),
+        boundaries=boundaries,
+        notes={**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},
+        rows={
             **counts,
             "interacting_users": stats["users"],
             "interacting_items": stats["items"],
         },
-        "quarantine": {r.table: r.as_dict() for r in reports},
-        "profiles": {"users": dict(users_out.dtypes[1:]), "items": dict(items_out.dtypes[1:])},
-        "prompt_fields": raw.prompt_fields or PROMPT_FIELDS,
-        "id_types": raw.id_types,
-        "id_maps": sorted(raw.id_maps),
-        "splits": label_rates,
-        "validation": validation.result(),
-        "time_range": [stats["first"].isoformat(), stats["last"].isoformat()],
-        "seconds": round(time.perf_counter() - started, 2),
+        quarantine={r.table: r.as_dict() for r in reports},
+        profiles={"users": dict(users_out.dtypes[1:]), "items": dict(items_out.dtypes[1:])},
+        prompt_fields=raw.prompt_fields or PROMPT_FIELDS,
+        id_types=raw.id_types,
+        id_maps=sorted(raw.id_maps),
+        splits=label_rates,
+        validation=validation.result(),
+        time_range=[stats["first"].isoformat(), stats["last"].isoformat()],
+        seconds=round(time.perf_counter() - started, 2),
         # Wall seconds per step (and the Spark start when the caller timed it): the job's fixed cost, named.
-        "stage_seconds": times.as_dict(),
-    }
-    (out / tables.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        stage_seconds=times.as_dict(),
+    )
+    (out / tables.SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     canonical.unpersist()
     return summary
 

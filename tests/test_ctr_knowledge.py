@@ -52,14 +52,14 @@ def test_knowledge_through_the_adaptor_beats_no_knowledge(
 ) -> None:
     without = train_experiment(frame, _experiment(knowledge=False), tmp_path)
     with_knowledge = knowledge_run[1]
-    assert with_knowledge["test"]["auc"] > without["test"]["auc"] + 0.1
-    assert with_knowledge["test"]["auc"] > 0.8
+    assert with_knowledge.test["auc"] > without.test["auc"] + 0.1
+    assert with_knowledge.test["auc"] > 0.8
 
 
 @pytest.mark.parametrize("adaptor", ["mlp", "moe"])
 def test_ablation_adaptors_train(frame: pd.DataFrame, adaptor: str, tmp_path: Path) -> None:
     metrics = train_experiment(frame, _experiment(knowledge=True, adaptor=adaptor), tmp_path)
-    assert metrics["test"]["auc"] > 0.8
+    assert metrics.test["auc"] > 0.8
 
 
 def test_reloaded_run_has_the_adaptor_and_scores_pre_adapted_vectors_identically(

@@ -296,8 +296,8 @@ def test_bundled_synthetic_model_learns_planted_signal(name: str, frame: pd.Data
     train = replace(config.train, batch_size=128, lr=1e-2, epochs=4, num_threads=1)
     metrics = train_experiment(frame, replace(config, train=train), tmp_path)
 
-    assert metrics["model"] == name
-    assert metrics["test"]["auc"] > 0.6
+    assert metrics.model == name
+    assert metrics.test["auc"] > 0.6
 
 
 def test_mmoe_trains_click_and_love_and_selects_on_click(frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_mmoe_trains_click_and_love_and_selects_on_click(frame: pd.DataFrame, tm
     train = replace(config.train, batch_size=128, lr=1e-2, epochs=4, num_threads=1)
     metrics = train_experiment(frame, replace(config, train=train), tmp_path)
 
-    assert set(metrics["test"]) == {"auc", "logloss", "love_auc", "love_logloss"}
-    assert metrics["test"]["auc"] > 0.6
+    assert set(metrics.test) == {"auc", "logloss", "love_auc", "love_logloss"}
+    assert metrics.test["auc"] > 0.6
     ranker = load_ranker(tmp_path)
     assert ranker.predict(frame.head(7)).shape == (7,)  # serving scores the click task

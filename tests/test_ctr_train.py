@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from ctr.features import DenseField, Encoder, SparseField
 from ctr.frame import split_frame
 from ctr.metrics import binary_metrics
 from ctr.testing import planted_frame
+from kar.contracts.results import TrainMetrics
 
 # Timings differ between runs; everything else in metrics.json must not.
 TIMING_KEYS = {"seconds", "samples_per_sec"}
@@ -50,9 +52,9 @@ def deepfm_run(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) ->
     return out_dir, metrics, events
 
 
-def _assert_metrics_file(out_dir: Path, metrics: dict, model: str) -> None:
+def _assert_metrics_file(out_dir: Path, metrics: TrainMetrics, model: str) -> None:
     written = json.loads((out_dir / "metrics.json").read_text())
-    assert written == metrics
+    assert written == metrics.to_dict() and TrainMetrics.from_dict(written) == metrics
     assert written["model"] == model
     for split in ("val", "test"):
         assert set(written[split]) == {"auc", "logloss"}
@@ -64,34 +66,33 @@ def _assert_metrics_file(out_dir: Path, metrics: dict, model: str) -> None:
 def test_deepfm_learns_planted_signal(deepfm_run: tuple[Path, dict, list]) -> None:
     out_dir, metrics, _events = deepfm_run
     _assert_metrics_file(out_dir, metrics, "deepfm")
-    assert metrics["test"]["auc"] > 0.75
-    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+    assert metrics.test["auc"] > 0.75
+    assert 1 <= metrics.best_epoch <= metrics.epochs_run
 
 
 def test_deepfm_run_reloads_for_serving(frame: pd.DataFrame, deepfm_run: tuple[Path, dict, list]) -> None:
     out_dir, metrics, _events = deepfm_run
     test = split_frame(frame)["test"]
     probs = load_ranker(out_dir).predict(test.drop(columns=["label", "split"]))
-    assert binary_metrics(test["label"].to_numpy(), probs) == pytest.approx(metrics["test"])
+    assert binary_metrics(test["label"].to_numpy(), probs) == pytest.approx(metrics.test)
 
 
 def test_progress_reports_every_batch_and_each_validation(deepfm_run: tuple[Path, dict, list]) -> None:
     _out_dir, metrics, events = deepfm_run
     validated = [event for event in events if event.val]
-    assert [event.epoch for event in validated] == list(range(1, metrics["epochs_run"] + 1))
-    assert validated[metrics["best_epoch"] - 1].val == metrics["val"]
+    assert [event.epoch for event in validated] == list(range(1, metrics.epochs_run + 1))
+    assert validated[metrics.best_epoch - 1].val == metrics.val
     steps = events[0].steps
     assert steps == 4800 // 256 + 1
-    assert len(events) == metrics["epochs_run"] * (steps + 1)
+    assert len(events) == metrics.epochs_run * (steps + 1)
 
 
 def test_same_seed_gives_identical_metrics(frame: pd.DataFrame, tmp_path: Path) -> None:
     config = _experiment("deepfm", epochs=2)
     first = train_experiment(frame, config, tmp_path / "first")
     second = train_experiment(frame, config, tmp_path / "second")
-    assert {k: v for k, v in first.items() if k not in TIMING_KEYS} == {
-        k: v for k, v in second.items() if k not in TIMING_KEYS
-    }
+    untimed = {name: 0.0 for name in TIMING_KEYS}
+    assert dataclasses.replace(first, **untimed) == dataclasses.replace(second, **untimed)
 
 
 def test_xgboost_learns_planted_signal_and_is_repeatable(frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -101,8 +102,8 @@ def test_xgboost_learns_planted_signal_and_is_repeatable(frame: pd.DataFrame, tm
 
     _assert_metrics_file(tmp_path / "first", metrics, "xgboost")
     assert (tmp_path / "first" / "model.ubj").exists()
-    assert metrics["test"]["auc"] > 0.75
-    assert (metrics["val"], metrics["test"]) == (again["val"], again["test"])
+    assert metrics.test["auc"] > 0.75
+    assert (metrics.val, metrics.test) == (again.val, again.test)
 
 
 @pytest.mark.parametrize("model", ["deepfm", "xgboost"])
@@ -115,6 +116,6 @@ def test_dense_vector_field_is_added_by_config_only(model: str, tmp_path: Path) 
     metrics = train_experiment(frame, config, tmp_path)
 
     assert Encoder.load(tmp_path / "encoder.json").layout.dense == {"user_knowledge": 8}
-    assert np.isfinite(metrics["test"]["auc"])
+    assert np.isfinite(metrics.test["auc"])
     if model == "xgboost":
-        assert metrics["n_features"] == 8 + 6 + 4 + 8  # sparse, genres, history, vector
+        assert metrics.n_features == 8 + 6 + 4 + 8  # sparse, genres, history, vector

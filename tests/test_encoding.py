@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from kar.contracts.errors import DataError
+from kar.contracts.errors import DataError, ModelUnavailable
 from spark_jobs.encoding.chunking import split_text, token_counts
 from spark_jobs.encoding.model import DEFAULT_MODEL, SentenceEncoder, finite_rows, load_model, resolve_model
 from spark_jobs.encoding.schema import VECTOR_SCHEMA
@@ -167,10 +167,10 @@ def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tm
     summary = encode(spark, knowledge, out)
 
     user = summary["user"]
-    assert (user["input"], user["encoded"], user["empty"], user["not_ok"], user["chunked"]) == (9, 5, 3, 1, 1)
-    assert user["skipped_cached"] == user["non_finite"] == user["duplicate"] == 0
-    assert user["model"] == DEFAULT_MODEL and user["dim"] == 384 and user["sentences_per_s"] > 0
-    assert user["encoded_on"] == planning
+    assert (user.input, user.encoded, user.empty, user.not_ok, user.chunked) == (9, 5, 3, 1, 1)
+    assert user.skipped_cached == user.non_finite == user.duplicate == 0
+    assert user.model == DEFAULT_MODEL and user.dim == 384 and user.sentences_per_s > 0
+    assert user.encoded_on == planning
     assert json.loads((out / "summary.json").read_text())["user"]["encoded"] == 5
 
     table = vectors(out, "user")
@@ -190,7 +190,7 @@ def test_encodes_ok_answers_quarantines_the_rest_with_the_exact_schema(spark, tm
     quarantine = pq.read_table(out / "quarantine" / "user").to_pandas().sort_values("entity_id")
     assert quarantine["entity_id"].tolist() == [10, 11, 12, 13]
     assert quarantine["reason"].tolist() == ["empty text", "empty text", "empty text", "status: truncated"]
-    assert summary["item"]["encoded"] == 3 and len(vectors(out, "item")) == 3
+    assert summary["item"].encoded == 3 and len(vectors(out, "item")) == 3
 
 
 @pytest.mark.spark
@@ -200,13 +200,13 @@ def test_rerun_encodes_nothing_and_new_answers_only_themselves(spark, tmp_path, 
     first = encode(spark, knowledge, out, kinds=["item"])["item"]
     parts = sorted(p.name for p in (out / "item").iterdir())
     rerun = encode(spark, knowledge, out, kinds=["item"])["item"]
-    assert (first["encoded"], rerun["encoded"], rerun["skipped_cached"]) == (6, 0, 6)
-    assert rerun["model_loads"] == 0 and rerun["tasks"] == 0 and rerun["dim"] == 384
+    assert (first.encoded, rerun.encoded, rerun.skipped_cached) == (6, 0, 6)
+    assert rerun.model_loads == 0 and rerun.tasks == 0 and rerun.dim == 384
     assert sorted(p.name for p in (out / "item").iterdir()) == parts, "an unchanged rerun writes nothing"
 
     write_kind(knowledge, "item", answers(3, start=6), part="part-1")
     grown = encode(spark, knowledge, out, kinds=["item"])["item"]
-    assert (grown["input"], grown["encoded"], grown["skipped_cached"]) == (9, 3, 6)
+    assert (grown.input, grown.encoded, grown.skipped_cached) == (9, 3, 6)
     assert vectors(out, "item")["entity_id"].to_pylist() == list(range(9))
 
 
@@ -226,14 +226,14 @@ def test_few_new_texts_in_a_large_table_are_encoded_by_the_driver_with_its_threa
     write_kind(knowledge, "item", answers(2, start=5), part="part-1")
     threads = torch.get_num_threads()
     grown = encode(spark, knowledge, out, kinds=["item"], driver_max_texts=2, threads=1)["item"]
-    assert (first["encoded_on"], grown["encoded_on"]) == ("spark", "driver")
-    assert (grown["encoded"], grown["skipped_cached"], grown["threads_per_task"]) == (2, 5, 1)
+    assert (first.encoded_on, grown.encoded_on) == ("spark", "driver")
+    assert (grown.encoded, grown.skipped_cached, grown.threads_per_task) == (2, 5, 1)
     assert torch.get_num_threads() == threads, "the driver's own torch setting is restored"
     table = vectors(out, "item")
     assert table["entity_id"].to_pylist() == list(range(7))
     texts = [r[1] for r in answers(7)]
     np.testing.assert_allclose(np.array(table["vector"].to_pylist()), model.encode(texts), atol=1e-5)
-    assert encode(spark, knowledge, out, kinds=["item"])["item"]["encoded_on"] is None  # nothing to encode
+    assert encode(spark, knowledge, out, kinds=["item"])["item"].encoded_on is None  # nothing to encode
 
 
 @pytest.mark.spark
@@ -244,7 +244,7 @@ def test_changed_answer_replaces_its_vector_and_removed_answers_go(spark, tmp_pa
     changed = [(i, text if i != 2 else "A new answer for entity two.", s) for i, text, s in answers(4)]
     write_kind(knowledge, "user", changed)  # entity 4 is gone, entity 2 has a new text
     summary = encode(spark, knowledge, out, kinds=["user"])["user"]
-    assert (summary["encoded"], summary["skipped_cached"], summary["pruned_rows"]) == (1, 3, 2)
+    assert (summary.encoded, summary.skipped_cached, summary.pruned_rows) == (1, 3, 2)
     table = vectors(out, "user")
     assert table["entity_id"].to_pylist() == [0, 1, 2, 3]
     assert table["text_hash"].to_pylist()[2] == sha256("A new answer for entity two.")
@@ -265,8 +265,8 @@ def test_resume_after_a_crash_encodes_only_what_is_missing_and_drops_leftovers(s
     # And a crash inside a rewrite leaves one part twice.
     shutil.copy(parts[0], out / "item" / f"{parts[0].stem}-copy.parquet")
     summary = encode(spark, knowledge, out, kinds=["item"])["item"]
-    assert (summary["encoded"], summary["skipped_cached"]) == (lost, 8 - lost)
-    assert summary["pruned_rows"] == 2, "the duplicated part's rows are dropped once"
+    assert (summary.encoded, summary.skipped_cached) == (lost, 8 - lost)
+    assert summary.pruned_rows == 2, "the duplicated part's rows are dropped once"
     assert vectors(out, "item")["entity_id"].to_pylist() == list(range(8))
     assert not list((out / "item").glob("_tmp-*"))
     assert len(list((out / "item").glob("part-*.parquet"))) == 1  # compacted: Feast's file store needs one file
@@ -302,7 +302,7 @@ def test_sigkill_at_a_known_point_then_rerun_gives_exactly_one_vector_per_answer
     assert before == expected_parts * flush  # the blocked writers wrote exactly their parts
 
     summary = encode(spark, knowledge, out, kinds=["user"])["user"]
-    assert (summary["skipped_cached"], summary["encoded"]) == (before, n - before)
+    assert (summary.skipped_cached, summary.encoded) == (before, n - before)
     assert vectors(out, "user")["entity_id"].to_pylist() == list(range(n))  # exactly one vector per answer
     assert not list((out / "user").glob("_tmp-*"))
 
@@ -317,12 +317,24 @@ def test_model_change_reencodes_everything_then_removes_the_old_vectors(spark, t
     folder = resolve_model(None).source
     progress: list[str] = []
     summary = encode(spark, knowledge, out, kinds=["item"], model=folder, progress=progress.append)["item"]
-    assert (summary["encoded"], summary["skipped_cached"]) == (4, 0)
-    assert summary["replaced_models"] == [DEFAULT_MODEL] and summary["removed_parts"] == len(old_parts)
+    assert (summary.encoded, summary.skipped_cached) == (4, 0)
+    assert summary.replaced_models == [DEFAULT_MODEL] and summary.removed_parts == len(old_parts)
     assert any("re-encoding all" in line for line in progress), progress
     assert not old_parts & set((out / "item").iterdir())
     assert set(vectors(out, "item")["model"].to_pylist()) == {str(Path(folder).resolve())}
-    assert encode(spark, knowledge, out, kinds=["item"], model=folder)["item"]["encoded"] == 0
+    assert encode(spark, knowledge, out, kinds=["item"], model=folder)["item"].encoded == 0
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("driver_max_texts", [1000, 0], ids=["driver", "spark-tasks"])
+def test_a_model_that_cannot_load_is_model_unavailable_and_writes_nothing(spark, tmp_path, driver_max_texts):
+    knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
+    write_kind(knowledge, "item", answers(2))
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    with pytest.raises(ModelUnavailable, match="cannot load sentence-transformers model"):
+        encode(spark, knowledge, out, kinds=["item"], model=str(not_a_model), driver_max_texts=driver_max_texts)
+    assert not list(out.glob("item/*.parquet")), "no vector part is written without a model"
 
 
 @pytest.mark.spark
@@ -331,13 +343,13 @@ def test_non_finite_vectors_are_quarantined_not_written(spark, tmp_path):
     write_kind(knowledge, "user", answers(4))
     # Fault injection: entity 1's vector is replaced by NaN after the real model encoded it.
     summary = encode(spark, knowledge, out, kinds=["user"], fault_nan_entity_ids=[1])["user"]
-    assert (summary["encoded"], summary["non_finite"]) == (3, 1)
+    assert (summary.encoded, summary.non_finite) == (3, 1)
     assert vectors(out, "user")["entity_id"].to_pylist() == [0, 2, 3]
     quarantine = pq.read_table(out / "quarantine" / "user").to_pylist()
     assert [(q["entity_id"], q["reason"]) for q in quarantine] == [(1, "non-finite vector")]
     # Not cached as done: a rerun (here without the fault) encodes it, and the quarantine is current again.
     rerun = encode(spark, knowledge, out, kinds=["user"])["user"]
-    assert (rerun["encoded"], rerun["non_finite"], rerun["skipped_cached"]) == (1, 0, 3)
+    assert (rerun.encoded, rerun.non_finite, rerun.skipped_cached) == (1, 0, 3)
     assert pq.read_table(out / "quarantine" / "user").num_rows == 0
 
 
@@ -346,7 +358,7 @@ def test_a_kind_without_usable_answers_gets_an_empty_table_with_the_schema(spark
     knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
     write_kind(knowledge, "item", [(1, "  ", "ok"), (2, "x", "error")])
     summary = encode(spark, knowledge, out, kinds=["item"])["item"]
-    assert (summary["input"], summary["encoded"], summary["rows"]) == (2, 0, 0)
+    assert (summary.input, summary.encoded, summary.rows) == (2, 0, 0)
     table = pq.read_table(out / "item")
     assert table.num_rows == 0 and table.schema.equals(VECTOR_SCHEMA)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar.contracts.errors import KarError
+from kar.contracts.errors import EndpointDown, KarError
 from spark_jobs.knowledge.job import KnowledgeJob, generate_knowledge
 from spark_jobs.llm.cache import AnswerCache
 from spark_jobs.llm.client import Endpoint
@@ -43,8 +43,8 @@ def test_answers_quarantine_and_summary(spark, tiny_prepared, tmp_path):
     with FaultInjectingLLMServer(script=truncate_first) as srv:
         summary = generate_knowledge(spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared))
     total = n_items(tiny_prepared)
-    assert summary["prompts"] == summary["calls"] == total and summary["cached"] == 0
-    assert summary["status"] == {"ok": total - 2, "truncated": 1, "refused": 1}
+    assert summary.prompts == summary.calls == total and summary.cached == 0
+    assert summary.status == {"ok": total - 2, "truncated": 1, "refused": 1}
     knowledge = pd.read_parquet(tmp_path / "item")
     assert len(knowledge) == total - 2 and (knowledge["status"] == "ok").all()
     assert knowledge["text"].str.startswith("echo:").all()
@@ -61,9 +61,9 @@ def test_rerun_makes_no_llm_calls_and_new_prompts_only_ask_what_is_missing(spark
         first = generate_knowledge(spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared, limit=5))
         rerun = generate_knowledge(spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared, limit=5))
         grown = generate_knowledge(spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared))
-    assert first["calls"] == 5
-    assert rerun["calls"] == 0 and rerun["cached"] == 5
-    assert grown["calls"] == n_items(tiny_prepared) - 5
+    assert first.calls == 5
+    assert rerun.calls == 0 and rerun.cached == 5
+    assert grown.calls == n_items(tiny_prepared) - 5
     assert srv.calls == n_items(tiny_prepared)
 
 
@@ -77,7 +77,7 @@ def test_changed_prompt_config_is_stale_and_regenerated(spark, tiny_prepared, tm
         changed = generate_knowledge(
             spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared, limit=4, scenario=scenario)
         )
-    assert changed["calls"] == 4 and changed["cached"] == 0
+    assert changed.calls == 4 and changed.cached == 0
 
 
 @pytest.mark.spark
@@ -89,7 +89,8 @@ def test_server_failing_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(s
         return Status(code=503) if len(answered) > 4 else None
 
     failing = FaultInjectingLLMServer(rules=fail_after_four)
-    with failing as srv, pytest.raises(KarError, match="rerun the same command to resume") as failure:
+    # The tasks' EndpointDown reaches the caller as that class: a scheduler can retry later.
+    with failing as srv, pytest.raises(EndpointDown, match="rerun the same command to resume") as failure:
         generate_knowledge(spark, kind="item", job=job(srv.base_url, tmp_path, tiny_prepared))
     assert "503" in str(failure.value)
     kept = AnswerCache(tmp_path / "cache").read()
@@ -97,7 +98,7 @@ def test_server_failing_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(s
     with FaultInjectingLLMServer() as healthy:
         resumed = generate_knowledge(spark, kind="item", job=job(healthy.base_url, tmp_path, tiny_prepared))
     total = n_items(tiny_prepared)
-    assert resumed["cached"] >= 1 and resumed["calls"] == total - resumed["cached"] == healthy.calls
+    assert resumed.cached >= 1 and resumed.calls == total - resumed.cached == healthy.calls
     assert answered_ids(tmp_path, "item", "item_id") == sorted(pd.read_parquet(tiny_prepared / "items")["item_id"])
 
 

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
+from kar.contracts.errors import EndpointDown, EndpointRejected
 from spark_jobs.llm.client import (
     Endpoint,
-    EndpointDown,
-    EndpointRejected,
     LLMClient,
     Request,
     answer_all,

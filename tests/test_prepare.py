@@ -28,8 +28,8 @@ def _quarantine(out: Path, table: str) -> pd.DataFrame:
 
 def test_ml100k_loads_all_rows(spark, tmp_path):
     summary = _prepare(spark, "movielens-100k", write_ml100k(tmp_path / "raw"), tmp_path / "out")
-    assert summary["rows"]["interactions"] == 36
-    assert summary["quarantine"]["interactions"]["rejected"] == 0
+    assert summary.rows["interactions"] == 36
+    assert summary.quarantine["interactions"]["rejected"] == 0
     items = pd.read_parquet(tmp_path / "out" / "items").set_index("item_id")
     assert items.loc[1, "title"] == "Misérables, Les (1991)"  # Latin-1 decoded, not mojibake
     assert items.loc[1, "year"] == 1991
@@ -39,8 +39,8 @@ def test_ml100k_loads_all_rows(spark, tmp_path):
 def test_ml1m_accepts_any_ratings_file_name(spark, tmp_path):
     src = write_ml1m(tmp_path / "raw", ratings_name="ratings.users1-3.dat")
     summary = _prepare(spark, "movielens-1m", src, tmp_path / "out")
-    assert summary["rows"]["interactions"] == 6
-    assert summary["notes"]["ratings_file"] == "ratings.users1-3.dat"
+    assert summary.rows["interactions"] == 6
+    assert summary.notes["ratings_file"] == "ratings.users1-3.dat"
     users = pd.read_parquet(tmp_path / "out" / "users").set_index("user_id")
     assert users.loc[1, "occupation"] == "K-12 student" and users.loc[2, "occupation"] == "self-employed"
     titles = set(pd.read_parquet(tmp_path / "out" / "items")["title"])
@@ -49,7 +49,7 @@ def test_ml1m_accepts_any_ratings_file_name(spark, tmp_path):
 
 def test_amazon_maps_string_ids_and_quarantines_unknown_items(spark, tmp_path):
     summary = _prepare(spark, "amazon", write_amazon(tmp_path / "raw"), tmp_path / "out")
-    assert summary["rows"]["interactions"] == 9
+    assert summary.rows["interactions"] == 9
     reasons = _quarantine(tmp_path / "out", "interactions")["reason"].tolist()
     assert any("malformed JSON" in r for r in reasons)
     assert any(r.startswith("item_id: -1 not in") for r in reasons)  # asin B999 has no metadata
@@ -80,11 +80,11 @@ def test_bad_rows_are_quarantined_with_reasons(spark, tmp_path):
     lines = [*good, duplicate, *BAD_ROWS]
     summary = _prepare(spark, "movielens-100k", write_ml100k(tmp_path / "raw", ratings=lines), tmp_path / "out")
     quarantined = _quarantine(tmp_path / "out", "interactions")
-    assert summary["rows"]["interactions"] == len(good)
-    assert summary["quarantine"]["interactions"] == {
+    assert summary.rows["interactions"] == len(good)
+    assert summary.quarantine["interactions"] == {
         "total": len(lines),
         "rejected": len(BAD_ROWS) + 1,
-        "top_reasons": summary["quarantine"]["interactions"]["top_reasons"],
+        "top_reasons": summary.quarantine["interactions"]["top_reasons"],
     }
     by_raw = dict(zip(quarantined["raw"], quarantined["reason"], strict=True))
     for raw, expected in BAD_ROWS.items():
@@ -142,7 +142,7 @@ def test_synthetic_reads_an_earlier_generation_instead_of_generating(spark, tmp_
     raw = write_synthetic(tmp_path / "gen", config)
     fresh = prepare(spark=spark, dataset="synthetic", out=tmp_path / "a", synthetic=config, now=NOW)
     reread = prepare(spark=spark, dataset="synthetic", path=raw, out=tmp_path / "b", now=NOW)
-    assert reread["rows"] == fresh["rows"] and reread["splits"] == fresh["splits"]
+    assert reread.rows == fresh.rows and reread.splits == fresh.splits
     (raw / "items.parquet").unlink()
     with pytest.raises(DataError, match=r"no items\.parquet; pass a generated raw/ folder"):
         prepare(spark=spark, dataset="synthetic", path=raw, out=tmp_path / "c", now=NOW)

@@ -112,9 +112,9 @@ def test_kar_protocol_reproduces_reference_numbers_on_ml100k(spark, tmp_path):
     summary = prepare(
         spark=spark, dataset="movielens-100k", path=src, out=tmp_path, split=SplitConfig(protocol="kar"), now=NOW
     )
-    splits = summary["splits"]
+    splits = summary.splits
     assert {s: splits[s]["users"] for s in splits} == {"train": 764, "val": 85, "test": 94}
     assert {s: splits[s]["samples"] for s in splits} == {"train": 64_073, "val": 6_497, "test": 6_707}
     assert {s: splits[s]["label_rate"] for s in splits} == {"train": 0.5366, "val": 0.598, "test": 0.5229}
-    assert summary["rows"]["interactions"] == 100_000
-    assert summary["quarantine"]["interactions"]["rejected"] == 0
+    assert summary.rows["interactions"] == 100_000
+    assert summary.quarantine["interactions"]["rejected"] == 0

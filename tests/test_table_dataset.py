@@ -46,20 +46,20 @@ def prepared(spark, team, tmp_path_factory) -> tuple[Path, dict]:
 @pytest.mark.spark
 def test_columns_map_to_canonical_tables_and_nothing_else_is_copied(prepared):
     out, summary = prepared
-    assert summary["rows"]["interactions"] == 600 and summary["quarantine"]["interactions"]["rejected"] == 0
+    assert summary.rows["interactions"] == 600 and summary.quarantine["interactions"]["rejected"] == 0
     users = pd.read_parquet(out / "users")
     assert list(users.columns) == ["user_id", "segment", "country", "event_timestamp"]  # no email
     items = pd.read_parquet(out / "items")
     assert items["price"].dtype == "float64" and set(items.columns) >= {"title", "category"}
     interactions = pd.read_parquet(out / "interactions")
     assert set(interactions["label"]) == {0, 1} and interactions["rating"].isna().all()
-    clicks = pd.read_csv(Path(summary["notes"]["spec"]).parent / "clicks.csv")
+    clicks = pd.read_csv(Path(summary.notes["spec"]).parent / "clicks.csv")
     assert interactions["label"].mean() == pytest.approx(clicks["clicked"].mean())
     first = pd.Timestamp(clicks["ts"].min())  # ISO-8601 text, read as UTC
     assert interactions["event_timestamp"].min() == first
-    assert summary["id_types"] == {"user": "string", "item": "string"}
-    assert summary["prompt_fields"] == {"user": ["segment"], "item": ["title", "category", "price"]}
-    assert summary["profiles"]["items"] == {"title": "string", "category": "string", "price": "double"}
+    assert summary.id_types == {"user": "string", "item": "string"}
+    assert summary.prompt_fields == {"user": ["segment"], "item": ["title", "category", "price"]}
+    assert summary.profiles["items"] == {"title": "string", "category": "string", "price": "double"}
 
 
 @pytest.mark.spark
@@ -91,7 +91,7 @@ def test_a_rating_column_with_a_threshold_and_millisecond_epochs(spark, team, tm
     quarantined = pd.read_parquet(tmp_path / "out" / "quarantine" / "interactions")
     assert quarantined["reason"].tolist() == ["rating: 9 outside [1, 5]"]
     assert quarantined["line"].tolist() == [4] and quarantined["file"].tolist() == ["clicks.parquet"]  # row 4
-    assert summary["id_types"]["user"] == "string"
+    assert summary.id_types["user"] == "string"
 
 
 @pytest.mark.spark
@@ -99,8 +99,8 @@ def test_without_profile_tables_users_and_items_are_the_logged_ids(spark, team, 
     spec = TableSpec.load(_spec(team, users=None, items=None))
     summary = prepare(spark=spark, dataset="table", spec=spec, out=tmp_path / "out", now=NOW)
     assert list(pd.read_parquet(tmp_path / "out" / "users").columns) == ["user_id", "event_timestamp"]
-    assert summary["rows"]["users"] == summary["rows"]["interacting_users"]
-    assert summary["prompt_fields"] == {"user": [], "item": []}
+    assert summary.rows["users"] == summary.rows["interacting_users"]
+    assert summary.prompt_fields == {"user": [], "item": []}
 
 
 @pytest.mark.spark
@@ -196,4 +196,4 @@ def test_a_prepared_amazon_category_trains_with_a_derived_experiment(spark, tmp_
     sparse = [f["name"] for f in config["features"]["sparse"]]
     assert sparse[:2] == ["user_id", "item_id"] and "brand" in sparse
     assert {f["name"] for f in config["features"]["dense"]} == {"user_knowledge", "item_knowledge"}
-    assert 0 <= metrics["test"]["auc"] <= 1 and metrics["epochs_run"] >= 1
+    assert 0 <= metrics.test["auc"] <= 1 and metrics.epochs_run >= 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kar.contracts.errors import DataError
+from kar.contracts.errors import DataError, QualityGateFailed
 from tests.conftest import NOW
 from validation import suites
 from validation.gate import Validator
@@ -72,7 +72,7 @@ def test_raw_interactions_batch_failure_names_expectation_and_observed_value(spa
     _, report = validator(tmp_path).validate(all_positive, suites.raw_interactions(now=NOW))
     assert report.failed == ["expect_column_mean_to_be_between(label)"]
     with pytest.raises(
-        DataError, match=r"raw.interactions failed: expect_column_mean_to_be_between\(label\) observed 1"
+        QualityGateFailed, match=r"raw.interactions failed: expect_column_mean_to_be_between\(label\) observed 1"
     ):
         report.raise_for_failures()
 
@@ -215,7 +215,7 @@ def test_answer_statuses_stop_on_more_than_5_percent_empty(spark, tmp_path):
     empty = spark.createDataFrame([(i, "empty" if i < 6 else "ok") for i in range(100)], "item_id long, status string")
     _, report = v.validate(empty, suites.answer_statuses("item"))
     assert report.failed == ["expect_column_values_to_not_be_in_set(status: empty)"]
-    with pytest.raises(DataError, match=r"status: empty\) observed 6 of 100 rows \(6.0%\)"):
+    with pytest.raises(QualityGateFailed, match=r"status: empty\) observed 6 of 100 rows \(6.0%\)"):
         report.raise_for_failures()
 
 
@@ -368,10 +368,10 @@ def test_prepare_gates_write_results_and_stop_on_batch_failure(spark, tmp_path, 
     original = suites.prepared_splits
     config = SyntheticConfig(n_users=30, n_items=40, min_interactions=5, mean_interactions=10)
     summary = prepare(spark=spark, dataset="synthetic", out=tmp_path / "ok", synthetic=config, now=NOW)
-    assert set(summary["validation"]) == {
+    assert set(summary.validation) == {
         "raw.interactions", "raw.users", "raw.items", "prepared.samples", "prepared.splits"
     }  # fmt: skip
-    assert all(r["passed"] for r in summary["validation"].values())
+    assert all(r["passed"] for r in summary.validation.values())
     assert (tmp_path / "ok" / "validation" / "docs" / "prepare" / "index.html").is_file()
 
     assert not list((tmp_path / "ok").glob("*.unpublished"))

@@ -45,7 +45,7 @@ from great_expectations.data_context.types.resource_identifiers import (
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
-from kar.contracts.errors import DataError
+from kar.contracts.errors import QualityGateFailed
 from validation.rows import FAILED, failed_column, is_table_rule, row_rule, table_rule
 from validation.suites import expectation_name, is_row_level, min_rows
 
@@ -128,13 +128,13 @@ class ValidationReport:
         }  # fmt: skip
 
     def raise_for_failures(self, *, kept: str = "") -> None:
-        """Raise a one-line ``DataError`` when any expectation failed; ``kept`` says what output stays."""
+        """Raise a one-line ``QualityGateFailed`` when any expectation failed; ``kept`` says what output stays."""
         if self.passed:
             return
         first = next(o for o in self.outcomes if not o.success)
         more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
         where = f"; rejected rows in {self.quarantine}" if self.quarantine and self.rejected else ""
-        raise DataError(
+        raise QualityGateFailed(
             f"validation {self.suite} failed: {first.name} observed {_fmt(first.observed)}{more}{where}"
             + (f"; {kept}" if kept else "")
         )

@@ -48,6 +48,7 @@ from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.contracts.results import EncodeSummary
 from spark_jobs.encoding.job import ID_COLUMNS, KINDS, encode_knowledge
 from spark_jobs.encoding.model import resolve_model
 from spark_jobs.session import get_spark
@@ -171,20 +172,20 @@ class BareModel:
         return time.perf_counter() - started, np.asarray(vectors, dtype=np.float32)
 
 
-def _job_stats(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _job_stats(summaries: Mapping[str, EncodeSummary]) -> dict[str, Any]:
     """Totals over kinds of one ``encode_knowledge`` run."""
     stages: dict[str, float] = {}
     for summary in summaries.values():
-        for stage, seconds in summary["stage_seconds"].items():
+        for stage, seconds in summary.stage_seconds.items():
             stages[stage] = round(stages.get(stage, 0.0) + seconds, 3)
     return {
-        name: sum(s[name] for s in summaries.values())
+        name: sum(getattr(s, name) for s in summaries.values())
         for name in ("encoded", "skipped_cached", "chunked", "windows", "model_loads")
     } | {
-        "encoded_on": sorted({s["encoded_on"] for s in summaries.values() if s["encoded_on"]}),
-        "encode_seconds": round(sum(s["encode_seconds"] for s in summaries.values()), 3),
+        "encoded_on": sorted({s.encoded_on for s in summaries.values() if s.encoded_on}),
+        "encode_seconds": round(sum(s.encode_seconds for s in summaries.values()), 3),
         # Per kind, the slowest task's load (tasks load in parallel), as the job's summary reports it.
-        "model_load_seconds": round(sum(s["model_load_seconds"] for s in summaries.values()), 3),
+        "model_load_seconds": round(sum(s.model_load_seconds for s in summaries.values()), 3),
         "stage_seconds": stages,
     }
 

@@ -32,6 +32,8 @@ from kar.bench.report import machine
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.contracts.results import TrainMetrics
+from kar.contracts.tables import SUMMARY_FILE
 
 BOTH = ("user_knowledge", "item_knowledge")
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
@@ -123,7 +125,7 @@ def run_job(job: Job) -> dict[str, Any]:
     metrics_file, key_file = job.run_dir / "metrics.json", job.run_dir / INPUT_KEY_FILE
     reusable = metrics_file.is_file() and key_file.is_file() and key_file.read_text() == job.data_key
     if reusable and load_config(job.run_dir / "config.yaml") == config:
-        metrics = json.loads(metrics_file.read_text())
+        metrics = TrainMetrics.from_dict(json.loads(metrics_file.read_text()))
     else:
         metrics = train_experiment(_FRAMES[job.variant.source], config, job.run_dir)
         key_file.write_text(job.data_key)
@@ -134,11 +136,11 @@ def run_job(job: Job) -> dict[str, Any]:
         "adaptor": "none" if not job.variant.fields or job.model == "xgboost" else job.variant.adaptor,
         "source": job.variant.source if job.variant.fields else None,
         "seed": job.seed,
-        "val_auc": metrics["val"]["auc"],
-        "test_auc": metrics["test"]["auc"],
-        "test_logloss": metrics["test"]["logloss"],
-        "best_epoch": metrics.get("best_epoch", metrics.get("best_round")),
-        "seconds": metrics["seconds"],
+        "val_auc": metrics.val["auc"],
+        "test_auc": metrics.test["auc"],
+        "test_logloss": metrics.test["logloss"],
+        "best_epoch": metrics.best_epoch if metrics.best_epoch is not None else metrics.best_round,
+        "seconds": metrics.seconds,
         "run": str(job.run_dir),
     }
 
@@ -159,7 +161,7 @@ def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
         link = out / name
         if not link.exists():
             link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
-    (out / "summary.json").write_text((data_dir / "summary.json").read_text())
+    (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     progress("encoding the prompts (no-LLM control)")
     run_encode(data_dir=out, knowledge_dir=knowledge, text_column="prompt", progress=progress)
     return out
@@ -316,8 +318,8 @@ def bench_quality(
         raise DataError(f"unknown model or variant {unknown[0]!r}")
     data_dir = data_dir or Path("runs") / DATASETS[dataset]
     summary = read_summary(data_dir)
-    if summary["dataset"] != dataset:
-        raise DataError(f"{data_dir} holds {summary['dataset']}, not {dataset}")
+    if summary.dataset != dataset:
+        raise DataError(f"{data_dir} holds {summary.dataset}, not {dataset}")
     out.mkdir(parents=True, exist_ok=True)
     needs_text = any(v.source == TEXT for v in VARIANTS if v.name in variants)
     frame_paths = _frames(data_dir, out, text=needs_text, progress=step)
@@ -340,7 +342,7 @@ def bench_quality(
     results = _run_all(planned, frame_paths, jobs=jobs or os.cpu_count() or 1, progress=step)
     result = {
         "dataset": dataset,
-        "data": {"path": str(data_dir), "protocol": summary["split"]["protocol"], "notes": summary.get("notes", {})},
+        "data": {"path": str(data_dir), "protocol": summary.split["protocol"], "notes": summary.notes},
         "knowledge_coverage": coverage,
         "seeds": seeds,
         "selection": "epoch (boosting round) with the best validation AUC; test scored once",

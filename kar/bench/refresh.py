@@ -19,7 +19,7 @@ import contextlib
 import shlex
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from kar.contracts import tables
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path
 from kar.contracts.progress import Progress, silent
+from kar.pipeline import llm_endpoint
 
 GOAL_SECONDS = 60.0
 STAGES = ("prepare", "knowledge", "encode", "feast_apply", "export", "materialize")
@@ -48,26 +49,13 @@ class RefreshRound:
         return sum(self.seconds.values())
 
 
-@contextlib.contextmanager
-def _llm(base_url: str | None, progress: Progress) -> Iterator[tuple[str, str | None]]:
-    """``(base_url, model)``: the given endpoint, or the embedded server started for the whole benchmark."""
-    if base_url:
-        yield base_url, None
-        return
-    from kar.llm import serve_embedded
-
-    progress("starting the embedded LLM (set-up, not measured)")
-    with serve_embedded(progress=progress) as server:
-        yield server.base_url, server.served_name
-
-
 @dataclass(frozen=True, kw_only=True)
 class _Stages:
     """The chain of stages on one folder, as a refresh runs them."""
 
     synthetic: Any
     base_url: str
-    model: str | None
+    model: str
     cache_dir: Path
     progress: Progress
 
@@ -108,8 +96,8 @@ class _Stages:
         timed("materialize", lambda: store.materialize(data_dir=data))
         return RefreshRound(
             seconds=seconds,
-            prompts=sum(int(knowledge[kind]["prompts"]) for kind in tables.KINDS),
-            cached=sum(int(knowledge[kind]["cached"]) for kind in tables.KINDS),
+            prompts=sum(knowledge[kind].prompts for kind in tables.KINDS),
+            cached=sum(knowledge[kind].cached for kind in tables.KINDS),
         )
 
 
@@ -159,7 +147,9 @@ def bench_refresh(
         spark_started = time.perf_counter()
         get_spark(app_name="kar-bench-refresh", master=master)
         spark_seconds = time.perf_counter() - spark_started
-        url, model = stack.enter_context(_llm(base_url, step))
+        # Started once for the whole benchmark (set-up, not measured), as a team's server would be up already.
+        endpoint, model, _tokenizer = stack.enter_context(llm_endpoint(base_url=base_url, progress=step))
+        url = endpoint.base_url
         cache = scratch / "cache"
         stages = _Stages(synthetic=synthetic, base_url=url, model=model, cache_dir=cache, progress=step)
         warm_up = stages.run(scratch / "warm-up", ranker=None)

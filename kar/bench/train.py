@@ -48,6 +48,7 @@ from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.contracts.tables import SUMMARY_FILE
 from kar.llm.env import STAMP, TORCH_SPEC, resolve_cache_dir, venv_python
 from kar.processes import file_lock, log_tail, run_logged
 
@@ -138,7 +139,7 @@ def load_frame(data_dir: Path | None, *, scratch: Path, progress: Progress) -> t
 
         run_prepare(dataset="movielens-100k", path=source, out=scratch / "prepared", protocol="kar", progress=progress)
         prepared, origin = scratch / "prepared", f"{source} (raw MovieLens-100K, prepared with the KAR protocol)"
-    elif (source / "summary.json").is_file():
+    elif (source / SUMMARY_FILE).is_file():
         prepared, origin = source, str(source)
     else:
         raise DataError(f"{source}: neither a prepared folder (summary.json) nor raw MovieLens-100K (u.data)")
@@ -295,7 +296,11 @@ def deepfm_params(config: Any) -> dict[str, Any]:
 def fuxictr_worker(
     encoded: Encoded, config: Any, *, python: Path, scratch: Path, threads: int, workers: int
 ) -> Iterator[FuxiCTRWorker]:
-    """Write FuxiCTR's data, config and script into ``scratch`` and run the worker for the block."""
+    """Write FuxiCTR's data, config and script into ``scratch`` and run the worker for the block.
+
+    Raises:
+        KarError: The worker failed to start, or reads other training rows than ours.
+    """
     dataset_id = "kar_bench"
     data = write_fuxictr_data(encoded, scratch / dataset_id, dataset_id=dataset_id)
     params = deepfm_params(config)
@@ -332,6 +337,8 @@ def fuxictr_worker(
         log=scratch / FUXICTR_LOG,
     )
     try:
+        if worker.info["n_train"] != encoded.n_train:
+            raise KarError(f"bench train: FuxiCTR reads {worker.info['n_train']} rows, ours {encoded.n_train}")
         yield worker
     finally:
         worker.close()
@@ -504,6 +511,20 @@ def _check(name: str, value: int, minimum: int = 1) -> None:
         raise DataError(f"bench train: --{name} must be at least {minimum}, got {value}")
 
 
+def _fuxictr_facts(info: dict[str, Any], *, python: Path | None, workers: int) -> dict[str, Any]:
+    """What the result records of the FuxiCTR side: versions, threads, size, and how it feeds and steps."""
+    return {
+        "version": info["fuxictr"],
+        "env_specs": list(FUXICTR_ENV_SPECS),
+        "python": str(python),
+        "torch": info["torch"],
+        "threads": info["threads"],
+        "n_parameters": info["n_parameters"],
+        "data_loader": f"NpzDataLoader (torch DataLoader, shuffle, num_workers={workers})",
+        "gradient_clipping": "clip_grad_norm_(max_norm=10), part of BaseModel.train_step",
+    }
+
+
 def bench_train(
     *,
     out: Location,
@@ -572,8 +593,6 @@ def bench_train(
                     encoded, config, python=python, scratch=scratch, threads=threads, workers=fuxictr_workers
                 )
             )
-            if worker.info["n_train"] != encoded.n_train:
-                raise KarError(f"bench train: FuxiCTR reads {worker.info['n_train']} rows, ours {encoded.n_train}")
             sides["fuxictr"] = worker
         measured = measure(sides, rounds=rounds, n_train=encoded.n_train, progress=step)
         step("batch assembly alone (one epoch of batches, no training)")
@@ -619,19 +638,9 @@ def bench_train(
         "started_at": started_at.isoformat(timespec="seconds"),
     }
     if worker is not None:
-        info = worker.info
-        result["fuxictr"] = {
-            "version": info["fuxictr"],
-            "env_specs": list(FUXICTR_ENV_SPECS),
-            "python": str(python),
-            "torch": info["torch"],
-            "threads": info["threads"],
-            "n_parameters": info["n_parameters"],
-            "data_loader": f"NpzDataLoader (torch DataLoader, shuffle, num_workers={fuxictr_workers})",
-            "gradient_clipping": "clip_grad_norm_(max_norm=10), part of BaseModel.train_step",
-        }
+        result["fuxictr"] = _fuxictr_facts(worker.info, python=python, workers=fuxictr_workers)
         result["fuxictr_model_source"] = FUXICTR_MODEL_SOURCE
-        result["versions"] |= {"fuxictr": info["fuxictr"], "fuxictr_torch": info["torch"]}
+        result["versions"] |= {"fuxictr": worker.info["fuxictr"], "fuxictr_torch": worker.info["torch"]}
     result["meets_goal"] = result["ratio"] is not None and result["ratio"] >= GOAL
     result["seconds"] = round(time.perf_counter() - started, 1)
     title, panels, note = _chart(result)

@@ -28,6 +28,7 @@ from typing import Any
 from kar.bench.report import Panel, machine, median, write_report
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.contracts.results import PrepareSummary
 from spark_jobs.datasets.generated import write_synthetic
 from spark_jobs.datasets.synthetic import SyntheticConfig
 from spark_jobs.prepare import prepare
@@ -89,7 +90,8 @@ def bench_validate(
     seconds: dict[str, list[float]] = {side: [] for side in SIDES}
     validation_seconds: list[float] = []
     suite_seconds: dict[str, list[float]] = {}
-    summary: dict[str, Any] = {}
+    summary: PrepareSummary | None = None
+    suites: list[str] = []
 
     source = path  # the synthetic input's raw folder once generated
 
@@ -100,11 +102,12 @@ def bench_validate(
             spark=spark, dataset=dataset, path=source, out=target, split=split, now=now, validate=side == "gated"
         )
         elapsed = time.perf_counter() - started
-        summary.update({k: v for k, v in result.items() if k != "validation"})
+        nonlocal summary
+        summary = result
         if side == "gated":
-            summary["validation"] = result["validation"]
-            validation_seconds.append(sum(r["seconds"] for r in result["validation"].values()))
-            for suite, report in result["validation"].items():
+            suites[:] = sorted(result.validation)
+            validation_seconds.append(sum(r["seconds"] for r in result.validation.values()))
+            for suite, report in result.validation.items():
                 suite_seconds.setdefault(suite, []).append(report["seconds"])
         shutil.rmtree(target, ignore_errors=True)
         return elapsed
@@ -125,6 +128,7 @@ def bench_validate(
                 seconds[side].append(round(run(side, f"{side}-{index}"), 2))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+    assert summary is not None  # the warm-up runs set it
     plain, gated = median(seconds["plain"]), median(seconds["gated"])
     overhead = gated / plain - 1
     result = {
@@ -133,8 +137,8 @@ def bench_validate(
         "path": str(path) if path else None,
         "synthetic": repr(synthetic) if dataset == "synthetic" else None,
         "protocol": protocol,
-        "interactions": summary["rows"]["interactions"],
-        "samples": summary["rows"]["samples"],
+        "interactions": summary.rows["interactions"],
+        "samples": summary.rows["samples"],
         "rounds": rounds,
         "seconds": seconds,
         "plain_seconds": plain,
@@ -144,7 +148,7 @@ def bench_validate(
         "overhead": round(overhead, 4),
         "goal": GOAL,
         "meets_goal": overhead <= GOAL,
-        "suites": sorted(summary["validation"]),
+        "suites": suites,
         "ge_import_seconds_once_per_process": import_seconds(),
         "machine": machine(),
     }

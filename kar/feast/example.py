@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kar.contracts.paths import Location, local_path
+from kar.contracts.tables import SUMMARY_FILE
 from kar.feast.views import Dimensions, knowledge_service, knowledge_views, profile_view, vector_dims
 
 
@@ -60,7 +61,7 @@ def example_objects(*, data: Location, dims: Dimensions | None = None, offline_s
 
 def _summary(root: Path) -> dict[str, Any]:
     """The folder's summary; hand-made folders (tests, imports) without one are read from their tables."""
-    path = root / "summary.json"
+    path = root / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

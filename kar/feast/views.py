@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kar.contracts import tables
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, is_uri, local_path
+from kar.contracts.tables import SUMMARY_FILE
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureView
@@ -252,7 +253,7 @@ def summary_key_types(data: Location) -> dict[str, str]:
     recorded, whose ids were all int64)."""
     if is_uri(data):
         raise DataError(f"{data}: a URI; pass key_types={{'user': ..., 'item': ...}} (see its summary.json id_types)")
-    summary = local_path(data) / "summary.json"
+    summary = local_path(data) / SUMMARY_FILE
     if not summary.is_file():
         raise DataError(f"{summary.parent}: no summary.json; run `kar prepare --out {summary.parent}` first")
     return dict(json.loads(summary.read_text()).get("id_types") or {"user": "int64", "item": "int64"})

@@ -25,11 +25,12 @@ For each kind (``user``, ``item``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from kar.contracts import tables
-from kar.contracts.errors import DataError, EnvironmentProblem, KarError
+from kar.contracts.errors import DataError, EnvironmentProblem, ModelUnavailable
 from kar.contracts.progress import Progress, silent
+from kar.contracts.results import EncodeSummary
 from kar.contracts.timing import StageTimes
 from spark_jobs.encoding.model import (
     DEFAULT_BATCH_SIZE,
@@ -614,9 +616,91 @@ def _encode_on_driver(
     return rows, threads
 
 
+@dataclass(kw_only=True)
+class _Encoded:
+    """What the encoding tasks (or the driver) reported, summed over tasks."""
+
+    where: str | None = None  # "driver", "spark", or None when nothing was encoded
+    tasks: int = 0
+    threads: int = 1
+    encoded: int = 0
+    non_finite: int = 0
+    chunked: int = 0
+    windows: int = 0
+    model_loads: int = 0
+    load_seconds: float = 0.0  # the slowest task's: tasks load in parallel
+    task_seconds: list[float] = field(default_factory=list)
+    dims: set[int] = field(default_factory=set)
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        for name in ("encoded", "non_finite", "chunked", "windows", "model_loads"):
+            setattr(self, name, getattr(self, name) + row[name])
+        self.load_seconds = max(self.load_seconds, row["load_seconds"])
+        self.task_seconds.append(round(row["encode_seconds"], 2))
+        self.dims.add(row["dim"])
+
+
+def _encode_todo(
+    spark: SparkSession, plan: _Plan, *, job: EncodeJob, kind: str, ref: ModelRef, table: PartTable, step: Progress
+) -> _Encoded:
+    """Encode what the plan lacks on the driver (a few texts) or in Spark tasks, writing parts as it goes."""
+    n_todo = plan.n_distinct - plan.n_cached
+    threads = job.threads or int(spark.conf.get("spark.task.cpus", "1") or 1)
+    if not n_todo:
+        return _Encoded(threads=threads)
+    on_driver = n_todo <= job.driver_max_texts
+    tasks = 1 if on_driver else max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
+    where = "the driver" if on_driver else f"{tasks} Spark task{'s' if tasks > 1 else ''}"
+    step(f"encoding {n_todo} {kind} texts ({plan.n_cached} cached) with {ref.name} on {where}")
+    with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
+        if on_driver:
+            task_stats, threads = _encode_on_driver(plan.todo_frame(), job=job, kind=kind, ref=ref)
+        else:
+            runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
+            # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
+            task_stats = plan.todo().repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
+    aborted = [r["aborted"] for r in task_stats if r["aborted"]]
+    if aborted:
+        raise ModelUnavailable(f"encode {kind}: {aborted[0]}")
+    encoded = _Encoded(where="driver" if on_driver else "spark", tasks=tasks, threads=threads)
+    for row in task_stats:
+        encoded.add(row)
+    return encoded
+
+
+def _commit(
+    spark: SparkSession,
+    plan: _Plan,
+    *,
+    job: EncodeJob,
+    ref: ModelRef,
+    table: PartTable,
+    mine: list[str],
+    others: list[str],
+    times: StageTimes,
+) -> tuple[int, int]:
+    """With every new vector written, drop what is stale: other models' parts, then vectors of texts no longer
+    in the knowledge table. Returns (parts removed, rows pruned)."""
+    started = time.perf_counter()
+    removed_parts = table.delete(others)
+    with times.stage("prune"):
+        pruned = prune(spark, table=table, parts=mine, current=plan.current(), tag=ref.tag) if mine else 0
+    table.remove_leftovers()
+    # One file per table: Feast's file offline store fails to sort a multi-file source whose point-in-time join
+    # leaves some rows without a match ("Divisions calculation failed for non-numeric column 'created_at'").
+    if job.compact:
+        table.compact(ref.tag)
+    if not table.parts(ref.tag):
+        # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
+        table.append(VECTOR_SCHEMA.empty_table(), tag=ref.tag)
+    plan.release()
+    times.add("commit", time.perf_counter() - started - times.seconds["prune"])
+    return removed_parts, pruned
+
+
 def encode_kind(
     spark: SparkSession, *, kind: str, job: EncodeJob, ref: ModelRef, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> EncodeSummary:
     """Encode one kind (see the module docstring) and return its summary entry.
 
     Raises:
@@ -631,96 +715,52 @@ def encode_kind(
     others = [p for p in table.parts() if p not in set(mine)]
     small = parquet_rows(_require_table(job.knowledge_dir, kind)) <= SMALL_KNOWLEDGE_ROWS
     plan = (_plan_in_arrow if small else _plan_in_spark)(spark, job=job, kind=kind, ref=ref, mine=mine, times=times)
-    by_reason, n_distinct, n_cached = plan.by_reason, plan.n_distinct, plan.n_cached
-    n_input = sum(by_reason.values())
-    rejected = {reason: n for reason, n in by_reason.items() if reason is not None}
-    n_todo = n_distinct - n_cached
+    rejected = {reason: n for reason, n in plan.by_reason.items() if reason is not None}
     replaced = _other_models(table, others) if others else []
     if replaced:
         step(
             f"{kind}: the vector table holds {', '.join(replaced)} vectors; re-encoding all with {ref.name} "
             "(old parts are removed once the new ones are complete)"
         )
-    stats = {"encoded": 0, "non_finite": 0, "chunked": 0, "windows": 0, "model_loads": 0, "load_seconds": 0.0}
-    dims: set[int] = set()
-    task_seconds: list[float] = []
-    on_driver = n_todo <= job.driver_max_texts
-    tasks = 1 if on_driver else max(1, min(n_todo, job.tasks or spark.sparkContext.defaultParallelism))
-    threads = job.threads or int(spark.conf.get("spark.task.cpus", "1") or 1)
-    encode_started = time.perf_counter()
-    if n_todo:
-        where = "the driver" if on_driver else f"{tasks} Spark task{'s' if tasks > 1 else ''}"
-        step(f"encoding {n_todo} {kind} texts ({n_cached} cached) with {ref.name} on {where}")
-        with _PartWatcher(table, tag=ref.tag, total=n_todo, label=kind, progress=step):
-            if on_driver:
-                task_stats, threads = _encode_on_driver(plan.todo_frame(), job=job, kind=kind, ref=ref)
-            else:
-                runner = _encode_tasks(job, kind=kind, ref=ref, threads=threads)
-                # Round-robin, not by key: equal task sizes, so no core idles while another still encodes.
-                task_stats = plan.todo().repartition(tasks).mapInPandas(runner, TASK_STATS).collect()
-        aborted = [r["aborted"] for r in task_stats if r["aborted"]]
-        if aborted:
-            raise KarError(f"encode {kind}: {aborted[0]}")
-        for row in task_stats:
-            for name in ("encoded", "non_finite", "chunked", "windows", "model_loads"):
-                stats[name] += row[name]
-            # Tasks load in parallel: the wall clock pays the slowest load, not their sum.
-            stats["load_seconds"] = max(stats["load_seconds"], row["load_seconds"])
-            task_seconds.append(round(row["encode_seconds"], 2))
-            dims.add(row["dim"])
-    encode_seconds = time.perf_counter() - encode_started
-    times.add("encode", encode_seconds)
-    commit_started = time.perf_counter()
-    # Only now, with every new vector written, may older data go.
-    removed_parts = table.delete(others)
+    with times.stage("encode"):
+        encoded = _encode_todo(spark, plan, job=job, kind=kind, ref=ref, table=table, step=step)
+    encode_seconds = times.seconds["encode"]
+    removed_parts, pruned = _commit(spark, plan, job=job, ref=ref, table=table, mine=mine, others=others, times=times)
     if replaced:
         step(f"{kind}: removed {removed_parts} parts of {', '.join(replaced)}")
-    with times.stage("prune"):
-        pruned = prune(spark, table=table, parts=mine, current=plan.current(), tag=ref.tag) if mine else 0
-    table.remove_leftovers()
-    # One file per table: Feast's file offline store fails to sort a multi-file source whose point-in-time join
-    # leaves some rows without a match ("Divisions calculation failed for non-numeric column 'created_at'").
-    if job.compact:
-        table.compact(ref.tag)
-    parts = table.parts(ref.tag)
-    if not parts:
-        # An empty table with the schema: Feast can still register a source for a kind with no knowledge yet.
-        table.append(VECTOR_SCHEMA.empty_table(), tag=ref.tag)
-    plan.release()
-    times.add("commit", time.perf_counter() - commit_started - times.seconds["prune"])
     seconds = time.perf_counter() - started
-    return {
-        "input": n_input,
-        "encoded": stats["encoded"],
-        "skipped_cached": n_cached,
-        "empty": rejected.get(EMPTY_TEXT, 0),
-        "not_ok": sum(n for reason, n in rejected.items() if reason.startswith("status: ")),
-        "rejected": rejected,
-        "duplicate": by_reason.get(None, 0) - n_distinct,
-        "non_finite": stats["non_finite"],
-        "chunked": stats["chunked"],
-        "windows": stats["windows"],
-        "rows": table.count_rows(table.parts(ref.tag)),
-        "model": ref.name,
-        "dim": dims.pop() if len(dims) == 1 else _first_dim(table, parts),
-        "batch_size": job.batch_size,
-        "encoded_on": ("driver" if on_driver else "spark") if n_todo else None,
-        "tasks": tasks if n_todo else 0,
-        "threads_per_task": threads,
-        "model_loads": stats["model_loads"],
-        "model_load_seconds": round(stats["load_seconds"], 2),
-        "replaced_models": replaced,
-        "removed_parts": removed_parts,
-        "pruned_rows": pruned,
-        "encode_seconds": round(encode_seconds, 2),
+    return EncodeSummary(
+        input=sum(plan.by_reason.values()),
+        encoded=encoded.encoded,
+        skipped_cached=plan.n_cached,
+        empty=rejected.get(EMPTY_TEXT, 0),
+        not_ok=sum(n for reason, n in rejected.items() if reason.startswith("status: ")),
+        rejected=rejected,
+        duplicate=plan.by_reason.get(None, 0) - plan.n_distinct,
+        non_finite=encoded.non_finite,
+        chunked=encoded.chunked,
+        windows=encoded.windows,
+        rows=table.count_rows(table.parts(ref.tag)),
+        model=ref.name,
+        dim=encoded.dims.pop() if len(encoded.dims) == 1 else _first_dim(table, table.parts(ref.tag)),
+        batch_size=job.batch_size,
+        encoded_on=encoded.where,
+        tasks=encoded.tasks,
+        threads_per_task=encoded.threads,
+        model_loads=encoded.model_loads,
+        model_load_seconds=round(encoded.load_seconds, 2),
+        replaced_models=replaced,
+        removed_parts=removed_parts,
+        pruned_rows=pruned,
+        encode_seconds=round(encode_seconds, 2),
         # Model time per task: unequal values mean a core idled while the slowest task finished.
-        "task_encode_seconds": sorted(task_seconds),
-        "seconds": round(seconds, 2),
+        task_encode_seconds=sorted(encoded.task_seconds),
+        seconds=round(seconds, 2),
         # End to end (reading, anti-join, model loads, writes); encode_* is the encoding stage alone.
-        "sentences_per_s": round(stats["encoded"] / seconds, 2) if stats["encoded"] else None,
-        "encode_sentences_per_s": round(stats["encoded"] / encode_seconds, 2) if stats["encoded"] else None,
-        "stage_seconds": times.as_dict(),
-    }
+        sentences_per_s=round(encoded.encoded / seconds, 2) if encoded.encoded else None,
+        encode_sentences_per_s=round(encoded.encoded / encode_seconds, 2) if encoded.encoded else None,
+        stage_seconds=times.as_dict(),
+    )
 
 
 def encode_knowledge(
@@ -741,7 +781,7 @@ def encode_knowledge(
     compact: bool = True,
     driver_max_texts: int | None = None,
     progress: Progress | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, EncodeSummary]:
     """Encode the knowledge of each kind into ``out/<kind>`` (see the module docstring and ``EncodeJob``).
 
     Returns:
@@ -775,7 +815,7 @@ def encode_knowledge(
     summaries = {}
     for kind in job.kinds:
         summary = encode_kind(spark, kind=kind, job=job, ref=ref, progress=progress)
-        write_summary(job.out, kind, summary)
+        write_summary(job.out, kind, summary.to_dict())
         summaries[kind] = summary
     # Imported here: the gate's great_expectations import is only paid by jobs that get this far.
     from validation import stages
@@ -788,13 +828,15 @@ def encode_knowledge(
     validator.finish()
     gate_seconds = time.perf_counter() - gate_started
     for kind in job.kinds:
-        summaries[kind]["validation"] = {
-            r.suite: r.as_dict() for r in validator.reports if r.suite.startswith(f"embeddings.{kind}")
-        }
         # The gate checks every kind in one pass: each kind's summary carries its share.
-        summaries[kind]["stage_seconds"]["gate"] = round(gate_seconds / len(job.kinds), 3)
-        summaries[kind]["stage_seconds"]["total"] += summaries[kind]["stage_seconds"]["gate"]
-        write_summary(job.out, kind, summaries[kind])
+        stages_seconds = dict(summaries[kind].stage_seconds, gate=round(gate_seconds / len(job.kinds), 3))
+        stages_seconds["total"] += stages_seconds["gate"]
+        summaries[kind] = dataclasses.replace(
+            summaries[kind],
+            validation={r.suite: r.as_dict() for r in validator.reports if r.suite.startswith(f"embeddings.{kind}")},
+            stage_seconds=stages_seconds,
+        )
+        write_summary(job.out, kind, summaries[kind].to_dict())
     for report in validator.reports:
         report.raise_for_failures(kept=f"vectors and summary are written in {job.out}")
     return summaries

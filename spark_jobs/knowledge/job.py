@@ -37,8 +37,9 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.contracts import tables
-from kar.contracts.errors import DataError, KarError
+from kar.contracts.errors import DataError, EndpointDown, EndpointRejected, error_class
 from kar.contracts.progress import Progress
+from kar.contracts.results import KerecSummary, KnowledgeSummary
 from kar.contracts.timing import StageTimes
 from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import (
@@ -50,7 +51,7 @@ from spark_jobs.knowledge.config import (
     scenario_for_dataset,
 )
 from spark_jobs.llm.cache import ANSWER_SCHEMA, AnswerCache
-from spark_jobs.llm.client import Endpoint, EndpointDown, EndpointRejected, LLMClient, Request, answer_all
+from spark_jobs.llm.client import Endpoint, LLMClient, Request, answer_all
 from validation import hallucination, suites
 from validation.gate import VALIDATION_DIR, Validator
 
@@ -63,7 +64,6 @@ ID_COLUMNS: dict[Kind, list[str]] = {
     "pair": ["source", "target"],
 }
 TABLES: dict[Kind, str] = {"user": "user", "item": "item", "entity": "kerec_entity_answers", "pair": "kerec_pairs"}
-SUMMARY_FILE = "summary.json"
 # Prompt text is kept for audit and for the no-LLM control; the fixed system prompt is in the config.
 DROPPED_PROMPT_COLUMNS = ("system", "json_schema", "key", "over_budget")
 # Prompts at or below which the answer-status gate runs on pandas rebuilt from the status counts: on a handful
@@ -75,6 +75,7 @@ TASK_STATS = StructType(
         StructField("tokens_in", LongType()),
         StructField("tokens_out", LongType()),
         StructField("aborted", StringType()),
+        StructField("error", StringType()),
     ]
 )
 
@@ -137,7 +138,7 @@ def scenario_for(data_dir: Path, scenario: str | Path | None = None) -> Scenario
     """``scenario`` (a bundled name or a YAML path), else the prepared dataset's default scenario."""
     if scenario is not None:
         return load_scenario(scenario)
-    summary = Path(data_dir) / "summary.json"
+    summary = Path(data_dir) / tables.SUMMARY_FILE
     dataset = json.loads(summary.read_text())["dataset"] if summary.is_file() else "synthetic"
     return load_scenario(scenario_for_dataset(dataset))
 
@@ -183,7 +184,7 @@ def _answer_tasks(
             for batch in batches
             for row in batch.itertuples(index=False)
         )
-        stats = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "aborted": None}
+        stats = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "aborted": None, "error": None}
 
         def keep(answer: dict[str, Any]) -> None:
             writer.add(answer)
@@ -199,8 +200,8 @@ def _answer_tasks(
             try:
                 asyncio.run(go())
             except (EndpointDown, EndpointRejected) as exc:
-                # Not raised through Spark: the driver turns it into one clear error after the others finish.
-                stats["aborted"] = str(exc)
+                # Not raised through Spark: the driver raises it again, as its class, after the others finish.
+                stats["aborted"], stats["error"] = str(exc), type(exc).__name__
         yield pd.DataFrame([stats])
 
     return run
@@ -269,12 +270,12 @@ def answer_prompts(
         for row in task_stats:
             for name in ("calls", "tokens_in", "tokens_out"):
                 stats[name] += row[name]
-        aborted = [row["aborted"] for row in task_stats if row["aborted"]]
+        aborted = [row for row in task_stats if row["aborted"]]
         if aborted:
             kept = cache.count_rows()
-            raise KarError(
-                f"LLM at {job.endpoint.base_url} failed: {aborted[0]}. {stats['calls']} answers of this run are "
-                f"kept in {cache.root} ({kept} cached in all); rerun the same command to resume"
+            raise error_class(aborted[0]["error"])(
+                f"LLM at {job.endpoint.base_url} failed: {aborted[0]['aborted']}. {stats['calls']} answers of this "
+                f"run are kept in {cache.root} ({kept} cached in all); rerun the same command to resume"
             )
     stats["llm_seconds"] = round(time.perf_counter() - started, 2)
     stats["prompts_per_s"] = round(stats["calls"] / stats["llm_seconds"], 3) if stats["calls"] else None
@@ -396,7 +397,7 @@ def _run_kind(
 
 def generate_knowledge(
     spark: SparkSession, *, kind: JobKind, job: KnowledgeJob, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> KnowledgeSummary | KerecSummary:
     """Generate one kind of knowledge (see module docstring) and return its summary entry.
 
     Raises:
@@ -441,10 +442,11 @@ def generate_knowledge(
         summary["validation"] = {r.suite: r.as_dict() for r in validator.reports}
     step.done()
     summary["stage_seconds"] = times.as_dict()
-    write_summary(job.out, kind, summary)
+    result = (KerecSummary if kind == "kerec" else KnowledgeSummary).from_dict(summary)
+    write_summary(job.out, kind, result.to_dict())
     for report in validator.reports:
         report.raise_for_failures(kept=f"answers and summary are written in {job.out}; the cache keeps every answer")
-    return summary
+    return result
 
 
 def endpoint_host(base_url: str) -> str:
@@ -563,7 +565,7 @@ def _require_prepared(data_dir: Path) -> None:
 
 def write_summary(out: Path, kind: str, entry: Mapping[str, Any]) -> None:
     """Set ``kind``'s entry in ``out/summary.json``, keeping the other kinds' entries."""
-    path = out / SUMMARY_FILE
+    path = out / tables.SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary[kind] = entry
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 
-from kar.contracts.errors import KarError
+from kar.contracts.errors import EndpointDown, EndpointRejected
 
 Status = Literal["ok", "truncated", "refused", "empty", "error"]
 STATUSES: tuple[Status, ...] = ("ok", "truncated", "refused", "empty", "error")
@@ -51,14 +51,6 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 API_KEY_ENVS = ("KAR_LLM_API_KEY", "OPENAI_API_KEY")
-
-
-class EndpointDown(KarError):
-    """The server kept failing past the retry and circuit-breaker budget; the job stops, keeping its answers."""
-
-
-class EndpointRejected(KarError):
-    """The server refuses the job itself (bad key, unknown model, wrong URL): retrying cannot help."""
 
 
 @dataclass(frozen=True, kw_only=True)
