@@ -669,13 +669,13 @@ def validate(
     from kar.pipeline import run_validate
 
     with steps() as step:
-        reports, extra, docs = run_validate(stage=stage, data_dir=data, out=out, master=master, progress=step)
-    for report in reports:
+        result = run_validate(stage=stage, data_dir=data, out=out, master=master, progress=step)
+    for report in result.reports:
         console.print(report.summary_line(), highlight=False, soft_wrap=True)
-    if facts := extra.get("item_facts"):
-        console.print(facts["summary"], highlight=False)
-    console.print(f"results → {docs.parents[2]} (Data Docs: {docs})", highlight=False)
-    if not all(r.passed for r in reports):
+    if result.item_facts:
+        console.print(result.item_facts["summary"], highlight=False)
+    console.print(f"results → {result.docs.parents[2]} (Data Docs: {result.docs})", highlight=False)
+    if not result.passed:
         raise typer.Exit(1)
 
 

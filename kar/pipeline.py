@@ -649,6 +649,25 @@ def run_encode(
     )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StageValidation:
+    """One ``kar validate STAGE`` run.
+
+    Attributes:
+        reports: One ``validation.gate.ValidationReport`` per suite, in the order they ran.
+        item_facts: For ``answers``: the hallucination check of item answers (None for other stages).
+        docs: The Data Docs index of the run.
+    """
+
+    reports: list[Any]
+    item_facts: dict[str, Any] | None
+    docs: Path
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+
 def run_validate(
     *,
     stage: str,
@@ -656,12 +675,8 @@ def run_validate(
     out: Location | None = None,
     master: str | None = None,
     progress: Progress | None = None,
-) -> tuple[list[Any], dict[str, Any], Path]:
-    """Run one stage's data-quality suites on ``data_dir`` (see ``validation.stages``).
-
-    Returns:
-        The reports, the stage's extras (``item_facts`` for answers) and the Data Docs index.
-    """
+) -> StageValidation:
+    """Run one stage's data-quality suites on ``data_dir`` (see ``validation.stages``)."""
     from kar.serving import store
     from spark_jobs.session import get_spark
     from validation.gate import DOCS_DIR, VALIDATION_DIR
@@ -678,7 +693,8 @@ def run_validate(
     reports, extra = validate_stage(
         spark, stage, data_dir=data_dir, out_dir=out, training_frame=lambda d: store.training_frame(data_dir=d)
     )
-    return reports, extra, out / DOCS_DIR / f"validate-{stage}" / "index.html"
+    docs = out / DOCS_DIR / f"validate-{stage}" / "index.html"
+    return StageValidation(reports=reports, item_facts=extra.get("item_facts"), docs=docs)
 
 
 def run_adapt_export(

@@ -7,7 +7,7 @@ the last ones start ``kar serve`` as its own process, as a user does.
 from __future__ import annotations
 
 import json
-import time
+import threading
 from pathlib import Path
 
 import httpx
@@ -165,10 +165,11 @@ def test_a_request_over_the_timeout_is_504(scorer: OnlineScorer, knowledge_run: 
     user, items = _known(knowledge_run)
     # Fault injection: a scorer stalled on I/O. A fast request against a tiny timeout is not enough: a scoring
     # thread holding the GIL can finish before the event loop runs the timer, and asyncio then returns the result.
-    rank = scorer.rank
+    # The stall ends only when the test releases it, after the 504: no race between two sleeps.
+    rank, release = scorer.rank, threading.Event()
 
     def stalled_rank(**kwargs):
-        time.sleep(1.0)
+        release.wait(timeout=60)
         return rank(**kwargs)
 
     monkeypatch.setattr(scorer, "rank", stalled_rank)
@@ -176,6 +177,7 @@ def test_a_request_over_the_timeout_is_504(scorer: OnlineScorer, knowledge_run: 
     with TestClient(create_app(scorer=scorer, token=None, limits=limits)) as client:
         before = _metrics(client, headers={})
         response = client.post("/rank", json={"user_id": user, "item_ids": items})
+        release.set()
         assert response.status_code == 504 and "not ranked within" in response.json()["detail"]
         after = _metrics(client, headers={})
     assert _increase(before, after, 'kar_rank_requests_total{code="504"}') == 1
