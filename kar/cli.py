@@ -223,8 +223,10 @@ def prepare(
     spec: Annotated[
         Path | None, typer.Option(parser=cli_path, help="--dataset table: YAML naming your tables and columns.")
     ] = None,
-    protocol: Annotated[str, typer.Option(help="Split: 'time' (global time split) or 'kar'.")] = "time",
-    seed: Annotated[int, typer.Option(help="Seed of the KAR user split.")] = 1234,
+    protocol: Annotated[
+        str, typer.Option(help="Split: 'time' (global), 'kar' (users held out) or 'cold-items' (items held out).")
+    ] = "time",
+    seed: Annotated[int, typer.Option(help="Seed of the kar user split and the cold-items item split.")] = 1234,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """Load a dataset with Spark, quarantine bad rows, split, and write canonical parquet tables."""

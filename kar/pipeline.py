@@ -51,8 +51,8 @@ def run_prepare(
         out: Output folder.
         path: Input folder of a file-based bundled dataset (``synthetic``: an earlier generation's ``raw/``).
         spec: For ``table``: the YAML naming your tables and mapping their columns (``spark_jobs.datasets.table``).
-        protocol: Split protocol, ``time`` or ``kar``.
-        seed: Seed of the KAR user split.
+        protocol: Split protocol, ``time``, ``kar`` or ``cold-items`` (``spark_jobs.splits``).
+        seed: Seed of the kar user split and of the cold-items item split.
         master: Spark master (default: env or ``local[*]``).
         synthetic: ``SyntheticConfig`` for the synthetic dataset.
         progress: Step callback.

@@ -102,7 +102,12 @@ def _interaction_stats(interactions: DataFrame) -> Row:
 
 def _label_rates(stats: DataFrame) -> dict[str, dict[str, float]]:
     return {
-        r["split"]: {"samples": r["samples"], "users": r["users"], "label_rate": round(r["label_rate"], 4)}
+        r["split"]: {
+            "samples": r["samples"],
+            "users": r["users"],
+            **({"items": r["items"]} if "items" in stats.columns else {}),
+            "label_rate": round(r["label_rate"], 4),
+        }
         for r in stats.collect()
     }
 
@@ -192,7 +197,7 @@ def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol:
     judged = samples
     if gates.validator is not None:
         cutoffs = spark.read.parquet(str(out / tables.CUTOFFS_DIR))
-        judged = samples_with_cutoffs(samples, cutoffs).select(*samples.columns, "knowledge_cutoff")
+        judged = samples_with_cutoffs(samples, cutoffs, protocol=protocol).select(*samples.columns, "knowledge_cutoff")
     accepted, report = gates.settle(gates.observe(judged, suites.prepared_samples, table=tables.SAMPLES_DIR), kept=kept)
     rejected = report is not None and report.rejected
     per_split = split_stats(accepted if rejected else samples).cache()

@@ -1,6 +1,6 @@
 """Train/val/test splits and per-user knowledge histories.
 
-Two protocols:
+Three protocols:
 
 * ``time`` (default): one global time split, train < t1 <= val < t2 <= test, with t1/t2 at timestamp
   quantiles. A user's knowledge history is taken from their train-period interactions only, so knowledge
@@ -9,6 +9,12 @@ Two protocols:
   ``min((n + 1) // 2, 30)`` interactions are the knowledge history (prompt input only) and the rest become
   CTR samples. Users are split 9:1 into train/test with ``numpy.random.RandomState(seed)``, and — unlike KAR,
   which selected models on test AUC — a validation set is carved from the train users with the same rng.
+* ``cold-items``: where knowledge should pay, items with no training interaction. Items (not users) are split
+  8:1:1 into train/val/test with ``numpy.random.RandomState(seed)``, and every interaction with a val or test
+  item is a val or test sample. A user's knowledge history is the first ``min((n + 1) // 2, 30)`` of their
+  interactions with *train* items, so nothing about a held-out item reaches a prompt. A held-out item's sample
+  can precede its user's cutoff: it then joins no user knowledge (point in time), and the "sample after the
+  cutoff" rule applies to train samples only.
 
 In both, a sample's behaviour feature is the user's previous ``behaviour_len`` items (knowledge-history
 items included: a production ranker sees all past behaviour), and the knowledge cutoff is the timestamp of
@@ -29,7 +35,8 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.contracts.errors import DataError
 
-Protocol = Literal["time", "kar"]
+Protocol = Literal["time", "kar", "cold-items"]
+PROTOCOLS: tuple[str, ...] = ("time", "kar", "cold-items")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,14 +44,16 @@ class SplitConfig:
     """How to split prepared interactions.
 
     Attributes:
-        protocol: ``time`` or ``kar`` (see module docstring).
-        seed: Seed of the KAR user permutation.
+        protocol: ``time``, ``kar`` or ``cold-items`` (see module docstring).
+        seed: Seed of the KAR user permutation and of the cold-items item permutation.
         history_max: Cap on the knowledge history length.
         behaviour_len: Length of the previous-items behaviour feature.
         test_users: Share of users held out for test (``kar``).
         val_users: Share of train users used for validation (``kar``).
         t1_quantile: Timestamp quantile that ends train (``time``).
         t2_quantile: Timestamp quantile that ends validation (``time``).
+        val_items: Share of items held out for validation (``cold-items``).
+        test_items: Share of items held out for test (``cold-items``).
     """
 
     protocol: Protocol = "time"
@@ -55,6 +64,8 @@ class SplitConfig:
     val_users: float = 0.1
     t1_quantile: float = 0.8
     t2_quantile: float = 0.9
+    val_items: float = 0.1
+    test_items: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,20 @@ def kar_user_split(user_ids: Sequence[int], *, seed: int, test_users: float, val
     assignment = {int(u): "test" for u in test}
     assignment.update({int(u): ("val" if int(u) in val else "train") for u in train})
     return assignment
+
+
+def cold_item_split(item_ids: Sequence[int], *, seed: int, val_items: float, test_items: float) -> dict[int, str]:
+    """Assign each item to train/val/test for the cold-items protocol.
+
+    ``perm = RandomState(seed).permutation(sorted ids)``: the first ``round((1 - val - test) * n)`` are train,
+    the next ``round(val * n)`` val, the rest test.
+    """
+    items = np.array(sorted(item_ids), dtype=np.int64)
+    perm = np.random.RandomState(seed).permutation(items)
+    n_train = round((1.0 - val_items - test_items) * len(items))
+    n_val = round(val_items * len(items))
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * (len(items) - n_train - n_val)
+    return {int(item): name for item, name in zip(perm, names, strict=True)}
 
 
 def _sequenced(interactions: DataFrame, behaviour_len: int) -> DataFrame:
@@ -141,6 +166,27 @@ def split_kar(interactions: DataFrame, config: SplitConfig) -> Splits:
     return _outputs(seq, F.col("user_split"), {"protocol": "kar", "seed": config.seed, "users": counts})
 
 
+def split_cold_items(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """Cold-items protocol: items split train/val/test by a seeded permutation, histories from train items only."""
+    spark = interactions.sparkSession
+    item_ids = [row.item_id for row in interactions.select("item_id").distinct().collect()]
+    if len(item_ids) < 3:
+        raise DataError(f"cold-items protocol needs at least 3 items to split, found {len(item_ids)}")
+    assignment = cold_item_split(item_ids, seed=config.seed, val_items=config.val_items, test_items=config.test_items)
+    schema = StructType([StructField("item_id", LongType(), False), StructField("item_split", StringType(), False)])
+    item_split = spark.createDataFrame(sorted(assignment.items()), schema)
+    seq = _sequenced(interactions, config.behaviour_len).join(F.broadcast(item_split), "item_id")
+    eligible = F.col("item_split") == "train"
+    # The history is the first k of the user's train-item interactions, however held-out ones interleave.
+    order = Window.partitionBy("user_id").orderBy("event_timestamp", "item_id")
+    before = F.coalesce(F.sum(eligible.cast("int")).over(order.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0))
+    n_eligible = F.sum(eligible.cast("int")).over(Window.partitionBy("user_id"))
+    k = F.least(F.floor((n_eligible + 1) / 2), F.lit(config.history_max)).cast("int")
+    seq = seq.withColumn("is_history", eligible & (before < k))
+    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
+    return _outputs(seq, F.col("item_split"), {"protocol": "cold-items", "seed": config.seed, "items": counts})
+
+
 def split_time(interactions: DataFrame, config: SplitConfig) -> Splits:
     """Global time split at timestamp quantiles; history only from the train period."""
     seconds = interactions.select(F.unix_micros("event_timestamp").alias("us"))
@@ -160,4 +206,6 @@ def make_splits(interactions: DataFrame, config: SplitConfig) -> Splits:
         return split_kar(interactions, config)
     if config.protocol == "time":
         return split_time(interactions, config)
-    raise DataError(f"unknown split protocol {config.protocol!r} (use 'time' or 'kar')")
+    if config.protocol == "cold-items":
+        return split_cold_items(interactions, config)
+    raise DataError(f"unknown split protocol {config.protocol!r} (use {', '.join(map(repr, PROTOCOLS))})")

@@ -1,4 +1,4 @@
-"""Split invariants for both protocols, and the KAR split pinned on the real ML-100K."""
+"""Split invariants for the three protocols, and the KAR split pinned on the real ML-100K."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spark_jobs.datasets.synthetic import SyntheticConfig
 from spark_jobs.prepare import prepare
-from spark_jobs.splits import SplitConfig, kar_user_split, make_splits
+from spark_jobs.splits import SplitConfig, cold_item_split, kar_user_split, make_splits
 from tests.conftest import NOW, shared_dataset
 
 
@@ -20,6 +21,14 @@ def test_kar_user_split_is_a_seeded_partition():
     counts = pd.Series(first).value_counts().to_dict()
     assert counts == {"train": 81, "val": 9, "test": 10}
     assert first != kar_user_split(users, seed=1, test_users=0.1, val_users=0.1)
+
+
+def test_cold_item_split_is_a_seeded_8_1_1_partition_of_items():
+    items = list(range(1, 101))
+    first = cold_item_split(items, seed=1234, val_items=0.1, test_items=0.1)
+    assert first == cold_item_split(list(reversed(items)), seed=1234, val_items=0.1, test_items=0.1)
+    assert pd.Series(first).value_counts().to_dict() == {"train": 80, "val": 10, "test": 10}
+    assert first != cold_item_split(items, seed=1, val_items=0.1, test_items=0.1)
 
 
 def _interactions(spark, n_users: int = 12, seed: int = 0) -> pd.DataFrame:
@@ -118,3 +127,42 @@ def test_kar_protocol_reproduces_reference_numbers_on_ml100k(spark, tmp_path):
     assert {s: splits[s]["label_rate"] for s in splits} == {"train": 0.5366, "val": 0.598, "test": 0.5229}
     assert summary.rows["interactions"] == 100_000
     assert summary.quarantine["interactions"]["rejected"] == 0
+
+
+@pytest.mark.spark
+def test_cold_items_hold_items_out_of_training_and_out_of_every_knowledge_history(spark):
+    interactions = _interactions(spark, n_users=20)
+    samples, history, cutoffs = _collect(make_splits(interactions, SplitConfig(protocol="cold-items")))
+    everything = interactions.toPandas().sort_values(["user_id", "event_timestamp", "item_id"])
+    item_split = cold_item_split(everything["item_id"].unique().tolist(), seed=1234, val_items=0.1, test_items=0.1)
+    assert len(samples) + len(history) == len(everything)
+    # Every sample is in its item's split: a val or test item never trains the ranker.
+    assert (samples["split"] == samples["item_id"].map(item_split)).all()
+    assert set(samples["split"]) == {"train", "val", "test"}
+    # Histories hold train items only: nothing about a held-out item reaches a prompt.
+    assert (history["item_id"].map(item_split) == "train").all()
+    # The history is the first min((n + 1) // 2, 30) of the user's train-item interactions, in order.
+    train_items = everything[everything["item_id"].map(item_split) == "train"]
+    for user, group in train_items.groupby("user_id"):
+        k = min((len(group) + 1) // 2, 30)
+        expected = group["item_id"].head(k).tolist()
+        got = history[history["user_id"] == user].sort_values(["event_timestamp", "item_id"])["item_id"].tolist()
+        assert got == expected, user
+    last = history.groupby("user_id")["event_timestamp"].max()
+    assert cutoffs.set_index("user_id")["knowledge_cutoff"].to_dict() == last.to_dict()
+    # Train samples come after their user's cutoff (held-out ones may precede it and then join no knowledge).
+    train = samples[samples["split"] == "train"].merge(cutoffs, on="user_id")
+    assert (train["event_timestamp"] >= train["knowledge_cutoff"]).all()
+
+
+@pytest.mark.spark
+def test_prepare_with_cold_items_passes_its_gates_and_reports_items_per_split(spark, tmp_path):
+    config = SyntheticConfig(n_users=40, n_items=60, mean_interactions=25)
+    split = SplitConfig(protocol="cold-items")
+    summary = prepare(spark=spark, dataset="synthetic", out=tmp_path, synthetic=config, split=split, now=NOW)
+    assert summary.boundaries["protocol"] == "cold-items"
+    assert summary.boundaries["items"] == {"train": 48, "val": 6, "test": 6}
+    items = {split: stats["items"] for split, stats in summary.splits.items()}
+    assert sum(items.values()) <= 60 and items["test"] <= 6 and items["val"] <= 6
+    assert all(report["passed"] for report in summary.validation.values())
+    assert summary.quarantine.get("samples", {}).get("rejected", 0) == 0

@@ -180,6 +180,19 @@ def test_prepared_splits_catch_a_user_in_two_kar_splits(spark, tmp_path):
     assert v.validate(split_stats(leaked), suites.prepared_splits(protocol="time"))[1].passed
 
 
+def test_prepared_splits_catch_an_item_in_two_cold_item_splits(spark, tmp_path):
+    from validation.frames import split_stats
+
+    schema = "user_id long, item_id long, label int, split string"
+    rows = [(u, i, (u + i) % 2, "train" if i <= 80 else "test") for u in range(1, 21) for i in range(1, 101)]
+    v = validator(tmp_path)
+    held_out = split_stats(spark.createDataFrame(rows, schema))
+    assert v.validate(held_out, suites.prepared_splits(protocol="cold-items"))[1].passed
+    leaked = split_stats(spark.createDataFrame([*rows, (1, 100, 1, "train")], schema))
+    _, report = v.validate(leaked, suites.prepared_splits(protocol="cold-items"))
+    assert report.failed == ["expect_column_values_to_be_between(items_in_several_splits)"]
+
+
 def test_prompts_without_history_are_quarantined_and_over_budget_fails(spark, tmp_path):
     schema = "user_id long, prompt string, n_history int, over_budget boolean"
     good = [(u, f"user {u} watched …", 3, False) for u in range(1, 41)]

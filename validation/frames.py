@@ -14,29 +14,41 @@ MIN_SPLIT_SAMPLES = 100
 
 
 def split_stats(samples: DataFrame, *, min_samples: int = MIN_SPLIT_SAMPLES) -> DataFrame:
-    """One row per split: ``split, samples, users, label_rate, checked_label_rate, users_in_several_splits``.
+    """One row per split: ``split, samples, users, label_rate, checked_label_rate, users_in_several_splits``, and
+    ``items, items_in_several_splits`` when the samples have ``item_id``.
 
     ``checked_label_rate`` is the label rate of splits with at least ``min_samples`` samples (null otherwise,
     which great_expectations skips).
 
     A user in two splits counts once in the total of distinct users but once per split, so the difference of the
-    two sums is the number of users found in more than one split (0 under the KAR protocol).
+    two sums is the number of users found in more than one split (0 under the KAR protocol); items likewise
+    (0 under the cold-items protocol).
     """
+    keys = {"users": "user_id", **({"items": "item_id"} if "item_id" in samples.columns else {})}
     per_split = samples.groupBy("split").agg(
         F.count("*").alias("samples"),
-        F.countDistinct("user_id").alias("users"),
+        *(F.countDistinct(column).alias(name) for name, column in keys.items()),
         F.avg("label").alias("label_rate"),
     )
-    distinct_users = samples.agg(F.countDistinct("user_id").alias("_all"))
-    shared = per_split.agg(F.sum("users").alias("_sum")).crossJoin(distinct_users)
-    return per_split.withColumn(
-        "checked_label_rate", F.when(F.col("samples") >= min_samples, F.col("label_rate"))
-    ).crossJoin(shared.select((F.col("_sum") - F.col("_all")).alias("users_in_several_splits")))
+    per_split = per_split.withColumn("checked_label_rate", F.when(F.col("samples") >= min_samples, F.col("label_rate")))
+    for name, column in keys.items():
+        distinct = samples.agg(F.countDistinct(column).alias("_all"))
+        shared = per_split.agg(F.sum(name).alias("_sum")).crossJoin(distinct)
+        several = (F.col("_sum") - F.col("_all")).alias(f"{name}_in_several_splits")
+        per_split = per_split.crossJoin(shared.select(several))
+    return per_split
 
 
-def samples_with_cutoffs(samples: DataFrame, cutoffs: DataFrame) -> DataFrame:
-    """Samples with their user's ``knowledge_cutoff`` (null for a user without knowledge history)."""
-    return samples.join(F.broadcast(cutoffs.select("user_id", "knowledge_cutoff")), "user_id", "left")
+def samples_with_cutoffs(samples: DataFrame, cutoffs: DataFrame, *, protocol: str = "time") -> DataFrame:
+    """Samples with their user's ``knowledge_cutoff`` (null for a user without knowledge history).
+
+    Under the ``cold-items`` protocol a held-out item's sample may precede its user's cutoff (the history holds
+    train items only; the sample then joins no user knowledge), so only train samples carry a cutoff to check.
+    """
+    joined = samples.join(F.broadcast(cutoffs.select("user_id", "knowledge_cutoff")), "user_id", "left")
+    if protocol == "cold-items":
+        joined = joined.withColumn("knowledge_cutoff", F.when(F.col("split") == "train", F.col("knowledge_cutoff")))
+    return joined
 
 
 def vector_stats(vectors: DataFrame) -> DataFrame:

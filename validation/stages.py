@@ -57,8 +57,9 @@ def prepared(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any
     fix = f"run `kar prepare --out {data_dir}` first"
     samples = _read(spark, data_dir / tables.SAMPLES_DIR, fix=fix)
     cutoffs = _read(spark, data_dir / tables.CUTOFFS_DIR, fix=fix)
-    v.validate(samples_with_cutoffs(samples, cutoffs), suites.prepared_samples())
-    v.validate(split_stats(samples), suites.prepared_splits(protocol=_protocol(data_dir)))
+    protocol = _protocol(data_dir)
+    v.validate(samples_with_cutoffs(samples, cutoffs, protocol=protocol), suites.prepared_samples())
+    v.validate(split_stats(samples), suites.prepared_splits(protocol=protocol))
     return {}
 
 

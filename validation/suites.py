@@ -23,7 +23,7 @@ from great_expectations.expectations.expectation import Expectation
 E = gx.expectations
 VERSION = {
     "raw": 2,
-    "prepared": 2,
+    "prepared": 3,
     "prompts": 1,
     "answers": 1,
     "embeddings": 1,
@@ -273,7 +273,7 @@ def prepared_samples(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
 
 def prepared_splits(t: Thresholds = DEFAULT, *, protocol: str = "kar") -> gx.ExpectationSuite:
     """One row per split (``validation.frames.split_stats``): plausible label rate in splits large enough to
-    tell; under the KAR protocol no user in two splits.
+    tell; under the KAR protocol no user in two splits, under the cold-items protocol no item in two splits.
 
     Per-row rules with no tolerance (every split must pass), so the gate's own pass checks them: the frame has
     three rows, and great_expectations' Spark jobs for two column checks cost more than the rest of the suite.
@@ -290,6 +290,8 @@ def prepared_splits(t: Thresholds = DEFAULT, *, protocol: str = "kar") -> gx.Exp
     ]
     if protocol == "kar":
         expectations.append(_row(E.ExpectColumnValuesToBeBetween(column="users_in_several_splits", max_value=0)))
+    if protocol == "cold-items":
+        expectations.append(_row(E.ExpectColumnValuesToBeBetween(column="items_in_several_splits", max_value=0)))
     return _suite("prepared", "splits", expectations, protocol=protocol)
 
 
