@@ -102,3 +102,21 @@ def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: P
     shutil.rmtree(data / "vectors" / "user")
     with pytest.raises(DataError, match=r"vectors: no training sample has user_knowledge; run `kar knowledge`"):
         bench_quality(dataset="movielens-100k", out=tmp_path / "empty", data_dir=data, variants=["user"], seeds=1)
+
+
+@pytest.mark.spark
+def test_text_control_runs_without_any_llm_run(tiny_prepared: Path, tmp_path: Path) -> None:
+    """No knowledge/ and no vectors/: the prompts are built from the prepared tables and encoded."""
+    data = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, data, ignore=shutil.ignore_patterns("feast", "vectors", "adapted", "knowledge"))
+    summary = json.loads((data / "summary.json").read_text())
+    (data / "summary.json").write_text(json.dumps({**summary, "dataset": "movielens-100k"}))
+    out = tmp_path / "bench"
+    result = bench_quality(
+        dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "text"], seeds=1, jobs=1
+    )
+    prompts = pd.read_parquet(out / "control" / "prompts" / "user")
+    assert len(prompts) == pd.read_parquet(data / "knowledge_cutoffs")["user_id"].nunique()
+    assert (prompts["status"] == "ok").all() and prompts["prompt"].str.len().min() > 0
+    assert result["knowledge_coverage"]["text"]["train"]["user_knowledge"] > 0
+    assert sorted(r["variant"] for r in result["results"]) == ["none", "text"]

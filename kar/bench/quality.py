@@ -148,15 +148,15 @@ def run_job(job: Job) -> dict[str, Any]:
 def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     """``out``: the prepared tables of ``data_dir`` (linked) with vectors of the prompts instead of the answers.
 
-    Raises:
-        DataError: If ``data_dir`` has no ``knowledge/`` (the prompts come from the knowledge tables).
+    The prompts are those an LLM run sent (``data_dir/knowledge``) when there was one; otherwise they are built
+    here from the prepared tables (``write_prompt_tables``), so the control needs no LLM at all.
     """
     from kar.pipeline import run_encode
 
     knowledge = data_dir / "knowledge"
-    if not (knowledge / "user").is_dir() or not (knowledge / "item").is_dir():
-        raise DataError(f"{knowledge}: no user/item knowledge tables; the text control encodes their prompts")
     out.mkdir(parents=True, exist_ok=True)
+    if not (knowledge / "user").is_dir() or not (knowledge / "item").is_dir():
+        knowledge = _prompt_tables(data_dir, out / "prompts", progress=progress)
     for name in ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history"):
         link = out / name
         if not link.exists():
@@ -164,6 +164,17 @@ def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     progress("encoding the prompts (no-LLM control)")
     run_encode(data_dir=out, knowledge_dir=knowledge, text_column="prompt", progress=progress)
+    return out
+
+
+def _prompt_tables(data_dir: Path, out: Path, *, progress: Progress) -> Path:
+    """Every user's and item's prompt, built as the knowledge job would and never sent (no LLM run here)."""
+    from spark_jobs.knowledge.job import scenario_for, write_prompt_tables
+    from spark_jobs.session import get_spark
+
+    progress("building the prompts from the prepared tables (the text control needs no LLM run)")
+    spark = get_spark(app_name="kar-bench-quality")
+    write_prompt_tables(spark, data_dir=data_dir, out=out, scenario=scenario_for(data_dir))
     return out
 
 
@@ -293,7 +304,8 @@ def bench_quality(
     Args:
         dataset: ``movielens-100k`` or ``movielens-1m`` (picks the bundled experiment YAMLs).
         out: Result folder (runs, frames, the control's vectors, JSON and plot).
-        data_dir: Prepared folder (``kar prepare --protocol kar``) with ``knowledge/`` and ``vectors/``.
+        data_dir: Prepared folder (``kar prepare --protocol kar``); LLM variants need its ``knowledge/`` and
+            ``vectors/``, the ``none`` and ``text`` variants only the prepared tables.
         models: Backbones to train.
         variants: Variant names (see :data:`VARIANTS`).
         seeds: Seeds per model and variant (0, 1, …).

@@ -551,6 +551,37 @@ def plan_prompts(
     return plan
 
 
+def write_prompt_tables(
+    spark: SparkSession, *, data_dir: Path, out: Path, scenario: Scenario, tokenizer: str | Path | None = None
+) -> dict[str, int]:
+    """The no-LLM control's input, with no LLM call: each user's and item's prompt as a knowledge table.
+
+    ``out/user`` and ``out/item`` have the columns ``kar encode`` reads (id, ``as_of``, ``status`` = ``ok``,
+    ``text`` empty, ``prompt``), so ``kar encode --text-column prompt`` encodes the prompts' own content: the
+    data the LLM would see, with no knowledge added. Prompts over the token budget are left out, as the job
+    never sends them. Returns the rows written per kind.
+
+    Raises:
+        DataError: ``data_dir`` is not a prepared folder, or the scenario names a field it may not show.
+    """
+    _require_prepared(data_dir)
+    fields = prompts.prompt_fields_for(data_dir, scenario)
+    written = {}
+    for kind in ("user", "item"):
+        build = prompts.user_prompts if kind == "user" else prompts.item_prompts
+        frame = build(spark, data_dir, scenario=scenario, tokenizer=tokenizer, fields=fields)
+        table = frame.where(~F.col("over_budget")).select(
+            *ID_COLUMNS[kind],
+            "as_of",
+            "prompt",
+            F.lit("ok").alias("status"),
+            F.lit(None).cast("string").alias("text"),
+        )
+        table.write.mode("overwrite").parquet(str(out / kind))
+        written[kind] = spark.read.parquet(str(out / kind)).count()
+    return written
+
+
 def _require_prepared(data_dir: Path) -> None:
     missing = [
         d
