@@ -1049,7 +1049,7 @@ def bench_quality_command(
     jobs: Annotated[int | None, typer.Option(help="Runs at once, one core each (default: CPU count).")] = None,
 ) -> None:
     """Test AUC/LogLoss of every ranker without knowledge, with it, and ablations (adaptors, no-LLM control)."""
-    from kar.bench.quality import MODELS, VARIANTS, bench_quality
+    from kar.bench.quality import MODELS, SLICES, VARIANTS, bench_quality
 
     with steps() as step:
         result = bench_quality(
@@ -1062,15 +1062,17 @@ def bench_quality_command(
             jobs=jobs,
             progress=step,
         )
-    table = Table(title=f"{dataset}: test AUC (mean ± std over {seeds} seeds)")
-    for column in ("model", "variant", "test AUC", "Δ AUC vs none", "test LogLoss"):
-        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
-    for row in result["summary"]:
-        delta = row["delta_auc_mean"]
+    table = Table(title=f"{dataset}: test AUC (mean ± std over {seeds} seeds), by item slice")
+    for column in ("slice", "n", "model", "variant", "test AUC", "Δ AUC vs none", "test LogLoss"):
+        table.add_column(column, justify="left" if column in ("slice", "model", "variant") else "right")
+    for row in sorted(result["summary"], key=lambda r: SLICES.index(r["slice"])):
+        auc, delta = row["test_auc_mean"], row["delta_auc_mean"]
         table.add_row(
+            row["slice"],
+            f"{row['n']:,}",
             row["model"],
             row["variant"],
-            f"{row['test_auc_mean']:.4f} ± {row['test_auc_std']:.4f}",
+            "one class" if auc is None else f"{auc:.4f} ± {row['test_auc_std']:.4f}",
             "" if delta is None or row["variant"] == "none" else f"{delta:+.4f} ± {row['delta_auc_std']:.4f}",
             f"{row['test_logloss_mean']:.4f} ± {row['test_logloss_std']:.4f}",
         )

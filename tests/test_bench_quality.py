@@ -11,7 +11,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from kar.bench.quality import VARIANTS, Job, bench_quality, job_config, summarize, variants_for
+from kar.bench.quality import (
+    VARIANTS,
+    Job,
+    bench_quality,
+    item_slices,
+    job_config,
+    slice_scores,
+    summarize,
+    variants_for,
+)
 from kar.contracts.errors import DataError
 
 
@@ -52,6 +61,42 @@ def test_summary_pairs_the_auc_change_by_seed() -> None:
     assert both["delta_auc_std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
 
 
+def test_test_items_are_sliced_by_their_training_samples() -> None:
+    train = [1] * 60 + [2] * 20 + [3] * 5
+    frame = pd.DataFrame(
+        {
+            "item_id": [*train, 1, 2, 3, 4, 4],
+            "split": ["train"] * len(train) + ["test"] * 5,
+        }
+    )
+    assert item_slices(frame).tolist() == ["head", "torso", "tail", "cold", "cold"]
+
+
+def test_slice_scores_are_per_slice_and_say_when_a_slice_has_one_class() -> None:
+    labels = np.array([1, 0, 1, 0, 1, 1])
+    probs = np.array([0.9, 0.2, 0.6, 0.7, 0.8, 0.3])
+    slices = np.array(["head", "head", "head", "head", "cold", "cold"])
+    scores = slice_scores(labels, probs, slices)
+    assert set(scores) == {"head", "cold"} and scores["head"]["n"] == 4
+    assert scores["head"]["test_auc"] == pytest.approx(0.75)
+    assert scores["cold"]["test_auc"] is None and scores["cold"]["test_logloss"] > 0
+
+
+def test_summary_pairs_the_change_within_each_slice() -> None:
+    rows = [
+        {"model": "m", "variant": v, "seed": s, "slice": sl, "n": 10, "test_auc": auc, "test_logloss": 0.6}
+        for v, s, sl, auc in [
+            ("none", 0, "all", 0.70), ("both", 0, "all", 0.71),
+            ("none", 0, "cold", 0.50), ("both", 0, "cold", 0.58),
+            ("none", 0, "tail", None), ("both", 0, "tail", None),
+        ]
+    ]  # fmt: skip
+    summary = {(r["variant"], r["slice"]): r for r in summarize(rows)}
+    assert summary[("both", "all")]["delta_auc_mean"] == pytest.approx(0.01)
+    assert summary[("both", "cold")]["delta_auc_mean"] == pytest.approx(0.08)
+    assert summary[("both", "tail")]["test_auc_mean"] is None and summary[("both", "tail")]["delta_auc_mean"] is None
+
+
 def test_unknown_dataset_or_variant_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dataset 'ml-20m'"):
         bench_quality(dataset="ml-20m", out=tmp_path)
@@ -83,16 +128,21 @@ def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: P
     )
     written = json.loads((out / "quality.json").read_text())
     assert written["dataset"] == "movielens-100k" and (out / "quality.png").stat().st_size > 0
-    keys = {"model", "knowledge", "adaptor", "seed", "test_auc", "test_logloss"}
+    keys = {"model", "knowledge", "adaptor", "seed", "slice", "n", "test_auc", "test_logloss"}
     assert all(keys <= set(row) for row in written["results"])
-    assert sorted((r["knowledge"], r["adaptor"], r["seed"]) for r in written["results"]) == [
+    whole = [r for r in written["results"] if r["slice"] == "all"]
+    # The slices partition the test set, and the whole-set row is the run's own metrics.
+    for run in {r["run"] for r in written["results"]}:
+        parts = [r["n"] for r in written["results"] if r["run"] == run and r["slice"] != "all"]
+        assert sum(parts) == next(r["n"] for r in whole if r["run"] == run)
+    assert sorted((r["knowledge"], r["adaptor"], r["seed"]) for r in whole) == [
         ("both", "hea", 0),
         ("both", "hea", 1),
         ("none", "none", 0),
         ("none", "none", 1),
     ]
     assert written["knowledge_coverage"]["llm"]["train"]["user_knowledge"] > 0
-    assert [r["variant"] for r in result["summary"]].count("both") == 1
+    assert [(r["variant"], r["slice"]) for r in result["summary"]].count(("both", "all")) == 1
     # A rerun reuses the finished runs (same configs) and gives the same numbers.
     again = bench_quality(
         dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "both"], seeds=2, jobs=1
@@ -119,4 +169,4 @@ def test_text_control_runs_without_any_llm_run(tiny_prepared: Path, tmp_path: Pa
     assert len(prompts) == pd.read_parquet(data / "knowledge_cutoffs")["user_id"].nunique()
     assert (prompts["status"] == "ok").all() and prompts["prompt"].str.len().min() > 0
     assert result["knowledge_coverage"]["text"]["train"]["user_knowledge"] > 0
-    assert sorted(r["variant"] for r in result["results"]) == ["none", "text"]
+    assert sorted(r["variant"] for r in result["results"] if r["slice"] == "all") == ["none", "text"]

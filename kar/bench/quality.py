@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kar.bench.report import machine
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, local_path, optional_local_path
@@ -41,6 +43,8 @@ DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 LLM, TEXT = "llm", "text"
 # A finished run is reused only for the same config *and* the same training frame (its digest, in this file).
 INPUT_KEY_FILE = "bench-input.sha256"
+# Test items by their training samples: where ids know an item (head) down to where only knowledge can (cold).
+SLICES = ("all", "cold", "tail", "torso", "head")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,8 +121,46 @@ def _load_frames(paths: dict[str, str]) -> None:
     _FRAMES.update({source: pd.read_pickle(path) for source, path in paths.items()})
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one run (or reuse a finished one with the same config) and return its quality.json entry."""
+def item_slices(frame: Any, *, item_key: str = "item_id") -> Any:
+    """The slice of every test row of a training frame, by its item's training samples: ``cold`` (0),
+    ``tail`` (1–9), ``torso`` (10–49), ``head`` (50 or more). Indexed like the frame's test rows."""
+    import pandas as pd
+
+    counts = frame.loc[frame["split"] == "train", item_key].value_counts()
+    seen = frame.loc[frame["split"] == "test", item_key].map(counts).fillna(0).astype(int)
+    return pd.Series(np.select([seen == 0, seen < 10, seen < 50], ["cold", "tail", "torso"], "head"), index=seen.index)
+
+
+def slice_scores(labels: np.ndarray, probs: np.ndarray, slices: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Test AUC and LogLoss per slice with its size; AUC is None in a slice holding one class only."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from ctr.metrics import EPSILON
+
+    scores = {}
+    for name in SLICES[1:]:
+        mask = slices == name
+        if not mask.any():
+            continue
+        y, p = labels[mask], np.clip(probs[mask], EPSILON, 1 - EPSILON)
+        auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+        scores[name] = {"n": int(mask.sum()), "test_auc": auc, "test_logloss": float(log_loss(y, p, labels=[0, 1]))}
+    return scores
+
+
+def _scored_slices(job: Job) -> dict[str, dict[str, Any]]:
+    """The finished run's test predictions, scored per item slice."""
+    from ctr import load_ranker
+
+    frame = _FRAMES[job.variant.source]
+    test = frame[frame["split"] == "test"]
+    probs = load_ranker(job.run_dir).predict(test)
+    return slice_scores(test["label"].to_numpy(), np.asarray(probs), item_slices(frame).to_numpy())
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """Train one run (or reuse a finished one with the same config) and return its quality.json rows: the
+    whole test set (``slice`` = ``all``) and each item slice."""
     from ctr import load_config, train_experiment
 
     config = job_config(job)
@@ -129,7 +171,7 @@ def run_job(job: Job) -> dict[str, Any]:
     else:
         metrics = train_experiment(_FRAMES[job.variant.source], config, job.run_dir)
         key_file.write_text(job.data_key)
-    return {
+    run = {
         "model": job.model,
         "variant": job.variant.name,
         "knowledge": job.variant.knowledge,
@@ -137,12 +179,13 @@ def run_job(job: Job) -> dict[str, Any]:
         "source": job.variant.source if job.variant.fields else None,
         "seed": job.seed,
         "val_auc": metrics.val["auc"],
-        "test_auc": metrics.test["auc"],
-        "test_logloss": metrics.test["logloss"],
         "best_epoch": metrics.best_epoch if metrics.best_epoch is not None else metrics.best_round,
         "seconds": metrics.seconds,
         "run": str(job.run_dir),
     }
+    whole = {"n": metrics.n_test, "test_auc": metrics.test["auc"], "test_logloss": metrics.test["logloss"]}
+    slices = {"all": whole, **_scored_slices(job)}
+    return [{**run, "slice": name, **scores} for name, scores in slices.items()]
 
 
 def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
@@ -215,21 +258,25 @@ def _coverage(frame_path: Path) -> dict[str, dict[str, float]]:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std per model and variant, and the AUC change against ``none`` paired by seed."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Mean ± std per model, variant and slice, and the AUC change against ``none`` paired by seed (seeds whose
+    slice has one class only, hence no AUC, are left out of the AUC figures)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in results:
-        groups.setdefault((row["model"], row["variant"]), []).append(row)
+        groups.setdefault((row["model"], row["variant"], row.get("slice", "all")), []).append(row)
     rows = []
-    for (model, variant), runs in groups.items():
-        base = {r["seed"]: r["test_auc"] for r in groups.get((model, "none"), [])}
-        deltas = [r["test_auc"] - base[r["seed"]] for r in runs if r["seed"] in base]
+    for (model, variant, slice_), runs in groups.items():
+        base = {r["seed"]: r["test_auc"] for r in groups.get((model, "none", slice_), [])}
+        scored = [r for r in runs if r["test_auc"] is not None]
+        deltas = [r["test_auc"] - base[r["seed"]] for r in scored if base.get(r["seed"]) is not None]
         rows.append(
             {
                 "model": model,
                 "variant": variant,
+                "slice": slice_,
+                "n": runs[0].get("n"),
                 "seeds": len(runs),
-                "test_auc_mean": statistics.mean(r["test_auc"] for r in runs),
-                "test_auc_std": _std([r["test_auc"] for r in runs]),
+                "test_auc_mean": statistics.mean(r["test_auc"] for r in scored) if scored else None,
+                "test_auc_std": _std([r["test_auc"] for r in scored]),
                 "test_logloss_mean": statistics.mean(r["test_logloss"] for r in runs),
                 "test_logloss_std": _std([r["test_logloss"] for r in runs]),
                 "delta_auc_mean": statistics.mean(deltas) if deltas else None,
@@ -244,30 +291,36 @@ def _std(values: Sequence[float]) -> float:
 
 
 def plot(path: Path, summary: Sequence[dict[str, Any]], *, title: str) -> Path:
-    """Two panels of grouped bars per model: test AUC per variant, and its change against ``none`` (± std)."""
+    """One row per slice (the whole test set first): test AUC per model and variant, and its change against
+    ``none`` paired by seed (± std)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in summary))
     variants = [v.name for v in VARIANTS if any(r["variant"] == v.name for r in summary)]
-    figure = Figure(figsize=(max(10.0, 3.2 * len(models) + 2), 4.6), layout="constrained")
+    slices = [s for s in SLICES if any(r.get("slice", "all") == s for r in summary)]
+    figure = Figure(figsize=(max(10.0, 3.2 * len(models) + 2), 3.6 * len(slices) + 0.8), layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=11)
-    panels = (
-        ("test_auc", "test AUC (mean ± std over seeds)", variants),
-        ("delta_auc", "test AUC − no-knowledge test AUC", [v for v in variants if v != "none"]),
-    )
-    for index, (key, label, shown) in enumerate(panels, start=1):
-        axes = figure.add_subplot(1, 2, index)
-        _grouped_bars(axes, summary, models=models, variants=shown, key=key)
-        axes.set_ylabel(label)
-        if key == "delta_auc":
-            axes.axhline(0, color="black", linewidth=0.8)
-        else:
-            lows = [r["test_auc_mean"] - r["test_auc_std"] for r in summary]
-            axes.set_ylim(min(lows) - 0.01, max(r["test_auc_mean"] + r["test_auc_std"] for r in summary) + 0.01)
-        if shown:
-            axes.legend(fontsize=7, ncols=min(len(shown), 4))
+    for row, slice_ in enumerate(slices):
+        rows = [r for r in summary if r.get("slice", "all") == slice_]
+        size = f", n = {rows[0]['n']:,}" if rows[0].get("n") else ""
+        panels = (
+            ("test_auc", f"{slice_}{size}: test AUC (mean ± std)", variants),
+            ("delta_auc", f"{slice_}: test AUC − no-knowledge test AUC", [v for v in variants if v != "none"]),
+        )
+        for column, (key, label, shown) in enumerate(panels, start=1):
+            axes = figure.add_subplot(len(slices), 2, 2 * row + column)
+            _grouped_bars(axes, rows, models=models, variants=shown, key=key)
+            axes.set_ylabel(label, fontsize=8)
+            scored = [r for r in rows if r["test_auc_mean"] is not None]
+            if key == "delta_auc":
+                axes.axhline(0, color="black", linewidth=0.8)
+            elif scored:
+                low = min(r["test_auc_mean"] - r["test_auc_std"] for r in scored)
+                axes.set_ylim(low - 0.01, max(r["test_auc_mean"] + r["test_auc_std"] for r in scored) + 0.01)
+            if shown and row == 0:
+                axes.legend(fontsize=7, ncols=min(len(shown), 4))
     figure.savefig(path, dpi=110)
     return path
 
@@ -358,7 +411,7 @@ def bench_quality(
         "knowledge_coverage": coverage,
         "seeds": seeds,
         "selection": "epoch (boosting round) with the best validation AUC; test scored once",
-        "results": sorted(results, key=lambda r: (r["model"], r["variant"], r["seed"])),
+        "results": sorted(results, key=lambda r: (r["model"], r["variant"], r["seed"], SLICES.index(r["slice"]))),
         "summary": summarize(results),
         "machine": machine(),
     }
@@ -392,8 +445,9 @@ def _run_all(planned: Sequence[Job], frames: dict[str, Path], *, jobs: int, prog
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_load_frames, initargs=(paths,)) as pool:
         futures = {pool.submit(run_job, job): job for job in planned}
         for done, future in enumerate(as_completed(futures), start=1):
-            row = future.result()
-            results.append(row)
+            rows = future.result()
+            results.extend(rows)
+            row = rows[0]  # the whole test set
             progress(
                 f"[{done}/{len(planned)}] {row['model']} {row['variant']} seed {row['seed']}: "
                 f"test AUC {row['test_auc']:.4f}"
