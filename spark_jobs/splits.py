@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
@@ -131,11 +131,24 @@ def _sequenced(interactions: DataFrame, behaviour_len: int) -> DataFrame:
     )
 
 
-def _with_history_flag(seq: DataFrame, eligible: Column, history_max: int) -> DataFrame:
-    """Mark the first ``min((n_eligible + 1) // 2, history_max)`` interactions of each user as history."""
+def _history_length(eligible: Column, history_max: int) -> Column:
+    """Per user, ``min((n_eligible + 1) // 2, history_max)``: how many interactions the history keeps."""
     n_eligible = F.sum(eligible.cast("int")).over(Window.partitionBy("user_id"))
-    k = F.least(F.floor((n_eligible + 1) / 2), F.lit(history_max)).cast("int")
-    return seq.withColumn("is_history", F.col("position") < k)
+    return F.least(F.floor((n_eligible + 1) / 2), F.lit(history_max)).cast("int")
+
+
+def _with_history_flag(seq: DataFrame, eligible: Column, history_max: int) -> DataFrame:
+    """Mark the first ``min((n_eligible + 1) // 2, history_max)`` interactions of each user as history (the
+    eligible ones come first in sequence order)."""
+    return seq.withColumn("is_history", F.col("position") < _history_length(eligible, history_max))
+
+
+def _split_frame(spark: SparkSession, assignment: dict[int, str], *, key: str) -> tuple[DataFrame, dict[str, int]]:
+    """The ``key -> <entity>_split`` assignment as a broadcastable frame, and the entities per split."""
+    column = f"{key.removesuffix('_id')}_split"
+    schema = StructType([StructField(key, LongType(), False), StructField(column, StringType(), False)])
+    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
+    return spark.createDataFrame(sorted(assignment.items()), schema), counts
 
 
 def _outputs(seq: DataFrame, split_col: Column, boundaries: dict[str, object]) -> Splits:
@@ -158,11 +171,9 @@ def split_kar(interactions: DataFrame, config: SplitConfig) -> Splits:
     if len(user_ids) < 3:
         raise DataError(f"kar protocol needs at least 3 users to split, found {len(user_ids)}")
     assignment = kar_user_split(user_ids, seed=config.seed, test_users=config.test_users, val_users=config.val_users)
-    schema = StructType([StructField("user_id", LongType(), False), StructField("user_split", StringType(), False)])
-    user_split = spark.createDataFrame(sorted(assignment.items()), schema)
+    user_split, counts = _split_frame(spark, assignment, key="user_id")
     seq = _sequenced(interactions, config.behaviour_len)
     seq = _with_history_flag(seq, F.lit(True), config.history_max).join(F.broadcast(user_split), "user_id")
-    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
     return _outputs(seq, F.col("user_split"), {"protocol": "kar", "seed": config.seed, "users": counts})
 
 
@@ -173,17 +184,14 @@ def split_cold_items(interactions: DataFrame, config: SplitConfig) -> Splits:
     if len(item_ids) < 3:
         raise DataError(f"cold-items protocol needs at least 3 items to split, found {len(item_ids)}")
     assignment = cold_item_split(item_ids, seed=config.seed, val_items=config.val_items, test_items=config.test_items)
-    schema = StructType([StructField("item_id", LongType(), False), StructField("item_split", StringType(), False)])
-    item_split = spark.createDataFrame(sorted(assignment.items()), schema)
+    item_split, counts = _split_frame(spark, assignment, key="item_id")
     seq = _sequenced(interactions, config.behaviour_len).join(F.broadcast(item_split), "item_id")
     eligible = F.col("item_split") == "train"
-    # The history is the first k of the user's train-item interactions, however held-out ones interleave.
+    # The history is the first k of the user's train-item interactions, however held-out ones interleave: rank
+    # among the eligible rows, not by position.
     order = Window.partitionBy("user_id").orderBy("event_timestamp", "item_id")
     before = F.coalesce(F.sum(eligible.cast("int")).over(order.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0))
-    n_eligible = F.sum(eligible.cast("int")).over(Window.partitionBy("user_id"))
-    k = F.least(F.floor((n_eligible + 1) / 2), F.lit(config.history_max)).cast("int")
-    seq = seq.withColumn("is_history", eligible & (before < k))
-    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
+    seq = seq.withColumn("is_history", eligible & (before < _history_length(eligible, config.history_max)))
     return _outputs(seq, F.col("item_split"), {"protocol": "cold-items", "seed": config.seed, "items": counts})
 
 
