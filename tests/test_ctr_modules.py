@@ -9,7 +9,8 @@ import torch
 
 from ctr.features import Encoder, FeatureSpec, InputLayout
 from ctr.models import DeepFM, build_model
-from ctr.modules import MLP, FactorizationMachine, FeatureEmbedding, LinearTerm
+from ctr.modules import MLP, Dropout, FactorizationMachine, FeatureEmbedding, LinearTerm
+from ctr.modules.embedding import gather_rows
 from ctr.testing import planted_frame
 from ctr.trainer import to_tensors
 
@@ -60,6 +61,65 @@ def test_feature_embedding_backward_reaches_shared_table_but_not_padding_row() -
     assert item_grad[[1, 2, 3, 4, 5]].abs().sum(dim=1).gt(0).all()  # 3-5 only via the shared history
     assert item_grad[0].abs().sum() == 0
     assert embedding.projections["knowledge"].weight.grad.shape == (DIM, 4)
+
+
+def test_gather_rows_matches_embedding_with_padding_in_values_and_gradients() -> None:
+    ids = torch.tensor([[1, 2, 2, 0], [5, 0, 1, 1]])
+    ours = torch.nn.Embedding(6, DIM, padding_idx=0)
+    reference = torch.nn.Embedding(6, DIM, padding_idx=0)
+    reference.load_state_dict(ours.state_dict())
+    upstream = torch.randn(2, 4, DIM)
+
+    out = gather_rows(ours, ids)
+    (out * upstream).sum().backward()
+    (reference(ids) * upstream).sum().backward()
+
+    torch.testing.assert_close(out, reference(ids))
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+    assert ours.weight.grad[0].abs().sum() == 0  # repeated ids accumulate; the padding row gets nothing
+
+
+def test_first_order_column_shares_the_lookup_and_stays_apart_from_the_vectors() -> None:
+    embedding = FeatureEmbedding(layout=LAYOUT, embedding_dim=DIM, init_std=1.0, first_order=True)
+    batch = _batch()
+    fields, first_order = embedding.with_first_order(batch)
+
+    assert fields.shape == (3, 5, DIM) and first_order.shape == (3, 5)
+    torch.testing.assert_close(fields, embedding(batch))
+    torch.testing.assert_close(first_order[0, 0], embedding.tables["item"].weight[1, DIM])
+    torch.testing.assert_close(first_order[0, 2], embedding.tables["item"].weight[[3, 4], DIM].mean())
+    with pytest.raises(ValueError, match="first_order"):
+        FeatureEmbedding(layout=LAYOUT, embedding_dim=DIM).with_first_order(batch)
+
+
+def test_dropout_zeroes_at_rate_p_keeps_the_mean_and_is_identity_in_eval() -> None:
+    dropout = Dropout(0.2)
+    inputs = torch.ones(512, 256)
+
+    out = dropout(inputs)
+    assert out.shape == inputs.shape
+    assert abs(out.eq(0).float().mean().item() - 0.2) < 0.01
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.8, abs=1e-4)]  # p is quantised to 1/65536
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert dropout.eval()(inputs) is inputs
+
+
+def test_dropout_masks_are_reproducible_from_the_seed_and_fresh_per_call() -> None:
+    dropout, inputs = Dropout(0.5), torch.ones(64, 32, requires_grad=True)
+    torch.manual_seed(7)
+    first, second = dropout(inputs), dropout(inputs)
+    torch.manual_seed(7)
+
+    torch.testing.assert_close(dropout(inputs), first)
+    assert not torch.equal(first, second)
+    first.sum().backward()
+    torch.testing.assert_close(inputs.grad, first.detach())  # gradient is the same scaled mask
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_dropout_rejects_probabilities_outside_zero_one(p: float) -> None:
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(p)
 
 
 def test_factorization_machine_equals_sum_of_pairwise_dot_products() -> None:

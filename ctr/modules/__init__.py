@@ -1,6 +1,7 @@
 """Layers rankers are assembled from (torchrec-like: ``ctr.modules`` holds layers, ``ctr.models`` models)."""
 
 from ctr.modules.cross import CrossNetV2
+from ctr.modules.dropout import Dropout
 from ctr.modules.embedding import FeatureEmbedding, deep_input, deep_input_size, dense_inputs
 from ctr.modules.fm import FactorizationMachine
 from ctr.modules.linear import LinearTerm
@@ -11,6 +12,7 @@ from ctr.modules.wukong import FactorizationMachineBlock, LinearCompressionBlock
 __all__ = [
     "MLP",
     "CrossNetV2",
+    "Dropout",
     "FactorizationMachine",
     "FactorizationMachineBlock",
     "FeatureEmbedding",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ctr.modules.dropout import Dropout
+
 
 class MLP(nn.Module):
     """Stack of ``Linear → [BatchNorm] → ReLU → [Dropout]`` layers, with an optional linear output layer."""
@@ -37,7 +39,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(size))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = size
         if out_features is not None:
             layers.append(nn.Linear(width, out_features))
