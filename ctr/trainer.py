@@ -24,6 +24,7 @@ from ctr.models import KnowledgeAugmented, adapted_name, build_model, model_task
 from ctr.modules.embedding import Batch
 from ctr.progress import ProgressCallback, ProgressEvent
 from ctr.runs import CONFIG_FILE, ENCODER_FILE, TORCH_MODEL_FILE, prepare_run_dir, write_metrics
+from kar.contracts.errors import DataError
 from kar.contracts.results import TrainMetrics
 
 
@@ -137,7 +138,15 @@ def load_torch_ranker(run_dir: Path) -> Ranker:
     model = build_model(
         config.model, layout=encoder.layout, knowledge=config.knowledge, inputs=config.inputs, **config.model_params
     )
-    model.load_state_dict(torch.load(run_dir / TORCH_MODEL_FILE, weights_only=True))
+    weights = run_dir / TORCH_MODEL_FILE
+    try:
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    except RuntimeError as error:
+        # A layout change between versions (e.g. DeepFM's first-order weights moving into the embedding tables).
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise DataError(
+            f"{weights}: these weights do not fit this version's {config.model} ({detail}); retrain with `kar train`"
+        ) from None
     model.eval()
     return Ranker(model=model, encoder=encoder, config=config)
 
@@ -203,7 +212,7 @@ def _fit(
 ) -> _Fit:
     """Run epochs until validation AUC stops improving for ``patience`` epochs; keep the best weights."""
     settings = config.train
-    optimizer = torch.optim.Adam(param_groups(model, settings), lr=settings.lr)
+    optimizer = make_optimizer(model, settings)
     # A generator of its own makes the shuffling order independent of model initialisation and dropout.
     generator = torch.Generator().manual_seed(config.seed)
     steps = -(-len(train[LABEL]) // settings.batch_size)
@@ -259,6 +268,12 @@ def batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> Ite
     for start in range(0, size, batch_size):
         rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         yield {name: tensor[rows] for name, tensor in data.items()}
+
+
+def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Adam:
+    """Adam over :func:`param_groups`, with torch's fused kernel: one pass over all parameters per step instead
+    of a dozen small ops per tensor (Adam was a tenth of a DeepFM step); same update rule."""
+    return torch.optim.Adam(param_groups(model, settings), lr=settings.lr, fused=True)
 
 
 def param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ctr import load_ranker, train_experiment
 from ctr.config import ExperimentConfig, load_config
 from ctr.features import DenseField, FeatureSpec, SparseField
 from ctr.models import KnowledgeAugmented, adapted_name
+from ctr.runs import TORCH_MODEL_FILE
 from ctr.testing import planted_frame
 from kar.contracts.errors import DataError
 
@@ -87,3 +89,19 @@ def test_config_round_trips_the_knowledge_section(tmp_path: Path) -> None:
     config = _experiment(knowledge=True)
     config.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_weights_of_another_layout_are_refused_with_the_file_named(
+    knowledge_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(knowledge_run[0], run)
+    weights = torch.load(run / TORCH_MODEL_FILE, weights_only=True)
+    # A parameter under a name this version does not have, as in a DeepFM saved before its first-order
+    # weights moved into the embedding tables.
+    name = next(name for name in weights if name.endswith("bias"))
+    weights[name.replace("bias", "linear.bias")] = weights.pop(name)
+    torch.save(weights, run / TORCH_MODEL_FILE)
+
+    with pytest.raises(DataError, match=rf"{TORCH_MODEL_FILE}: these weights do not fit .* retrain"):
+        load_ranker(run)

@@ -352,7 +352,7 @@ class OursSide:
 
         from ctr.models import build_model
         from ctr.progress import ProgressEvent
-        from ctr.trainer import param_groups, seed_everything, to_tensors
+        from ctr.trainer import make_optimizer, seed_everything, to_tensors
 
         seed_everything(config.seed)
         self.config, self.threads = config, threads
@@ -362,7 +362,7 @@ class OursSide:
         }
         self.model = build_model(config.model, layout=encoded.layout, **config.model_params)
         settings = config.train
-        self.optimizer = torch.optim.Adam(param_groups(self.model, settings), lr=settings.lr)
+        self.optimizer = make_optimizer(self.model, settings)
         self.generator = torch.Generator().manual_seed(config.seed)
         steps = -(-encoded.n_train // settings.batch_size)
         self.event = ProgressEvent(model=config.model, epoch=0, epochs=settings.epochs, step=0, steps=steps)
