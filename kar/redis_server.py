@@ -9,6 +9,9 @@ Typical use::
 
     with RedisServer() as redis:
         store.materialize(data_dir=..., online_store=redis.feast_config())
+
+:class:`RedisClusterServers` starts a throwaway Redis Cluster the same way (three masters on loopback), to try
+Feast's ``redis_type: redis_cluster`` and the serving reads against it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ class RedisServer:
         port: Port to bind; a free one when None.
         executable: The server binary; ``redis-server`` on PATH when None.
         start_timeout: Seconds to wait for the first PING.
+        cluster: Start it as a Redis Cluster node (``cluster-enabled``); :class:`RedisClusterServers` joins them.
     """
 
-    def __init__(self, *, port: int | None = None, executable: str | None = None, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        executable: str | None = None,
+        start_timeout: float = 20.0,
+        cluster: bool = False,
+    ) -> None:
+        self.cluster = cluster
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self._executable = executable or shutil.which("redis-server")
@@ -69,6 +81,8 @@ class RedisServer:
             "--appendonly", "no",
             "--logfile", str(folder / "redis.log"),
         ]  # fmt: skip
+        if self.cluster:
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf")]
         self._process = spawn_guarded(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, grace_s=2.0)
         self.pid = self._process.pid
         self._wait_ready(folder / "redis.log")
@@ -101,6 +115,79 @@ class RedisServer:
             self._dir = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` private nodes on loopback (no replicas), slots spread by ``redis-cli``.
+
+    Args:
+        masters: Number of master nodes (Redis Cluster needs at least 3).
+        start_timeout: Seconds to wait for each node's PING and then for ``cluster_state:ok``.
+    """
+
+    def __init__(self, *, masters: int = 3, start_timeout: float = 30.0) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters}")
+        self._masters = masters
+        self._start_timeout = start_timeout
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def connection_string(self) -> str:
+        """Every node, comma-separated: the form Feast's ``redis_cluster`` connection string takes."""
+        return ",".join(node.connection_string for node in self.nodes)
+
+    def feast_config(self) -> dict[str, str]:
+        """The ``online_store`` section pointing Feast at this cluster."""
+        return {"type": "redis", "redis_type": "redis_cluster", "connection_string": self.connection_string}
+
+    def start(self) -> RedisClusterServers:
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise EnvironmentProblem(f"redis-cli not found: {INSTALL_HINT}")
+        try:
+            for _ in range(self._masters):
+                self.nodes.append(RedisServer(cluster=True, start_timeout=self._start_timeout).start())
+            addresses = [node.connection_string for node in self.nodes]
+            created = subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=self._start_timeout,
+            )
+            if created.returncode != 0:
+                raise EnvironmentProblem(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+            self._wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ok(self) -> None:
+        """Wait until every node reports ``cluster_state:ok`` (slots assigned and gossiped)."""
+        import redis
+
+        deadline = time.monotonic() + self._start_timeout
+        clients = [redis.Redis(host=node.host, port=node.port) for node in self.nodes]
+        while time.monotonic() < deadline:
+            if all(client.cluster("INFO")["cluster_state"] == "ok" for client in clients):
+                return
+            time.sleep(0.1)
+        raise EnvironmentProblem(f"Redis Cluster {self.connection_string} did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        """Stop every node; safe to call twice."""
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(

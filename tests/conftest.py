@@ -87,6 +87,16 @@ def _redis_process():
 
 
 @pytest.fixture
+def redis_cluster(_redis_process):
+    """A private three-master Redis Cluster on loopback for one test (starts in ~1 s), stopped by pid. Depends on
+    ``_redis_process`` for its skip-or-fail rule when redis-server is missing."""
+    from kar.redis_server import RedisClusterServers
+
+    with RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
 def redis_server(_redis_process):
     """The session's redis-server, emptied first: Feast skips writes not newer than what a key holds, so rows
     another test materialized under the same project and ids would otherwise survive."""

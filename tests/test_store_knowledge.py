@@ -209,6 +209,13 @@ def test_redis_online_store_round_trip_equals_offline(knowledge, redis_server):
     _check_online(store.materialize(data_dir=knowledge["root"], online_store=online), knowledge)
 
 
+@pytest.mark.redis
+def test_redis_cluster_online_store_round_trip_equals_offline(knowledge, redis_cluster):
+    """Feast's ``redis_type: redis_cluster``: the one-pipeline read splits by hash slot across the masters."""
+    feature_store = store.materialize(data_dir=knowledge["root"], online_store=redis_cluster.feast_config())
+    _check_online(feature_store, knowledge)
+
+
 def test_folder_without_vectors_registers_empty_views(tmp_path, knowledge):
     root = tmp_path / "prepared"
     shutil.copytree(knowledge["root"], root, ignore=shutil.ignore_patterns("vectors", "adapted", "feast"))
