@@ -93,6 +93,10 @@ def test_ours_only_run_writes_the_result_and_plot(tmp_path):
     rates = [r["ours"]["samples_per_s"] for r in written["rounds"]]
     assert written["ours_samples_per_s"] == pytest.approx(float(np.median(rates)), abs=0.1)
     assert written["fields"]["dense"] == [] and "timed" in written and written["versions"]["torch"]
+    profiled = written["ours_profile"]  # the operators of one more epoch, largest share first
+    assert 0 < len(profiled) <= 12 and sum(p["self_share"] for p in profiled) <= 1
+    assert [p["self_share"] for p in profiled] == sorted((p["self_share"] for p in profiled), reverse=True)
+    assert any(p["op"] in {"aten::mm", "aten::addmm"} for p in profiled)
     # The scratch folder (npz files, worker script) is gone.
     assert sorted(p.name for p in out.parent.iterdir()) == ["train.json", "train.png"]
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ctr.features import FeatureSpec, InputLayout
 
 GOAL = 2.0
+PROFILE_TOP = 12  # operators listed in ours_profile
 SIDES = ("ours", "fuxictr")
 EXPERIMENT = "deepfm_movielens-100k"
 FUXICTR_SPEC = "fuxictr==2.3.10"
@@ -409,6 +410,21 @@ class OursSide:
                 pass
             return time.perf_counter() - started
 
+    def profile(self, *, top: int = PROFILE_TOP) -> list[dict[str, Any]]:
+        """One more epoch under ``torch.profiler`` (not part of the timed rounds): the ``top`` operators by self
+        CPU time, with their share of the epoch's total and their call counts."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            self.epoch()
+        events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events)
+        ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        return [
+            {"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4), "calls_per_step": e.count / self.steps}
+            for e in ranked
+        ]
+
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -597,6 +613,8 @@ def bench_train(
         measured = measure(sides, rounds=rounds, n_train=encoded.n_train, progress=step)
         step("batch assembly alone (one epoch of batches, no training)")
         assembly = {name: round(side.batches(), 3) for name, side in sides.items()}
+        step("profile of one more epoch of ours (not timed)")
+        profiled = ours.profile()
     last = measured[-1]
     result = {
         "benchmark": "train",
@@ -623,6 +641,7 @@ def bench_train(
         "goal": GOAL,
         "auc_after_rounds": {name: {"val": last[name]["val_auc"], "test": last[name]["test_auc"]} for name in sides},
         "batch_assembly_seconds": assembly,
+        "ours_profile": profiled,
         "ours": {"n_parameters": ours.n_parameters, "torch": torch.__version__, "seed": config.seed},
         "fuxictr": None,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
