@@ -727,8 +727,14 @@ def serve_command(
     max_candidates: Annotated[int, typer.Option(help="Items per request.")] = 1000,
     max_body_bytes: Annotated[int, typer.Option(help="Request body limit (413 above).")] = 256 * 1024,
     timeout: Annotated[float, typer.Option(help="Seconds per request before 504.")] = 1.0,
-    workers: Annotated[int, typer.Option(help="Requests scored at once (one thread each).")] = 2,
-    threads: Annotated[int, typer.Option(help="torch CPU threads per forward pass.")] = 1,
+    workers: Annotated[int, typer.Option(help="Requests scored at once per process (one thread each).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads per forward pass (keep processes × threads ≤ cores).")
+    ] = 1,
+    processes: Annotated[
+        int,
+        typer.Option(help="Server processes on the one port, each loading its own model (metrics are per process)."),
+    ] = 1,
 ) -> None:
     """Serve POST /rank (plus /healthz, /metrics) from the Feast online store; see `kar.serving.service`."""
     from kar.serving.service import ServiceLimits, serve
@@ -739,8 +745,10 @@ def serve_command(
         timeout_s=timeout,
         workers=workers,
         threads=threads,
+        processes=processes,
     )
-    err_console.print(f"kar serve: loading {model}, then serving http://{host}:{port}/rank (Ctrl-C stops)")
+    loading = f"{model} in {processes} processes" if processes > 1 else str(model)
+    err_console.print(f"kar serve: loading {loading}, then serving http://{host}:{port}/rank (Ctrl-C stops)")
     serve(
         model_dir=model,
         data_dir=data,
@@ -998,11 +1006,22 @@ def bench_serve_command(
     items: Annotated[int, typer.Option(help="Candidate items per request.")] = 100,
     requests: Annotated[int, typer.Option(help="Requests per measured level.")] = 300,
     backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or redis (repeatable; default both).")] = None,
-    workers: Annotated[int, typer.Option(help="The service's scoring threads.")] = 2,
+    workers: Annotated[int, typer.Option(help="The service's scoring threads per process.")] = 2,
+    processes: Annotated[
+        str, typer.Option(help="`kar serve --processes` counts to compare, comma-separated (first gives http c=N).")
+    ] = "1,2",
 ) -> None:
-    """p50/p99 and requests/s of `kar serve` at concurrency 1 and 8, against bare fetch + bare forward."""
+    """p50/p99 and requests/s of `kar serve` at concurrency 1 and 8, per process count, against bare fetch +
+    bare forward."""
     from kar.bench.online import BACKENDS
-    from kar.bench.serve import GOAL_P99_MS, bench_serve
+    from kar.bench.serve import GOAL_P99_MS, GOAL_RPS_RATIO, bench_serve
+
+    try:
+        counts = [int(part) for part in processes.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"comma-separated counts, e.g. 1,2; got {processes!r}", param_hint="--processes"
+        ) from None
 
     with steps() as step:
         result = bench_serve(
@@ -1013,6 +1032,7 @@ def bench_serve_command(
             requests=requests,
             backends=backend or BACKENDS,
             workers=workers,
+            processes=counts,
             progress=step,
         )
     table = Table(title=f"1 user + {items} items, ms per request (p50 / p99)")
@@ -1026,6 +1046,16 @@ def bench_serve_command(
     for row in result["results"]:
         levels = ", ".join(f"{k}: {v['requests_per_s']:.0f} req/s" for k, v in row.items() if k.startswith("http"))
         console.print(f"{row['backend']}: {levels}", highlight=False)
+    if result["rps_c8_ratio"] is not None:
+        top = max(result["config"]["concurrency"])
+        for row in result["results"]:
+            rates = ", ".join(f"{e['processes']}: {e[f'requests_per_s_c{top}']:.0f}" for e in row["processes"])
+            console.print(
+                f"{row['backend']}: req/s at concurrency {top} by processes {rates}; ratio {row['rps_c8_ratio']:.2f}×",
+                highlight=False,
+            )
+        verdict = "met" if result["rps_goal_met"] else "NOT met"
+        console.print(f"goal req/s ratio ≥ {GOAL_RPS_RATIO:g} (worst store): {verdict}", highlight=False)
     verdict = "met" if result["goal_met"] else "NOT met"
     console.print(f"goal p99 ≤ {GOAL_P99_MS:g} ms at concurrency 1: {verdict} → {out}", highlight=False)
 

@@ -1,13 +1,14 @@
 """``kar serve``: auth, limits, fallback for unknown ids, metrics, and scores equal to offline scoring.
 
 Most tests drive the FastAPI app in process (``TestClient``) over the real scorer and Feast online store;
-the last ones start ``kar serve`` as its own process, as a user does.
+the last ones start ``kar serve`` as its own process (and with ``--processes 2``), as a user does.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from ctr import load_ranker
 from kar.cli import app as cli_app
 from kar.contracts.errors import KarError
+from kar.processes import group_alive, pid_alive
 from kar.serving import store
 from kar.serving.scorer import OnlineScorer
 from kar.serving.service import TOKEN_ENV, ServiceLimits, ServiceProcess, create_app, is_loopback, resolve_token
@@ -257,3 +259,36 @@ def test_kar_serve_process_ranks_like_the_in_process_scorer(
     np.testing.assert_allclose([served[i] for i in expected], list(expected.values()), atol=1e-5)
     assert _metric(metrics, 'kar_rank_requests_total{code="200"}') == 1
     assert health["auth"] is True and health["service"] == "ranking_serving"
+
+
+def test_kar_serve_processes_answer_from_distinct_pids_and_stop_together(
+    knowledge_run: dict, scorer: OnlineScorer
+) -> None:
+    """`kar serve --processes 2`: two worker processes behind one port, each with its own model (same scores),
+    and stop() ends the service with every worker."""
+    user, items = _known(knowledge_run)
+    body = {"user_id": user, "item_ids": items}
+    expected = {i.item_id: i.score for i in scorer.rank(**body).items}
+    with ServiceProcess(model_dir=knowledge_run["run"], data_dir=knowledge_run["root"], processes=2) as service:
+        group = service.group
+        # A new connection per probe: whichever worker accepts it answers. start() saw both; so must we.
+        seen: set[int] = set()
+        for _ in range(200):
+            health = httpx.get(f"{service.url}/healthz", timeout=10).json()
+            seen.add(health["pid"])
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2 and seen == service.pids, (seen, service.pids)
+        assert health["processes"] == 2 and health["auth"] is True
+
+        def rank(_: int) -> httpx.Response:
+            return httpx.post(f"{service.url}/rank", json=body, headers=service.headers, timeout=30)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            responses = list(pool.map(rank, range(12)))
+    for response in responses:
+        assert response.status_code == 200, response.text
+        served = {i["item_id"]: i["score"] for i in response.json()["items"]}
+        np.testing.assert_allclose([served[i] for i in expected], list(expected.values()), atol=1e-5)
+    assert group is not None and not group_alive(group)
+    assert not [pid for pid in seen if pid_alive(pid)]

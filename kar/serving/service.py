@@ -5,8 +5,13 @@ Endpoints:
 * ``POST /rank`` ``{"user_id": 1, "item_ids": [3, 5, 7], "context": {"hist_item_ids": [2, 4]}}`` →
   ``{"user_id": 1, "items": [{"item_id", "score", "has_knowledge", "fallback"}, ...], "user": {...}}``,
   best first. A ``Server-Timing`` header splits the time into the feature fetch and the model.
-* ``GET /healthz``: liveness and what is loaded (no auth, for probes).
+* ``GET /healthz``: liveness, what is loaded and which process answered (``pid``); no auth, for probes.
 * ``GET /metrics``: Prometheus text: requests by status, latency histograms, fallbacks.
+
+Processes: ``processes=1`` (the default) serves in this process. ``processes=N`` runs uvicorn's supervisor, which
+binds the port once and starts N worker processes that share it; each loads its own model, encoder and feature
+store (:func:`app_from_env`, from a config file :func:`serve` writes). ``/healthz`` and ``/metrics`` answer for
+the process that accepted the connection: metrics are per process, ``pid`` says which.
 
 Security defaults: a bearer token is required on ``/rank`` and ``/metrics`` (from ``$KAR_SERVE_TOKEN`` or a
 file); ``--no-auth`` is refused unless the service binds a loopback address. Bodies over ``max_body_bytes``
@@ -24,13 +29,16 @@ import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,6 +53,11 @@ if TYPE_CHECKING:
     from kar.serving.scorer import OnlineScorer, Ranking
 
 TOKEN_ENV = "KAR_SERVE_TOKEN"
+# Set by serve() for its worker processes only: the path of the ServeConfig file app_from_env() loads.
+CONFIG_ENV = "KAR_SERVE_CONFIG"
+APP_FACTORY = "kar.serving.service:app_from_env"
+# uvicorn's exit code for "failed before serving": its supervisor stops instead of restarting the worker.
+STARTUP_FAILURE = 3
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Latency buckets in seconds: fine below 50 ms, where a ranking service lives.
@@ -63,8 +76,10 @@ class ServiceLimits:
         max_candidates: Items per request.
         max_body_bytes: Request body size; larger bodies get 413 before they are parsed.
         timeout_s: A request not answered within this gets 504.
-        workers: Requests scored at once (threads).
-        threads: torch CPU threads per forward pass, in each worker.
+        workers: Requests scored at once per process (threads).
+        threads: torch CPU threads per forward pass, in each worker thread of each process.
+        processes: Server processes sharing the port, each with its own model, encoder and ``workers`` threads.
+            One process serialises its Python work on the GIL; keep ``processes × threads`` at most the cores.
     """
 
     max_candidates: int = 1000
@@ -72,9 +87,17 @@ class ServiceLimits:
     timeout_s: float = 1.0
     workers: int = 2
     threads: int = 1
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        values = (self.max_candidates, self.max_body_bytes, self.timeout_s, self.workers, self.threads)
+        values = (
+            self.max_candidates,
+            self.max_body_bytes,
+            self.timeout_s,
+            self.workers,
+            self.threads,
+            self.processes,
+        )
         if min(values) <= 0:
             raise KarError(f"service limits must be positive: {self}")
 
@@ -332,6 +355,9 @@ def create_app(*, scorer: OnlineScorer, token: str | None, limits: ServiceLimits
             "service": scorer.service,
             "context_fields": list(scorer.context_fields),
             "auth": expected is not None,
+            # With processes > 1 each process answers for itself (metrics too): the pid says which one did.
+            "pid": os.getpid(),
+            "processes": limits.processes,
         }
 
     @app.get("/metrics")
@@ -353,6 +379,96 @@ def _rank(scorer: OnlineScorer, user_id: Any, item_ids: list[Any], context: dict
     return scorer.rank(user_id=user_id, item_ids=item_ids, context=context)
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process of ``kar serve --processes N`` failed to start with an error that is not a KarError."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """What a serving process loads: the run, the feature store and the limits (JSON-safe, for worker processes).
+
+    Attributes:
+        model_dir: A run written by ``kar train`` (absolute path).
+        data_dir: The prepared folder (absolute path).
+        repo: The team's Feast repo; the folder's example repo when None.
+        online_store: Replaces the online store config in memory; the repo's own when None.
+        service: Feature service to read; the repo's default serving service when None.
+        token_file: File with the bearer token; ``$KAR_SERVE_TOKEN`` otherwise.
+        no_auth: Serve without auth (loopback only).
+        host: The address the service binds (auth policy depends on it).
+        limits: Request limits, scoring threads and processes.
+    """
+
+    model_dir: str
+    data_dir: str
+    repo: str | None = None
+    online_store: dict[str, Any] | None = None
+    service: str | None = None
+    token_file: str | None = None
+    no_auth: bool = False
+    host: str = DEFAULT_HOST
+    limits: ServiceLimits = ServiceLimits()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        fields = json.loads(text)
+        return cls(**{**fields, "limits": ServiceLimits(**fields["limits"])})
+
+
+def load_app(config: ServeConfig) -> FastAPI:
+    """Resolve the token, open the feature store, load the ranker and build the app (once per process).
+
+    Raises:
+        KarError: Auth misconfigured, or the model and the feature service do not fit together.
+    """
+    from kar.serving import store
+    from kar.serving.scorer import OnlineScorer
+
+    token_file = None if config.token_file is None else Path(config.token_file)
+    token = resolve_token(token_file=token_file, no_auth=config.no_auth, host=config.host)
+    feature_store = store.open_store(data_dir=config.data_dir, repo=config.repo, online_store=config.online_store)
+    service = config.service or store.default_service(config.repo, serving=True)
+    scorer = OnlineScorer.from_run(
+        model_dir=config.model_dir, store=feature_store, service=service, data_dir=config.data_dir
+    )
+    return create_app(scorer=scorer, token=token, limits=config.limits)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory in each worker process of ``kar serve --processes N`` (``APP_FACTORY``).
+
+    Reads the :class:`ServeConfig` file named by ``$KAR_SERVE_CONFIG`` (written by :func:`serve`, which started
+    uvicorn's supervisor) and loads this process's own model, encoder and store. A failure is written next to
+    the config file for :func:`serve` to report, and exits with uvicorn's start-up failure code, so the
+    supervisor stops instead of restarting the worker forever.
+    """
+    path = Path(os.environ[CONFIG_ENV])
+    # The supervisor is our parent; SIGKILLed, it cannot stop us and the port would stay taken.
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="kar-parent-watch", daemon=True).start()
+    try:
+        return load_app(ServeConfig.from_json(path.read_text()))
+    except Exception as exc:
+        # One report for serve() to raise, not a traceback per worker on the console.
+        failure = {
+            "kar_error": isinstance(exc, KarError),
+            "message": str(exc) if isinstance(exc, KarError) else f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+        (path.parent / f"failed-{os.getpid()}.json").write_text(json.dumps(failure))
+        raise SystemExit(STARTUP_FAILURE) from None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """SIGTERM this process (uvicorn's graceful stop) once the process that started it is gone."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve(
     *,
     model_dir: Location,
@@ -368,6 +484,11 @@ def serve(
 ) -> None:
     """Load the ranker and the feature store, then serve until interrupted (what ``kar serve`` runs).
 
+    With ``limits.processes`` > 1, uvicorn's supervisor binds the port and starts that many worker processes,
+    each loading its own ranker and store (:func:`app_from_env`). Ctrl-C or SIGTERM to this process stops them
+    all; so does stopping its process group, as :class:`ServiceProcess` does; a worker whose parent is killed
+    stops itself.
+
     Args:
         model_dir: A run written by ``kar train`` (torch, an imported torch model, or XGBoost).
         data_dir: The prepared folder (its id maps turn the team's ids into the ranker's).
@@ -378,25 +499,71 @@ def serve(
         port: Port to bind.
         token_file: File with the bearer token; ``$KAR_SERVE_TOKEN`` otherwise.
         no_auth: Serve without auth (loopback only).
-        limits: Request limits and scoring threads.
+        limits: Request limits, scoring threads and processes.
 
     Raises:
-        KarError: Auth misconfigured, or the model and the feature service do not fit together.
+        KarError: Auth misconfigured, or the model and the feature service do not fit together (with several
+            processes: raised here once a worker process failed to start for that reason).
+        WorkerFailed: With several processes, a worker process failed to start with any other error.
     """
     import uvicorn
 
-    from kar.serving import store
-    from kar.serving.scorer import OnlineScorer
-
+    limits = limits or ServiceLimits()
     model_dir, data_dir = local_path(model_dir, what="model"), local_path(data_dir, what="data")
     token_file = optional_local_path(token_file, what="token file")
     # Before the slow loading: a misconfigured token fails in a second.
-    token = resolve_token(token_file=token_file, no_auth=no_auth, host=host)
-    feature_store = store.open_store(data_dir=data_dir, repo=repo, online_store=online_store)
-    service = service or store.default_service(repo, serving=True)
-    scorer = OnlineScorer.from_run(model_dir=model_dir, store=feature_store, service=service, data_dir=data_dir)
-    app = create_app(scorer=scorer, token=token, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    resolve_token(token_file=token_file, no_auth=no_auth, host=host)
+    config = ServeConfig(
+        model_dir=str(model_dir),
+        data_dir=str(data_dir),
+        repo=None if repo is None else os.fspath(repo),
+        online_store=online_store,
+        service=service,
+        token_file=None if token_file is None else str(token_file),
+        no_auth=no_auth,
+        host=host,
+        limits=limits,
+    )
+    cores = os.cpu_count() or 1
+    if limits.processes * limits.threads > cores:
+        log.warning(
+            "kar serve: %d processes × %d torch threads exceed the %d cores; forward passes will compete",
+            limits.processes,
+            limits.threads,
+            cores,
+        )
+    if limits.processes == 1:
+        uvicorn.run(load_app(config), host=host, port=port, log_level="warning", access_log=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="kar-serve-") as scratch:
+        path = Path(scratch) / "config.json"
+        path.write_text(config.to_json())
+        previous = os.environ.get(CONFIG_ENV)
+        os.environ[CONFIG_ENV] = str(path)  # the worker processes inherit it; this process never reads it
+        try:
+            uvicorn.run(
+                APP_FACTORY,
+                factory=True,
+                workers=limits.processes,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+            )
+        finally:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV, None)
+            else:
+                os.environ[CONFIG_ENV] = previous
+        failures = sorted(Path(scratch).glob("failed-*.json"))
+        if failures:
+            failure = json.loads(failures[0].read_text())
+            message = f"a kar serve worker process failed to start: {failure['message']}"
+            if failure["kar_error"]:
+                raise KarError(message)
+            # The worker's traceback goes into the message's later lines: the CLI prints the first line and
+            # writes the whole of it to kar-error.log.
+            raise WorkerFailed(f"{message}\n\nin the worker process:\n{failure['traceback']}")
 
 
 class ServiceProcess:
@@ -409,7 +576,12 @@ class ServiceProcess:
         data_dir: The prepared folder with an applied and materialized Feast store.
         redis: ``HOST:PORT`` of a Redis online store; SQLite under ``data_dir`` when None.
         extra_args: More ``kar serve`` options (e.g. ``["--timeout", "0.5"]``).
+        processes: ``kar serve --processes``; ``start`` returns once ``/healthz`` has answered from that many
+            distinct processes (each loads its own model).
         start_timeout: Seconds to wait for ``/healthz``.
+
+    The service and its worker processes run in a process group of their own (under :mod:`kar.guard`);
+    ``stop`` ends the whole group.
     """
 
     def __init__(
@@ -419,6 +591,7 @@ class ServiceProcess:
         data_dir: Location,
         redis: str | None = None,
         extra_args: list[str] | None = None,
+        processes: int = 1,
         start_timeout: float = 120.0,
     ) -> None:
         self.host = DEFAULT_HOST
@@ -427,7 +600,10 @@ class ServiceProcess:
         # Absolute: the child may be started from another directory than the caller's paths are relative to.
         model_dir, data_dir = local_path(model_dir, what="model"), local_path(data_dir, what="data")
         self._args = ["--model", str(model_dir), "--data", str(data_dir), *(["--redis", redis] if redis else [])]
-        self._args += extra_args or []
+        self._args += ["--processes", str(processes), *(extra_args or [])]
+        self.processes = processes
+        # The worker pids /healthz answered from while starting (kept after stop, to check they are gone).
+        self.pids: set[int] = set()
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -435,6 +611,11 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def group(self) -> int | None:
+        """The process group of the service and its worker processes; None when not running."""
+        return None if self._process is None else self._process.pid
 
     @property
     def headers(self) -> dict[str, str]:
@@ -446,6 +627,7 @@ class ServiceProcess:
 
         command = [sys.executable, "-m", "kar", "serve", *self._args, "--host", self.host, "--port", str(self.port)]
         env = {**os.environ, TOKEN_ENV: self.token}
+        self.pids = set()
         # A file, not a pipe: nobody reads the service's log while it runs, and a full pipe would block it.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self._process = spawn_guarded(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, grace_s=5.0)
@@ -454,11 +636,18 @@ class ServiceProcess:
             if self._process.poll() is not None:
                 raise EnvironmentProblem(f"kar serve exited with {self._process.returncode}: {self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
+                # A new connection each time: the kernel hands it to whichever worker accepts first.
+                health = httpx.get(f"{self.url}/healthz", timeout=1.0)
+                if health.status_code == 200:
+                    self.pids.add(int(health.json()["pid"]))
+                    if len(self.pids) >= self.processes:
+                        return self
             time.sleep(0.2)
         self.stop()
-        raise EnvironmentProblem(f"kar serve did not answer /healthz on {self.url} within {self._start_timeout:g} s")
+        raise EnvironmentProblem(
+            f"kar serve did not answer /healthz on {self.url} from {self.processes} process(es) within "
+            f"{self._start_timeout:g} s (answered from {len(self.pids)})"
+        )
 
     def log_tail(self, chars: int = 2000) -> str:
         """The end of the service's output (errors at start-up land here)."""
