@@ -818,7 +818,8 @@ def bench_llm_command(
             "--data", parser=cli_path, help="Prepared folder (default: a small synthetic one, made and removed)."
         ),
     ] = None,
-    prompts: Annotated[int, typer.Option(help="Item prompts per run.")] = 64,
+    kind: Annotated[str, typer.Option(help="Prompts to send: item (facts) or user (preferences).")] = "item",
+    prompts: Annotated[int, typer.Option(help="Prompts per run.")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
     rounds: Annotated[int, typer.Option(help="Measured rounds per side, after a warm-up.")] = 2,
     endpoint: Annotated[
@@ -826,6 +827,9 @@ def bench_llm_command(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model id (default: the server's first).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Override the scenario's max_tokens (shorter runs).")] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="KV-cache block size of the embedded server (tokens; default 32).")
+    ] = None,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """The knowledge job's LLM step vs a bare async load generator: same server, prompts and requests in flight."""
@@ -835,12 +839,14 @@ def bench_llm_command(
         result = bench_llm(
             out=out,
             data_dir=data,
+            kind=kind,
             prompts=prompts,
             concurrency=concurrency,
             rounds=rounds,
             base_url=endpoint,
             model=model,
             max_tokens=max_tokens,
+            block_size=block_size,
             master=master,
             progress=step,
         )
@@ -853,8 +859,15 @@ def bench_llm_command(
         f"{cached['prompts_per_s']:.2f} prompts/s ({cached['calls']} LLM calls)",
         highlight=False,
     )
+    first = result["first_pass"]
+    hit_rate = (first.get("prefix_cache") or {}).get("hit_rate")
     console.print(
-        f"{result['prompts']} prompts, {result['tasks']} tasks × {result['concurrency_per_task']} = "
+        f"first pass (prompts new to the server): {first['prompts_per_s']:.3f} prompts/s, prefix-cache hit rate "
+        f"{'n/a' if hit_rate is None else f'{hit_rate:.1%}'}",
+        highlight=False,
+    )
+    console.print(
+        f"{result['prompts']} {result['kind']} prompts, {result['tasks']} tasks × {result['concurrency_per_task']} = "
         f"{result['in_flight']} in flight → {out} ({result['plot']})",
         highlight=False,
     )

@@ -445,12 +445,14 @@ def llm_endpoint(
     concurrency: int = 8,
     tokenizer: Location | None = None,
     compiled: bool = False,
+    block_size: int | None = None,
     progress: Progress | None = None,
 ) -> Iterator[tuple[Any, str, Path | None]]:
     """Yield ``(Endpoint, model id, tokenizer)`` for the knowledge jobs.
 
     With no ``base_url`` (and no ``$KAR_LLM_BASE_URL``) the embedded vLLM CPU server is started for the
-    duration of the block and stopped after it; its tokenizer gives exact token budgets.
+    duration of the block and stopped after it (with ``block_size`` KV blocks, default the embedded one); its
+    tokenizer gives exact token budgets.
     """
     from kar.llm import serve_embedded
     from spark_jobs.llm.client import Endpoint, resolve_model
@@ -464,7 +466,8 @@ def llm_endpoint(
         yield endpoint, resolve_model(endpoint), tokenizer
         return
     step("starting the embedded LLM (vLLM CPU, SmolLM2-135M)")
-    with serve_embedded(compiled=compiled, progress=step) as server:
+    sizes = {} if block_size is None else {"block_size": block_size}
+    with serve_embedded(compiled=compiled, progress=step, **sizes) as server:
         endpoint = Endpoint(base_url=server.base_url, model=server.served_name, max_concurrency=concurrency)
         yield endpoint, server.served_name, tokenizer or Path(server.model)
 

@@ -15,7 +15,16 @@ import sys
 
 import pytest
 
-from kar.bench.llm import GOAL, Measurement, chat_body, command_line, generate_load, identical_share, summarize
+from kar.bench.llm import (
+    GOAL,
+    Measurement,
+    chat_body,
+    command_line,
+    generate_load,
+    identical_share,
+    parse_prefix_cache,
+    summarize,
+)
 from kar.bench.report import Panel, bar_chart, median, ratio, write_report
 from spark_jobs.knowledge.config import load_scenario
 from spark_jobs.llm.client import Endpoint, LLMClient, Request
@@ -125,6 +134,8 @@ def test_command_line_reruns_the_same_settings(tmp_path):
         base_url="http://h:1/v1",
         model=None,
         max_tokens=16,
+        block_size=32,
+        kind="user",
         master=None,
     )
     args = shlex.split(line)
@@ -137,7 +148,25 @@ def test_command_line_reruns_the_same_settings(tmp_path):
         "--rounds": "3",
         "--endpoint": "http://h:1/v1",
         "--max-tokens": "16",
+        "--block-size": "32",
+        "--kind": "user",
     }
+
+
+def test_prefix_cache_counters_are_summed_over_engines_and_created_series_ignored():
+    exposition = "\n".join(
+        [
+            "# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.",
+            "# TYPE vllm:prefix_cache_queries counter",
+            'vllm:prefix_cache_queries_total{engine="0",model_name="smollm2"} 1200.0',
+            'vllm:prefix_cache_queries_total{engine="1",model_name="smollm2"} 800.0',
+            'vllm:prefix_cache_queries_created{engine="0",model_name="smollm2"} 1.7e9',
+            'vllm:prefix_cache_hits_total{engine="0",model_name="smollm2"} 500.0',
+            'vllm:num_requests_running{engine="0"} 3.0',
+        ]
+    )
+    assert parse_prefix_cache(exposition) == (2000.0, 500.0)
+    assert parse_prefix_cache("vllm:num_requests_running 1.0") is None
 
 
 def test_report_writes_json_and_a_png_next_to_it(tmp_path):
@@ -182,7 +211,9 @@ def test_bench_llm_end_to_end(tmp_path, spark, llm_base_url, tiny_prepared):
     from kar.bench.llm import bench_llm
 
     out = tmp_path / "bench" / "llm.json"
-    result = bench_llm(out=out, data_dir=tiny_prepared, base_url=llm_base_url, prompts=8, rounds=1, max_tokens=16)
+    result = bench_llm(
+        out=out, data_dir=tiny_prepared, kind="user", base_url=llm_base_url, prompts=8, rounds=1, max_tokens=16
+    )
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result, default=str))
     expected = {
@@ -191,7 +222,10 @@ def test_bench_llm_end_to_end(tmp_path, spark, llm_base_url, tiny_prepared):
     }  # fmt: skip
     assert expected <= set(written)
     assert written["benchmark"] == "llm" and written["server"]["base_url"] == llm_base_url
-    assert written["prompts"] == 8 and written["max_tokens"] == 16
+    assert written["prompts"] == 8 and written["max_tokens"] == 16 and written["kind"] == "user"
+    first = written["first_pass"]
+    assert first["errors"] == 0 and first["server_fresh"] is False  # the session's server, not started here
+    assert first["prefix_cache"]["query_tokens"] > 0 and 0 <= first["prefix_cache"]["hit_rate"] <= 1
     assert written["tasks"] == spark.sparkContext.defaultParallelism
     assert written["in_flight"] == written["tasks"] * written["concurrency_per_task"] == written["tasks"] * 8
     (round_,) = written["rounds"]

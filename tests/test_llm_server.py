@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from kar.bench.llm import prefix_cache_counters
 from kar.contracts.errors import EnvironmentProblem, KarError
 from kar.llm import EMBEDDED_SERVED_NAME, LLMServer, ensure_vllm_env, serve_embedded, serve_forever, serve_model
+from kar.llm.server import EMBEDDED_BLOCK_SIZE
 from kar.processes import port_open
 from tests.fake_service import fake_python
 
@@ -185,6 +187,30 @@ def test_json_schema_structured_output_parses(embedded):
     answer = json.loads(reply["choices"][0]["message"]["content"])
     assert set(answer) == {"complementary", "reason"}
     assert isinstance(answer["complementary"], bool) and isinstance(answer["reason"], str)
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+def test_prompts_sharing_a_system_instruction_hit_the_prefix_cache_by_whole_blocks(embedded):
+    """The embedded server's 32-token KV blocks let a ~100-token shared instruction be reused (vLLM's CPU
+    default of 128 never filled one); the hits are read from its /metrics as `kar bench llm` reads them."""
+    assert embedded.extra_args[embedded.extra_args.index("--block-size") + 1] == str(EMBEDDED_BLOCK_SIZE) == "32"
+    system = " ".join(["You are a careful film critic who answers briefly and never invents facts."] * 6)
+
+    def ask(question: str) -> None:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        _post(
+            f"{embedded.base_url}/chat/completions",
+            {"model": EMBEDDED_SERVED_NAME, "messages": messages, "max_tokens": 1, "temperature": 0},
+        )
+
+    ask("Name one comedy.")
+    before = prefix_cache_counters(embedded.base_url)
+    ask("Name one western from the fifties.")
+    after = prefix_cache_counters(embedded.base_url)
+    assert before is not None and after is not None
+    hits = after[1] - before[1]
+    assert hits >= 2 * EMBEDDED_BLOCK_SIZE and hits % EMBEDDED_BLOCK_SIZE == 0, (before, after)
 
 
 @pytest.mark.llm

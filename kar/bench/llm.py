@@ -35,12 +35,14 @@ from kar.bench.report import Panel, machine, median, ratio, write_report
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
+from kar.llm.server import EMBEDDED_BLOCK_SIZE
 
 GOAL = 0.95
 SCENARIO = "movies"
 # Prompts the job answers once before the measured rounds: starts Spark's Python workers and the task path.
 WARMUP_PROMPTS = 4
 SIDES = ("bare", "ours")
+KINDS = ("item", "user")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -173,24 +175,28 @@ def command_line(
     *,
     out: Path,
     data_dir: Path | None,
+    kind: str = "item",
     prompts: int,
     concurrency: int,
     rounds: int,
     base_url: str | None,
     model: str | None,
     max_tokens: int | None,
+    block_size: int | None = None,
     master: str | None,
 ) -> str:
     """The ``kar bench llm`` line that reruns this benchmark."""
     args = ["kar", "bench", "llm", "--out", str(out)]
     options = {
         "--data": data_dir,
+        "--kind": None if kind == "item" else kind,
         "--prompts": prompts,
         "--concurrency": concurrency,
         "--rounds": rounds,
         "--endpoint": base_url,
         "--model": model,
         "--max-tokens": max_tokens,
+        "--block-size": block_size,
         "--master": master,
     }
     for flag, value in options.items():
@@ -234,20 +240,24 @@ def _prepared_data(data_dir: Path | None, *, scratch: Path, prompts: int, master
 
 
 def _prompt_frame(
-    spark: Any, data_dir: Path, *, scenario: Any, tokenizer: Path | None, limit: int
+    spark: Any, data_dir: Path, *, kind: str, scenario: Any, tokenizer: Path | None, limit: int
 ) -> tuple[Any, list[Any]]:
-    """The first ``limit`` sendable item prompts (by item id), as rows and as a small in-memory DataFrame.
+    """The first ``limit`` sendable prompts of ``kind`` (by entity id, then cutoff), as rows and as a small
+    in-memory DataFrame.
 
     Both sides get these rows; the job gets them already built, so prompt rendering is not timed.
     """
     from pyspark.sql import functions as F
 
-    from spark_jobs.knowledge.prompts import item_prompts
+    from spark_jobs.knowledge.prompts import item_prompts, user_prompts
 
-    built = item_prompts(spark, data_dir, scenario=scenario, kind="item", tokenizer=tokenizer)
-    rows = built.filter(~F.col("over_budget")).orderBy("item_id").limit(limit).collect()
+    if kind == "user":
+        built, order = user_prompts(spark, data_dir, scenario=scenario, tokenizer=tokenizer), ["user_id", "as_of"]
+    else:
+        built, order = item_prompts(spark, data_dir, scenario=scenario, kind="item", tokenizer=tokenizer), ["item_id"]
+    rows = built.filter(~F.col("over_budget")).orderBy(*order).limit(limit).collect()
     if not rows:
-        raise DataError(f"{data_dir}: no item prompt within the token budget; nothing to benchmark")
+        raise DataError(f"{data_dir}: no {kind} prompt within the token budget; nothing to benchmark")
     return spark.createDataFrame(rows, schema=built.schema), rows
 
 
@@ -266,12 +276,12 @@ def _bare(bodies: Sequence[Mapping[str, Any]], *, endpoint: Any, in_flight: int)
     return measured, texts
 
 
-def _ours(spark: Any, frame: Any, *, spec: Any, job: Any, step: Progress) -> tuple[Measurement, list[str]]:
+def _ours(spark: Any, frame: Any, *, kind: str, spec: Any, job: Any, step: Progress) -> tuple[Measurement, list[str]]:
     """Time ``answer_prompts`` (cache anti-join, Spark tasks calling the LLM, cache writes) on ``job``'s cache."""
     from spark_jobs.knowledge.job import answer_prompts
 
     started = time.perf_counter()
-    _, stats = answer_prompts(spark, frame, kind="item", spec=spec, job=job, progress=_Detail(step))
+    _, stats = answer_prompts(spark, frame, kind=kind, spec=spec, job=job, progress=_Detail(step))
     seconds = time.perf_counter() - started
     answers = job.cache().read(columns=["status", "text"]).to_pylist()
     measured = Measurement(
@@ -310,15 +320,23 @@ def _chart(result: Mapping[str, Any]) -> tuple[str, list[Panel], str]:
         Panel(title="LLM step throughput", unit="prompts/s", bars=per_side),
         Panel(title="server generation", unit="completion tokens/s", bars=tokens),
         Panel(
+            title="first pass (prompts new to the server)",
+            unit="prompts/s",
+            bars={"bare": [result["first_pass"]["prompts_per_s"]]},
+        ),
+        Panel(
             title="job, cached rerun (0 LLM calls)",
             unit="prompts/s",
             bars={"cached": [result["cached_rerun"]["prompts_per_s"]]},
         ),
     ]
     shown = "n/a" if result["ratio"] is None else f"{result['ratio']:.3f}"
+    hit_rate = (result["first_pass"].get("prefix_cache") or {}).get("hit_rate")
     note = (
-        f"ours/bare = {shown} (goal ≥ {GOAL}) · {result['prompts']} prompts, {result['in_flight']} in flight, "
-        f"max_tokens {result['max_tokens']}, {result['machine']['cpus']} CPUs"
+        f"ours/bare = {shown} (goal ≥ {GOAL}) · {result['prompts']} {result['kind']} prompts, "
+        f"{result['in_flight']} in flight, max_tokens {result['max_tokens']}, {result['machine']['cpus']} CPUs · "
+        f"first-pass prefix-cache hit rate {'n/a' if hit_rate is None else f'{hit_rate:.1%}'}"
+        f" (block size {result['server']['block_size'] or 'server default'})"
     )
     return f"kar bench llm: {result['server']['model']}", panels, note
 
@@ -328,6 +346,7 @@ class _Setup:
     """What both sides share: the server, the prompts (as Spark rows and as request bodies) and the load."""
 
     spark: Any
+    kind: str
     frame: Any
     bodies: list[dict[str, Any]]
     spec: Any
@@ -343,6 +362,7 @@ class _Setup:
         cls,
         spark: Any,
         *,
+        kind: str,
         data: Path,
         scratch: Path,
         endpoint: Any,
@@ -355,11 +375,11 @@ class _Setup:
         from spark_jobs.knowledge.config import load_scenario
 
         scenario = load_scenario(SCENARIO)
-        spec = scenario.item
+        spec = scenario.user if kind == "user" else scenario.item
         if max_tokens is not None:
             spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, max_tokens=max_tokens))
-        step(f"building {prompts} item prompts")
-        frame, rows = _prompt_frame(spark, data, scenario=scenario, tokenizer=tokenizer, limit=prompts)
+        step(f"building {prompts} {kind} prompts")
+        frame, rows = _prompt_frame(spark, data, kind=kind, scenario=scenario, tokenizer=tokenizer, limit=prompts)
         params = spec.sampling.to_request()
         bodies = [
             chat_body(
@@ -376,6 +396,7 @@ class _Setup:
         tasks = spark.sparkContext.defaultParallelism
         return cls(
             spark=spark,
+            kind=kind,
             frame=frame,
             bodies=bodies,
             spec=spec,
@@ -406,38 +427,89 @@ class _Setup:
         return [n // tasks + (1 if i < n % tasks else 0) for i in range(tasks)]
 
 
-def _measure(setup: _Setup, *, rounds: int, step: Progress) -> tuple[list[dict[str, Any]], Measurement]:
-    """Warm-up, then ``rounds`` rounds of both sides, then the job's cached rerun on the last round's cache."""
+def _measure(setup: _Setup, *, rounds: int, step: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], Measurement]:
+    """First pass, warm-up, then ``rounds`` rounds of both sides, then the job's cached rerun on the last round's
+    cache."""
+    step("first pass: every prompt new to the server (bare generator, prefix-cache counters)")
+    first = _first_pass(setup)
     step("warm-up (not measured)")
     # Every prompt's prefill once (max_tokens 1), so the server's prefix cache is equally warm for the side
     # that goes first and the side that goes second; then a few prompts through the job.
     _bare([{**b, "max_tokens": 1} for b in setup.bodies], endpoint=setup.endpoint, in_flight=setup.in_flight)
-    warm_frame = setup.frame.orderBy("item_id").limit(min(WARMUP_PROMPTS, len(setup.bodies)))
-    _ours(setup.spark, warm_frame, spec=setup.spec, job=setup.job("warmup"), step=step)
+    warm_frame = setup.frame.limit(min(WARMUP_PROMPTS, len(setup.bodies)))
+    _ours(setup.spark, warm_frame, kind=setup.kind, spec=setup.spec, job=setup.job("warmup"), step=step)
     measured = []
     for index in range(rounds):
         run = {
             "bare": lambda: _bare(setup.bodies, endpoint=setup.endpoint, in_flight=setup.in_flight),
             "ours": lambda i=index: _ours(
-                setup.spark, setup.frame, spec=setup.spec, job=setup.job(f"round-{i + 1}"), step=step
+                setup.spark, setup.frame, kind=setup.kind, spec=setup.spec, job=setup.job(f"round-{i + 1}"), step=step
             ),
         }
         measured.append(_round(index, run=run, step=step, total=rounds))
     step("cached rerun")
-    cached, _ = _ours(setup.spark, setup.frame, spec=setup.spec, job=setup.job(f"round-{rounds}"), step=step)
-    return measured, cached
+    cached, _ = _ours(
+        setup.spark, setup.frame, kind=setup.kind, spec=setup.spec, job=setup.job(f"round-{rounds}"), step=step
+    )
+    return first, measured, cached
+
+
+def _first_pass(setup: _Setup) -> dict[str, Any]:
+    """The bare generator over prompts the server has not seen (on a freshly started server), with the share of
+    prompt tokens its prefix cache served: what a knowledge job's new prompts get."""
+    before = prefix_cache_counters(setup.endpoint.base_url, headers=setup.endpoint.headers())
+    measured, _ = _bare(setup.bodies, endpoint=setup.endpoint, in_flight=setup.in_flight)
+    after = prefix_cache_counters(setup.endpoint.base_url, headers=setup.endpoint.headers())
+    row = measured.to_json()
+    if before is not None and after is not None:
+        queries, hits = after[0] - before[0], after[1] - before[1]
+        row["prefix_cache"] = {
+            "query_tokens": int(queries),
+            "hit_tokens": int(hits),
+            "hit_rate": round(hits / queries, 4) if queries else None,
+        }
+    return row
+
+
+def prefix_cache_counters(base_url: str, *, headers: Mapping[str, str] | None = None) -> tuple[float, float] | None:
+    """``(queried, hit)`` prompt tokens of a vLLM server's prefix cache so far, from its Prometheus ``/metrics``;
+    ``None`` when the server exports no such counters (not vLLM, or metrics off)."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        response = httpx.get(f"{root}/metrics", headers=dict(headers or {}), timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    return parse_prefix_cache(response.text) if response.status_code == 200 else None
+
+
+def parse_prefix_cache(exposition: str) -> tuple[float, float] | None:
+    """``(queried, hit)`` tokens from vLLM's ``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits`` counters in
+    a Prometheus text exposition, summed over engines; ``None`` when neither is there."""
+    totals = {"vllm:prefix_cache_queries": 0.0, "vllm:prefix_cache_hits": 0.0}
+    seen = False
+    for line in exposition.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.partition(" ")
+        metric = name.split("{", 1)[0].removesuffix("_total")
+        if metric in totals:
+            totals[metric] += float(value.split()[0])
+            seen = True
+    return (totals["vllm:prefix_cache_queries"], totals["vllm:prefix_cache_hits"]) if seen else None
 
 
 def bench_llm(
     *,
     out: Location,
     data_dir: Location | None = None,
+    kind: str = "item",
     prompts: int = 64,
     concurrency: int = 8,
     rounds: int = 2,
     base_url: str | None = None,
     model: str | None = None,
     max_tokens: int | None = None,
+    block_size: int | None = None,
     master: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -445,14 +517,17 @@ def bench_llm(
 
     Args:
         out: JSON result file; the chart goes next to it as ``<stem>.png``.
-        data_dir: Prepared folder whose first ``prompts`` items (by id) are asked; ``None`` prepares a small
-            synthetic one in a scratch folder next to ``out`` (removed afterwards).
-        prompts: Item prompts per run.
+        data_dir: Prepared folder whose first ``prompts`` items (users) by id are asked; ``None`` prepares a
+            small synthetic one in a scratch folder next to ``out`` (removed afterwards).
+        kind: ``item`` (KAR factual knowledge) or ``user`` (preference reasoning over the history).
+        prompts: Prompts per run.
         concurrency: Requests in flight per Spark task (the generator gets tasks × this).
         rounds: Measured rounds per side (after an unmeasured warm-up).
         base_url: OpenAI-compatible server; ``None`` takes ``$KAR_LLM_BASE_URL`` or starts the embedded one.
         model: Model id (default: the server's first).
         max_tokens: Overrides the scenario's ``max_tokens`` to keep a run short.
+        block_size: KV-cache block size of the embedded server (tokens; the prefix cache reuses whole blocks);
+            ``None`` is the embedded default. Not allowed with ``base_url``.
         master: Spark master (default: env or ``local[*]``).
         progress: Step callback.
 
@@ -460,7 +535,7 @@ def bench_llm(
         The result as written to ``out``.
 
     Raises:
-        DataError: Bad arguments or a prepared folder without usable item prompts.
+        DataError: Bad arguments or a prepared folder without usable prompts of ``kind``.
         KarError: The server failed, or the cached rerun still called the LLM.
     """
     out = local_path(out, what="out")
@@ -471,18 +546,23 @@ def bench_llm(
     _check_args(prompts=prompts, concurrency=concurrency, rounds=rounds, max_tokens=max_tokens)
     step = progress or silent
     embedded = not (base_url or os.environ.get("KAR_LLM_BASE_URL"))  # as llm_endpoint decides
+    if kind not in KINDS:
+        raise DataError(f"bench llm: --kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if block_size is not None and not embedded:
+        raise DataError("bench llm: --block-size sets the embedded server's KV blocks; an --endpoint has its own")
     started_at, started = datetime.now(UTC), time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.stem}-", dir=out.parent)))
         data = _prepared_data(data_dir, scratch=scratch, prompts=prompts, master=master, step=step)
         endpoint, model_id, tokenizer = stack.enter_context(
-            llm_endpoint(base_url=base_url, model=model, concurrency=concurrency, progress=step)
+            llm_endpoint(base_url=base_url, model=model, concurrency=concurrency, block_size=block_size, progress=step)
         )
         step("starting Spark")
         spark = get_spark(app_name="kar-bench-llm", master=master)
         setup = _Setup.build(
             spark,
+            kind=kind,
             data=data,
             scratch=scratch,
             endpoint=endpoint,
@@ -492,11 +572,17 @@ def bench_llm(
             max_tokens=max_tokens,
             step=step,
         )
-        measured, cached = _measure(setup, rounds=rounds, step=step)
+        first, measured, cached = _measure(setup, rounds=rounds, step=step)
         result = {
             "benchmark": "llm",
-            "server": {"base_url": endpoint.base_url, "model": model_id, "embedded": embedded},
+            "server": {
+                "base_url": endpoint.base_url,
+                "model": model_id,
+                "embedded": embedded,
+                "block_size": (block_size or EMBEDDED_BLOCK_SIZE) if embedded else None,
+            },
             "scenario": SCENARIO,
+            "kind": kind,
             "data": str(data_dir) if data_dir is not None else "synthetic (generated, 50 users)",
             "prompts": len(setup.bodies),
             "concurrency_per_task": concurrency,
@@ -504,6 +590,8 @@ def bench_llm(
             "in_flight": setup.in_flight,
             "prompts_per_task": setup.task_sizes(),
             "max_tokens": setup.spec.sampling.max_tokens,
+            # A freshly started embedded server has seen none of the prompts; an --endpoint may have.
+            "first_pass": {**first, "server_fresh": embedded},
             "rounds": measured,
             **summarize(measured),
             "cached_rerun": {
@@ -516,12 +604,14 @@ def bench_llm(
             "command": command_line(
                 out=out,
                 data_dir=data_dir,
+                kind=kind,
                 prompts=prompts,
                 concurrency=concurrency,
                 rounds=rounds,
                 base_url=None if embedded else endpoint.base_url,
                 model=model,
                 max_tokens=max_tokens,
+                block_size=block_size,
                 master=master,
             ),
             "started_at": started_at.isoformat(timespec="seconds"),
