@@ -143,7 +143,8 @@ def load_torch_ranker(run_dir: Path) -> Ranker:
         model.load_state_dict(torch.load(weights, weights_only=True))
     except RuntimeError as error:
         # A layout change between versions (e.g. DeepFM's first-order weights moving into the embedding tables).
-        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        lines = str(error).splitlines()  # torch's first line is generic, the second names the parameter
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
         raise DataError(
             f"{weights}: these weights do not fit this version's {config.model} ({detail}); retrain with `kar train`"
         ) from None

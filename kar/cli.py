@@ -833,7 +833,7 @@ def bench_llm_command(
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """The knowledge job's LLM step vs a bare async load generator: same server, prompts and requests in flight."""
-    from kar.bench.llm import bench_llm
+    from kar.bench.llm import bench_llm, hit_rate_text
 
     with steps() as step:
         result = bench_llm(
@@ -860,10 +860,9 @@ def bench_llm_command(
         highlight=False,
     )
     first = result["first_pass"]
-    hit_rate = (first.get("prefix_cache") or {}).get("hit_rate")
     console.print(
         f"first pass (prompts new to the server): {first['prompts_per_s']:.3f} prompts/s, prefix-cache hit rate "
-        f"{'n/a' if hit_rate is None else f'{hit_rate:.1%}'}",
+        f"{hit_rate_text(first)}",
         highlight=False,
     )
     console.print(

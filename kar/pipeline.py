@@ -466,8 +466,7 @@ def llm_endpoint(
         yield endpoint, resolve_model(endpoint), tokenizer
         return
     step("starting the embedded LLM (vLLM CPU, SmolLM2-135M)")
-    sizes = {} if block_size is None else {"block_size": block_size}
-    with serve_embedded(compiled=compiled, progress=step, **sizes) as server:
+    with serve_embedded(compiled=compiled, block_size=block_size, progress=step) as server:
         endpoint = Endpoint(base_url=server.base_url, model=server.served_name, max_concurrency=concurrency)
         yield endpoint, server.served_name, tokenizer or Path(server.model)
 

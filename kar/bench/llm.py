@@ -331,11 +331,10 @@ def _chart(result: Mapping[str, Any]) -> tuple[str, list[Panel], str]:
         ),
     ]
     shown = "n/a" if result["ratio"] is None else f"{result['ratio']:.3f}"
-    hit_rate = (result["first_pass"].get("prefix_cache") or {}).get("hit_rate")
     note = (
         f"ours/bare = {shown} (goal ≥ {GOAL}) · {result['prompts']} {result['kind']} prompts, "
         f"{result['in_flight']} in flight, max_tokens {result['max_tokens']}, {result['machine']['cpus']} CPUs · "
-        f"first-pass prefix-cache hit rate {'n/a' if hit_rate is None else f'{hit_rate:.1%}'}"
+        f"first-pass prefix-cache hit rate {hit_rate_text(result['first_pass'])}"
         f" (block size {result['server']['block_size'] or 'server default'})"
     )
     return f"kar bench llm: {result['server']['model']}", panels, note
@@ -469,6 +468,12 @@ def _first_pass(setup: _Setup) -> dict[str, Any]:
             "hit_rate": round(hits / queries, 4) if queries else None,
         }
     return row
+
+
+def hit_rate_text(first_pass: Mapping[str, Any]) -> str:
+    """The first pass's prefix-cache hit rate as a percentage, or ``n/a`` when the server exports no counters."""
+    hit_rate = (first_pass.get("prefix_cache") or {}).get("hit_rate")
+    return "n/a" if hit_rate is None else f"{hit_rate:.1%}"
 
 
 def prefix_cache_counters(base_url: str, *, headers: Mapping[str, str] | None = None) -> tuple[float, float] | None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from kar.bench.online import BACKENDS, entity_ids, generate_store, online_store_for
 from kar.bench.report import Panel, machine, percentiles, ratio, write_report
+from kar.contracts.errors import KarError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
 
@@ -226,12 +227,8 @@ def bench_serve(
 
     step = progress or silent
     if (model_dir is None) != (data_dir is None):
-        from kar.contracts.errors import KarError
-
         raise KarError("pass --model and --data together (or neither, for a generated store and model)")
     if not processes or min(processes) < 1 or len(set(processes)) != len(processes):
-        from kar.contracts.errors import KarError
-
         raise KarError(f"--processes takes distinct positive counts, e.g. 1,2; got {list(processes)}")
     top = max(concurrency)
     with tempfile.TemporaryDirectory(prefix="kar-bench-serve-") as scratch:

