@@ -82,11 +82,22 @@ class RedisServer:
             "--logfile", str(folder / "redis.log"),
         ]  # fmt: skip
         if self.cluster:
-            command += ["--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf")]
+            # An explicit bus port: the default (port + 10000) overflows for the OS's ports above 55535.
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(folder / "nodes.conf"),
+                "--cluster-port", str(self._bus_port()),
+            ]  # fmt: skip
         self._process = spawn_guarded(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, grace_s=2.0)
         self.pid = self._process.pid
         self._wait_ready(folder / "redis.log")
         return self
+
+    def _bus_port(self) -> int:
+        """A free port for the cluster bus other than the client port (not yet bound, so the OS may repeat it)."""
+        while (port := free_port(self.host)) == self.port:
+            pass
+        return port
 
     def _wait_ready(self, log: Path) -> None:
         import redis

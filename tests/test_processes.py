@@ -163,6 +163,21 @@ def test_redis_server_dies_with_its_parent(tmp_path):
     assert _gone_within(service["pgid"], service["port"], 10)
 
 
+@pytest.mark.redis
+def test_a_cluster_node_starts_on_a_port_above_55535():
+    """Regression (CI): the default bus port, port + 10000, overflows for ports the OS hands out above 55535."""
+    import shutil
+
+    from kar.processes import port_open
+    from kar.redis_server import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    port = next(p for p in range(60000, 65535) if not port_open("127.0.0.1", p))
+    with RedisServer(cluster=True, port=port) as node:
+        assert node.port > 55535
+
+
 def test_a_server_this_process_runs_is_not_a_leftover(tmp_path):
     """Regression: a second server of one process (the test session's and a module's) must not adopt the first."""
     said: list[str] = []
