@@ -1075,7 +1075,9 @@ def bench_serve_command(
 @bench_app.command("quality")
 @friendly
 def bench_quality_command(
-    dataset: Annotated[str, typer.Option(help="movielens-100k | movielens-1m (picks the bundled experiments).")],
+    dataset: Annotated[
+        str, typer.Option(help="movielens-100k | movielens-1m | synthetic (picks the bundled experiments).")
+    ],
     out: Annotated[Path, typer.Option(parser=cli_path, help="Result folder: quality.json, quality.png, runs/.")],
     data: Annotated[
         Path | None,
@@ -1089,10 +1091,25 @@ def bench_quality_command(
     variant: Annotated[list[str] | None, typer.Option(help="Variant (repeatable; default all).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per model and variant.")] = 3,
     jobs: Annotated[int | None, typer.Option(help="Runs at once, one core each (default: CPU count).")] = None,
+    users: Annotated[int, typer.Option(help="synthetic without --data: users to generate.")] = 3000,
+    items: Annotated[int, typer.Option(help="synthetic without --data: items to generate.")] = 3000,
+    mean_interactions: Annotated[int, typer.Option(help="synthetic without --data: mean ratings per user.")] = 25,
+    theme_weight: Annotated[
+        float, typer.Option(help="synthetic without --data: weight of the themes only item text carries (0: none).")
+    ] = 1.0,
 ) -> None:
-    """Test AUC/LogLoss of every ranker without knowledge, with it, and ablations (adaptors, no-LLM control)."""
+    """Test AUC/LogLoss of every ranker without knowledge, with it, and ablations (adaptors, no-LLM control,
+    leakage canary); on synthetic data also the theme probes of the item vectors."""
     from kar.bench.quality import MODELS, SLICES, VARIANTS, bench_quality
+    from spark_jobs.datasets.synthetic import SyntheticConfig
 
+    synthetic = SyntheticConfig(
+        n_users=users,
+        n_items=items,
+        mean_interactions=mean_interactions,
+        min_interactions=min(5, mean_interactions),
+        theme_weight=theme_weight,
+    )
     with steps() as step:
         result = bench_quality(
             dataset=dataset,
@@ -1102,6 +1119,7 @@ def bench_quality_command(
             variants=variant or [v.name for v in VARIANTS],
             seeds=seeds,
             jobs=jobs,
+            synthetic=synthetic,
             progress=step,
         )
     table = Table(title=f"{dataset}: test AUC (mean ± std over {seeds} seeds), by item slice")
@@ -1119,7 +1137,22 @@ def bench_quality_command(
             f"{row['test_logloss_mean']:.4f} ± {row['test_logloss_std']:.4f}",
         )
     console.print(table)
+    if probes := result.get("theme_probe"):
+        _print_probes(probes)
     console.print(f"→ {out / 'quality.json'}, {out / 'quality.png'}", highlight=False)
+
+
+def _print_probes(probes: dict) -> None:
+    table = Table(title="planted item themes: held-out AUC of a linear probe per theme (mean over themes)")
+    for column in ("item vectors", "probe AUC"):
+        table.add_column(column, justify="left" if column == "item vectors" else "right")
+    for source, score in probes["encoded"].items():
+        auc = score["auc_mean"]
+        table.add_row(f"encoded ({source})", "too few items per theme" if auc is None else f"{auc:.4f}")
+    for row in probes["adapted"]:
+        auc = "too few items per theme" if row["auc_mean"] is None else f"{row['auc_mean']:.4f} ± {row['auc_std']:.4f}"
+        table.add_row(f"adapted: {row['model']} {row['variant']}", auc)
+    console.print(table)
 
 
 @bench_app.command("train")

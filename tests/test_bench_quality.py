@@ -44,7 +44,7 @@ def test_variant_configs_keep_only_the_chosen_knowledge() -> None:
     # Trees read raw vectors: no adaptor, and no adaptor ablations.
     xgb = job_config(_job("xgboost", "both"))
     assert xgb.knowledge is None and [f.name for f in xgb.features.dense] == ["user_knowledge", "item_knowledge"]
-    assert [v.name for v in variants_for("xgboost", [v.name for v in VARIANTS])] == ["none", "both", "text"]
+    assert [v.name for v in variants_for("xgboost", [v.name for v in VARIANTS])] == ["none", "both", "text", "canary"]
 
 
 def test_summary_pairs_the_auc_change_by_seed() -> None:
@@ -155,18 +155,45 @@ def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: P
 
 
 @pytest.mark.spark
-def test_text_control_runs_without_any_llm_run(tiny_prepared: Path, tmp_path: Path) -> None:
-    """No knowledge/ and no vectors/: the prompts are built from the prepared tables and encoded."""
+def test_text_control_and_canary_run_without_any_llm_run(tiny_prepared: Path, tmp_path: Path) -> None:
+    """No knowledge/ and no vectors/: the prompts are built from the prepared tables and encoded; the canary's
+    user prompts see each user's whole log, test items included, and join every sample."""
     data = tmp_path / "prepared"
     shutil.copytree(tiny_prepared, data, ignore=shutil.ignore_patterns("feast", "vectors", "adapted", "knowledge"))
-    summary = json.loads((data / "summary.json").read_text())
-    (data / "summary.json").write_text(json.dumps({**summary, "dataset": "movielens-100k"}))
     out = tmp_path / "bench"
-    result = bench_quality(
-        dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "text"], seeds=1, jobs=1
-    )
+    variants = ["none", "text", "canary"]
+    result = bench_quality(dataset="synthetic", out=out, data_dir=data, models=["deepfm"], variants=variants, seeds=1)
     prompts = pd.read_parquet(out / "control" / "prompts" / "user")
     assert len(prompts) == pd.read_parquet(data / "knowledge_cutoffs")["user_id"].nunique()
     assert (prompts["status"] == "ok").all() and prompts["prompt"].str.len().min() > 0
     assert result["knowledge_coverage"]["text"]["train"]["user_knowledge"] > 0
-    assert sorted(r["variant"] for r in result["results"] if r["slice"] == "all") == ["none", "text"]
+    assert sorted(r["variant"] for r in result["results"] if r["slice"] == "all") == ["canary", "none", "text"]
+
+    samples = pd.read_parquet(data / "samples")
+    test_pairs = set(zip(*samples.loc[samples["split"] == "test", ["user_id", "item_id"]].T.to_numpy(), strict=True))
+    leaked = pd.read_parquet(out / "canary" / "knowledge_history")
+    honest = pd.read_parquet(data / "knowledge_history")
+    assert test_pairs <= set(zip(leaked["user_id"], leaked["item_id"], strict=True))
+    assert not test_pairs & set(zip(honest["user_id"], honest["item_id"], strict=True))
+    assert result["knowledge_coverage"]["leak"]["test"]["user_knowledge"] == 1.0
+    stamped = pd.read_parquet(out / "canary" / "prompts" / "user-restamped")["as_of"]
+    assert (stamped < pd.read_parquet(data / "interactions")["event_timestamp"].min()).all()
+    # Synthetic data: the planted themes are probed in the encoded item vectors and in each run's adapted ones.
+    probes = result["theme_probe"]
+    assert set(probes["encoded"]) == {"text", "leak"} and probes["encoded"]["text"]["items"] == 12
+    assert [(r["model"], r["variant"]) for r in probes["adapted"]] == [("deepfm", "canary"), ("deepfm", "text")]
+
+
+@pytest.mark.spark
+def test_synthetic_data_is_generated_cold_items_and_reused_for_the_same_config(spark, tmp_path: Path) -> None:
+    from kar.bench.quality import SYNTHETIC_CONFIG_FILE, generated_folder
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+
+    config = SyntheticConfig(n_users=12, n_items=16, min_interactions=3, mean_interactions=5, theme_weight=0.0)
+    steps: list[str] = []
+    folder = generated_folder(tmp_path / "data", config, progress=steps.append)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["dataset"] == "synthetic" and summary["split"]["protocol"] == "cold-items"
+    assert json.loads((folder / SYNTHETIC_CONFIG_FILE).read_text())["theme_weight"] == 0.0
+    steps.clear()
+    assert generated_folder(tmp_path / "data", config, progress=steps.append) == folder and steps == []

@@ -9,6 +9,12 @@ For every backbone (DeepFM, DCNv2, MMOE, Wukong, XGBoost) on one prepared datase
 * ``text``: the no-LLM control: the same encoder applied to the prompts' data (the profile and rated titles,
   the item's title, year and genres, i.e. exactly what the LLM was given), through the same adaptor. The gap
   between ``both`` and ``text`` is what the LLM adds beyond re-reading its input. KAR did not run this control.
+* ``canary``: ``text`` with user prompts built from each user's whole log and joined ignoring time
+  (``kar.bench.canary``): leakage on purpose, to show the benchmark would see it.
+
+``--dataset synthetic`` generates its data (``SyntheticConfig``: users, items, ``theme_weight``) and prepares
+it under the cold-items protocol, then also probes how much of the planted item themes the encoded and the
+adapted item vectors carry (``kar.bench.probe``).
 
 XGBoost reads the vectors raw (adaptor ``none``). Epochs are selected on validation AUC only; test is scored
 once per run. Every run is a ``kar train``-style folder under ``OUT/runs`` (a rerun reuses finished runs with
@@ -39,8 +45,9 @@ from kar.contracts.tables import SUMMARY_FILE
 
 BOTH = ("user_knowledge", "item_knowledge")
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
-DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
-LLM, TEXT = "llm", "text"
+DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m", "synthetic": "synthetic"}
+LLM, TEXT, LEAK = "llm", "text", "leak"
+SYNTHETIC_CONFIG_FILE = "synthetic.json"  # beside a generated folder: the config it was generated from
 # A finished run is reused only for the same config *and* the same training frame (its digest, in this file).
 INPUT_KEY_FILE = "bench-input.sha256"
 # Test items by their training samples: where ids know an item (head) down to where only knowledge can (cold).
@@ -55,7 +62,8 @@ class Variant:
         name: Label in the table and the plot.
         fields: Knowledge fields the ranker reads (none for the baseline).
         adaptor: ``hea``, ``mlp`` or ``moe`` (XGBoost always reads raw vectors).
-        source: ``llm`` (the answers' vectors) or ``text`` (the prompts' vectors, the no-LLM control).
+        source: ``llm`` (the answers' vectors), ``text`` (the prompts' vectors, the no-LLM control) or ``leak``
+            (the canary's whole-log prompt vectors).
     """
 
     name: str
@@ -79,9 +87,10 @@ VARIANTS = (
     Variant(name="both-mlp", fields=BOTH, adaptor="mlp"),
     Variant(name="both-moe", fields=BOTH, adaptor="moe"),
     Variant(name="text", fields=BOTH, source=TEXT),
+    Variant(name="canary", fields=BOTH, source=LEAK),
 )
 # Trees have no adaptor: the ablations of the adaptor do not apply.
-XGBOOST_VARIANTS = ("none", "both", "text")
+XGBOOST_VARIANTS = ("none", "both", "text", "canary")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,15 +230,24 @@ def _prompt_tables(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     return out
 
 
-def _frames(data_dir: Path, out: Path, *, text: bool, progress: Progress) -> dict[str, Path]:
-    """Training frames (Feast, point-in-time) of the LLM vectors and, for the control, the prompt vectors."""
+def source_folders(data_dir: Path, out: Path, *, sources: set[str], progress: Progress) -> dict[str, Path]:
+    """The prepared folder behind each vector source: the LLM's is ``data_dir``, the others are built in ``out``."""
+    from kar.bench.canary import leak_folder
+
+    folders = {LLM: data_dir}
+    if TEXT in sources:
+        folders[TEXT] = control_folder(data_dir, out / "control", progress=progress)
+    if LEAK in sources:
+        folders[LEAK] = leak_folder(data_dir, out / "canary", progress=progress)
+    return folders
+
+
+def _frames(folders: dict[str, Path], out: Path, *, progress: Progress) -> dict[str, Path]:
+    """Training frames (Feast, point-in-time) of every source's folder."""
     from kar.serving import store
 
     paths = {}
-    sources = {LLM: data_dir}
-    if text:
-        sources[TEXT] = control_folder(data_dir, out / "control", progress=progress)
-    for source, folder in sources.items():
+    for source, folder in folders.items():
         progress(f"feast apply + point-in-time training frame ({source} vectors)")
         store.apply(data_dir=folder)
         paths[source] = out / "frames" / f"{source}.pkl"
@@ -350,19 +368,23 @@ def bench_quality(
     variants: Sequence[str] = tuple(v.name for v in VARIANTS),
     seeds: int = 3,
     jobs: int | None = None,
+    synthetic: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train every model × variant × seed on ``dataset`` and write ``out/quality.json`` + ``quality.png``.
 
     Args:
-        dataset: ``movielens-100k`` or ``movielens-1m`` (picks the bundled experiment YAMLs).
+        dataset: ``movielens-100k``, ``movielens-1m`` or ``synthetic`` (picks the bundled experiment YAMLs).
         out: Result folder (runs, frames, the control's vectors, JSON and plot).
         data_dir: Prepared folder (``kar prepare --protocol kar``); LLM variants need its ``knowledge/`` and
-            ``vectors/``, the ``none`` and ``text`` variants only the prepared tables.
+            ``vectors/``, the ``none``, ``text`` and ``canary`` variants only the prepared tables. For
+            ``synthetic`` without one, the data is generated from ``synthetic`` into ``out/data``
+            (cold-items protocol) and reused while the config is the same.
         models: Backbones to train.
         variants: Variant names (see :data:`VARIANTS`).
         seeds: Seeds per model and variant (0, 1, …).
         jobs: Runs trained at once, one core each (default: the CPU count).
+        synthetic: ``SyntheticConfig`` of the generated data (default: the generator's defaults).
         progress: Step callback.
 
     Returns:
@@ -381,13 +403,16 @@ def bench_quality(
     unknown = [m for m in models if m not in MODELS] + [v for v in variants if v not in {x.name for x in VARIANTS}]
     if unknown:
         raise DataError(f"unknown model or variant {unknown[0]!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset == "synthetic" and data_dir is None:
+        data_dir = generated_folder(out / "data", synthetic, progress=step)
     data_dir = data_dir or Path("runs") / DATASETS[dataset]
     summary = read_summary(data_dir)
     if summary.dataset != dataset:
         raise DataError(f"{data_dir} holds {summary.dataset}, not {dataset}")
-    out.mkdir(parents=True, exist_ok=True)
-    needs_text = any(v.source == TEXT for v in VARIANTS if v.name in variants)
-    frame_paths = _frames(data_dir, out, text=needs_text, progress=step)
+    sources = {v.source for v in VARIANTS if v.name in variants}
+    folders = source_folders(data_dir, out, sources=sources, progress=step)
+    frame_paths = _frames(folders, out, progress=step)
     coverage = {source: _coverage(path) for source, path in frame_paths.items()}
     _require_knowledge(coverage[LLM], data_dir, [v for v in VARIANTS if v.name in variants])
     keys = {source: _digest(path) for source, path in frame_paths.items()}
@@ -415,9 +440,48 @@ def bench_quality(
         "summary": summarize(results),
         "machine": machine(),
     }
+    if dataset == "synthetic":
+        step("probing the item vectors for the planted themes")
+        result["synthetic"] = _generated_config(data_dir)
+        result["theme_probe"] = _theme_probes(data_dir, folders, results)
     plot(out / "quality.png", result["summary"], title=f"Knowledge ablations on {dataset} ({seeds} seeds)")
     (out / "quality.json").write_text(json.dumps({**result, "plot": "quality.png"}, indent=2, default=str) + "\n")
     return result
+
+
+def generated_folder(folder: Path, config: Any = None, *, progress: Progress) -> Path:
+    """``folder``: synthetic data generated from ``config`` and prepared (cold-items protocol), or the folder an
+    earlier call with the same config left there."""
+    import shutil
+    from dataclasses import asdict
+
+    from kar.pipeline import run_prepare
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+
+    config = config or SyntheticConfig()
+    wanted = json.dumps(asdict(config), sort_keys=True)
+    marker = folder / SYNTHETIC_CONFIG_FILE
+    if marker.is_file() and marker.read_text() == wanted and (folder / SUMMARY_FILE).is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    progress(f"generating and preparing synthetic data ({config.n_users:,} users, {config.n_items:,} items)")
+    run_prepare(dataset="synthetic", out=folder, synthetic=config, protocol="cold-items", progress=progress)
+    marker.write_text(wanted)
+    return folder
+
+
+def _generated_config(data_dir: Path) -> dict[str, Any] | None:
+    marker = data_dir / SYNTHETIC_CONFIG_FILE
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _theme_probes(data_dir: Path, folders: dict[str, Path], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    import pandas as pd
+
+    from kar.bench.probe import theme_probes
+    from kar.contracts.tables import ITEMS_DIR
+
+    return theme_probes(pd.read_parquet(data_dir / ITEMS_DIR), folders, results)
 
 
 def _require_knowledge(coverage: dict[str, dict[str, float]], data_dir: Path, variants: Sequence[Variant]) -> None:
