@@ -1139,7 +1139,24 @@ def bench_quality_command(
     console.print(table)
     if probes := result.get("theme_probe"):
         _print_probes(probes)
+    if signal := result.get("signal"):
+        _print_signal(signal)
     console.print(f"→ {out / 'quality.json'}, {out / 'quality.png'}", highlight=False)
+
+
+def _print_signal(signal: dict) -> None:
+    table = Table(title=f"where the signal is: test AUC with no ranker ({signal['test_samples']:,} samples)")
+    table.add_column("score")
+    table.add_column("test AUC", justify="right")
+    for key, label in (
+        ("oracle", "the generator's p_positive"),
+        ("oracle_without_themes", "its affinity without the theme term"),
+        ("themes_only", "the theme term alone"),
+        ("user_item_cosine", "cos(user prompt vector, item vector)"),
+        ("history_profile_cosine", "cos(rating-weighted history item vectors, item vector)"),
+    ):
+        table.add_row(label, f"{signal[key]:.4f}")
+    console.print(table)
 
 
 def _print_probes(probes: dict) -> None:

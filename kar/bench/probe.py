@@ -83,14 +83,19 @@ def probe(vectors: pd.DataFrame, indicators: pd.DataFrame, *, seed: int = 0) -> 
     return ProbeScore(auc_mean=statistics.fmean(aucs), auc_min=min(aucs), themes=len(aucs), items=len(shared))
 
 
-def item_vectors(folder: Path) -> pd.DataFrame:
-    """The newest encoded vector per item of a prepared folder's ``vectors/item``, indexed by ``item_id``."""
-    table = pd.read_parquet(folder / "vectors" / "item", columns=["entity_id", "as_of", "created_at", "vector"])
-    newest = table.sort_values(["entity_id", "as_of", "created_at"]).drop_duplicates("entity_id", keep="last")
-    index = newest["entity_id"].rename("item_id")
+def newest_vectors(table: Path) -> pd.DataFrame:
+    """The newest vector per entity of a vector table folder (``vectors/<kind>``), indexed by entity id."""
+    rows = pd.read_parquet(table, columns=["entity_id", "as_of", "created_at", "vector"])
+    newest = rows.sort_values(["entity_id", "as_of", "created_at"]).drop_duplicates("entity_id", keep="last")
+    index = pd.Index(newest["entity_id"].to_numpy(), name="entity_id")
     if newest.empty:
         return pd.DataFrame(index=index)
     return pd.DataFrame(np.stack(newest["vector"].to_numpy()), index=index)
+
+
+def item_vectors(folder: Path) -> pd.DataFrame:
+    """The newest encoded vector per item of a prepared folder's ``vectors/item``."""
+    return newest_vectors(folder / "vectors" / "item")
 
 
 def adapted(vectors: pd.DataFrame, run_dir: Path) -> pd.DataFrame:

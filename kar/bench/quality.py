@@ -444,6 +444,8 @@ def bench_quality(
         step("probing the item vectors for the planted themes")
         result["synthetic"] = _generated_config(data_dir)
         result["theme_probe"] = _theme_probes(data_dir, folders, results)
+        if result["synthetic"] is not None and TEXT in folders:
+            result["signal"] = _signal(data_dir, folders[TEXT], result["synthetic"])
     plot(out / "quality.png", result["summary"], title=f"Knowledge ablations on {dataset} ({seeds} seeds)")
     (out / "quality.json").write_text(json.dumps({**result, "plot": "quality.png"}, indent=2, default=str) + "\n")
     return result
@@ -482,6 +484,16 @@ def _theme_probes(data_dir: Path, folders: dict[str, Path], results: Sequence[di
     from kar.contracts.tables import ITEMS_DIR
 
     return theme_probes(pd.read_parquet(data_dir / ITEMS_DIR), folders, results)
+
+
+def _signal(data_dir: Path, text_folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from kar.bench.signal import signal_scores
+    from spark_jobs.datasets.synthetic import SyntheticConfig, generate
+
+    truth = generate(SyntheticConfig(**config)).truth
+    return asdict(signal_scores(data_dir=data_dir, text_folder=text_folder, truth=truth))
 
 
 def _require_knowledge(coverage: dict[str, dict[str, float]], data_dir: Path, variants: Sequence[Variant]) -> None:
