@@ -806,6 +806,27 @@ def llm_serve(
     serve_forever(server, on_ready=lambda s: console.print(f"serving {s.served_name} at {s.base_url} (Ctrl-C stops)"))
 
 
+@app.command("spark-cluster")
+@friendly
+def spark_cluster(
+    workers: Annotated[int, typer.Option(help="Workers to start.")] = 2,
+    cores: Annotated[int, typer.Option(help="Cores each worker offers.")] = 1,
+    memory: Annotated[str, typer.Option(help="Memory each worker offers to executors.")] = "2g",
+    log_dir: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Daemon logs and work folders (default: a temp folder).")
+    ] = None,
+) -> None:
+    """Start a Spark standalone master and workers on 127.0.0.1 and keep them up until Ctrl-C."""
+    from kar.spark_cluster import SparkStandaloneCluster, serve_forever
+
+    def ready(cluster: SparkStandaloneCluster) -> None:
+        console.print(f"Spark master at {cluster.master_url} (web UI {cluster.web_ui_url}), {cluster.workers} workers")
+        console.print(f"run a job on it: KAR_SPARK_MASTER={cluster.master_url} kar prepare ... (Ctrl-C stops)")
+
+    cluster = SparkStandaloneCluster(workers=workers, cores=cores, memory=memory, log_dir=log_dir)
+    serve_forever(cluster, on_ready=ready)
+
+
 @llm_app.command("setup")
 @friendly
 def llm_setup(

@@ -21,6 +21,7 @@ claims are scored against the item table (``OUT/hallucination/item``). A batch-l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -262,8 +263,10 @@ def answer_prompts(
     stats = {"prompts": total, "cached": total - n_todo, "calls": 0, "tokens_in": 0, "tokens_out": 0}
     if n_todo:
         progress(f"asking the LLM for {n_todo} {kind} answers ({total - n_todo} cached)")
+        # The key is read from the driver's environment here: a cluster's executors do not inherit it.
+        endpoint = dataclasses.replace(job.endpoint, api_key=job.endpoint.key())
         runner = _answer_tasks(
-            endpoint=job.endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
+            endpoint=endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
         )
         with _CacheWatcher(cache, total=n_todo, label=kind, progress=progress):
             # Round-robin, not by key: equal task sizes, so no task idles its slots while another still queues.
