@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test llm-env redis lint clean
+.PHONY: install demo test llm-env redis spark-cluster lint clean
 
 # Top-level __init__ files too: the editable install records which packages exist (a folder that gains an
 # __init__.py after install stays a namespace package and its imports fail).
@@ -38,6 +38,11 @@ redis:
 # The vLLM CPU env and embedded model (~3.5 min once, cached in ~/.cache/kar); tests marked `llm` need it.
 llm-env: $(STAMP)
 	$(VENV)/bin/kar llm setup
+
+# A Spark standalone master and two 1-core workers on 127.0.0.1 until Ctrl-C; jobs use it with
+# KAR_SPARK_MASTER=spark://127.0.0.1:PORT (printed) or --master.
+spark-cluster: $(STAMP)
+	$(VENV)/bin/kar spark-cluster
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,6 @@ replaced as a whole: the new table is written beside it and swapped in, so a cra
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from adaptors.artifact import load_adaptor
 from adaptors.hea import HybridExpertAdaptor
+from kar.contracts import storage
 from kar.contracts.errors import DataError
+from kar.contracts.paths import Location
+from kar.contracts.storage import Folder
 from spark_jobs.encoding.schema import VECTOR_SCHEMA, vector_table
 
 KNOWLEDGE_SUFFIX = "_knowledge"
@@ -44,7 +45,7 @@ class ExportedTable:
     """
 
     field: str
-    path: Path
+    path: Folder
     rows: int
     dim: int
 
@@ -60,7 +61,7 @@ def field_kind(field: str) -> str:
     return field.removesuffix(KNOWLEDGE_SUFFIX)
 
 
-def export_adapted(*, run_dir: Path, vectors_dir: Path, out: Path) -> list[ExportedTable]:
+def export_adapted(*, run_dir: Path, vectors_dir: Location, out: Location) -> list[ExportedTable]:
     """Adapt every vector of ``vectors_dir/<kind>`` with the run's adaptor into ``out/<kind>``.
 
     Args:
@@ -79,14 +80,15 @@ def export_adapted(*, run_dir: Path, vectors_dir: Path, out: Path) -> list[Expor
     exported = []
     for field in config.fields:
         kind = field_kind(field)
-        source = Path(vectors_dir) / kind
-        if not source.is_dir():
+        source = storage.location(vectors_dir) / kind
+        if not storage.is_dir(source):
             raise DataError(f"{source}: no vectors for {field!r}; run `kar encode` first")
-        table = _latest_per_cutoff(pq.read_table(source, schema=VECTOR_SCHEMA))
+        table = _latest_per_cutoff(storage.parquet_dataset(source, schema=VECTOR_SCHEMA).to_table())
         adapted = _adapt(adaptor, field, table)
         rows = _vector_table(table, adapted, kind=kind, model=model)
-        _replace_folder(Path(out) / kind, rows)
-        exported.append(ExportedTable(field=field, path=Path(out) / kind, rows=len(rows), dim=config.out_dim))
+        target = storage.location(out) / kind
+        _replace_folder(target, rows)
+        exported.append(ExportedTable(field=field, path=target, rows=len(rows), dim=config.out_dim))
     return exported
 
 
@@ -133,13 +135,12 @@ def _vector_table(source: pa.Table, adapted: np.ndarray, *, kind: str, model: st
     )
 
 
-def _replace_folder(folder: Path, table: pa.Table) -> None:
+def _replace_folder(folder: Folder, table: pa.Table) -> None:
     """Swap ``folder`` for one holding only ``table``; the old folder survives a crash before the swap."""
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
-    staging.mkdir(parents=True)
-    pq.write_table(table, staging / "part-0.parquet")
+    storage.write_parquet(staging / "part-0.parquet", table)
     retired = folder.with_name(f".{folder.name}.old.{uuid.uuid4().hex}")
-    if folder.exists():
-        folder.rename(retired)
-    staging.rename(folder)
-    shutil.rmtree(retired, ignore_errors=True)
+    if storage.exists(folder):
+        storage.move(folder, retired)
+    storage.move(staging, folder)
+    storage.remove_tree(retired)

@@ -22,9 +22,11 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kar.contracts import storage
 from kar.contracts.errors import KarError
 from kar.contracts.paths import local_path, name_or_path
 from kar.contracts.results import AnswerStats, EncodeSummary, KerecSummary, KnowledgeSummary, TrainMetrics
+from kar.contracts.storage import Folder, Uri
 from kar.contracts.tables import SUMMARY_FILE
 from kar.processes import Terminated, sigterm_raises, stopped_by_sigterm
 
@@ -55,12 +57,20 @@ def cli_path(value: str | os.PathLike[str]) -> Path:
         raise typer.BadParameter(str(exc)) from None
 
 
+def cli_location(value: str | os.PathLike[str]) -> Folder:
+    """Path options of the Spark jobs' data: a local path made absolute, a URI (``s3a://``, ``hdfs://``,
+    ``file://``) kept verbatim for Spark and pyarrow (``kar.contracts.storage``)."""
+    return storage.location(value)
+
+
 def cli_name_or_path(value: str) -> str:
     """For options taking a bundled/hub name or a path (models, scenarios): ``kar.contracts.paths.name_or_path``."""
     return name_or_path(value)
 
 
 DataDir = Annotated[Path, typer.Option("--data", parser=cli_path, help="Folder written by `kar prepare`.")]
+# Typer takes no union annotation; these options are declared str and parsed into a Folder (Path or Uri).
+JobDataDir = Annotated[str, typer.Option("--data", parser=cli_location, help="Folder or URI written by `kar prepare`.")]
 RepoOpt = Annotated[
     Path | None,
     typer.Option(
@@ -90,6 +100,8 @@ def _log_folder(arguments: Mapping[str, Any]) -> Path:
     """The command's output folder (``--out``, else ``--data``, else ``--run``); a file option gives its folder."""
     for key in ("out", "data", "run"):
         value = arguments.get(key)
+        if isinstance(value, Uri):
+            value = storage.local_folder(value)  # a file:// URI's folder; no log on remote storage
         if isinstance(value, Path):
             return value.parent if value.suffix else value
     return Path(tempfile.gettempdir()) / "kar"
@@ -216,9 +228,9 @@ def prepare(
     dataset: Annotated[
         str, typer.Option(help="synthetic | movielens-100k | movielens-1m | amazon | table (with --spec)")
     ] = "synthetic",
-    out: Annotated[Path, typer.Option(parser=cli_path, help="Output folder for the prepared tables.")] = Path(
-        "runs/prepared"
-    ),
+    out: Annotated[
+        str, typer.Option(parser=cli_location, help="Output folder or URI for the prepared tables.")
+    ] = "runs/prepared",
     path: Annotated[Path | None, typer.Option(parser=cli_path, help="Input folder of a file-based dataset.")] = None,
     spec: Annotated[
         Path | None, typer.Option(parser=cli_path, help="--dataset table: YAML naming your tables and columns.")
@@ -483,8 +495,10 @@ def _knowledge_lines(summaries: Mapping[str, KnowledgeSummary | KerecSummary]) -
 @app.command()
 @friendly
 def knowledge(
-    data: DataDir,
-    out: Annotated[Path | None, typer.Option(parser=cli_path, help="Output folder (default: DATA/knowledge).")] = None,
+    data: JobDataDir,
+    out: Annotated[
+        str | None, typer.Option(parser=cli_location, help="Output folder (default: DATA/knowledge).")
+    ] = None,
     kind: Annotated[
         list[str] | None, typer.Option(help="user | item | kerec; repeat for several (default: all three).")
     ] = None,
@@ -503,7 +517,7 @@ def knowledge(
         ),
     ] = None,
     cache: Annotated[
-        Path | None, typer.Option(parser=cli_path, help="Answer cache folder (default: OUT/cache).")
+        str | None, typer.Option(parser=cli_location, help="Answer cache folder (default: OUT/cache).")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight per Spark task.")] = 8,
     limit: Annotated[
@@ -596,13 +610,14 @@ def _encode_lines(summaries: Mapping[str, EncodeSummary]) -> list[str]:
 @app.command()
 @friendly
 def encode(
-    data: DataDir,
+    data: JobDataDir,
     knowledge: Annotated[
-        Path | None,
-        typer.Option("--knowledge", parser=cli_path, help="`kar knowledge` output (default: DATA/knowledge)."),
+        str | None,
+        typer.Option("--knowledge", parser=cli_location, help="`kar knowledge` output (default: DATA/knowledge)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(parser=cli_path, help="Output folder for vector tables (default: DATA/vectors).")
+        str | None,
+        typer.Option(parser=cli_location, help="Output folder for vector tables (default: DATA/vectors)."),
     ] = None,
     model: Annotated[
         str | None,
@@ -691,11 +706,13 @@ app.add_typer(adapt_app, name="adapt")
 @friendly
 def adapt_export(
     run: Annotated[Path, typer.Option(parser=cli_path, help="Ranker run trained with knowledge (`kar train --out`).")],
-    data: DataDir,
+    data: JobDataDir,
     vectors: Annotated[
-        Path | None, typer.Option(parser=cli_path, help="Encoded knowledge (default: DATA/vectors).")
+        str | None, typer.Option(parser=cli_location, help="Encoded knowledge (default: DATA/vectors).")
     ] = None,
-    out: Annotated[Path | None, typer.Option(parser=cli_path, help="Adapted tables (default: DATA/adapted).")] = None,
+    out: Annotated[
+        str | None, typer.Option(parser=cli_location, help="Adapted tables (default: DATA/adapted).")
+    ] = None,
 ) -> None:
     """Pre-store adapted knowledge: every user's and item's adapted vector into the Feast *_knowledge_adapted views.
 
@@ -787,6 +804,27 @@ def llm_serve(
         else:
             server = serve_model(model=model, port=port)
     serve_forever(server, on_ready=lambda s: console.print(f"serving {s.served_name} at {s.base_url} (Ctrl-C stops)"))
+
+
+@app.command("spark-cluster")
+@friendly
+def spark_cluster(
+    workers: Annotated[int, typer.Option(help="Workers to start.")] = 2,
+    cores: Annotated[int, typer.Option(help="Cores each worker offers.")] = 1,
+    memory: Annotated[str, typer.Option(help="Memory each worker offers to executors.")] = "2g",
+    log_dir: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Daemon logs and work folders (default: a temp folder).")
+    ] = None,
+) -> None:
+    """Start a Spark standalone master and workers on 127.0.0.1 and keep them up until Ctrl-C."""
+    from kar.spark_cluster import SparkStandaloneCluster, serve_forever
+
+    def ready(cluster: SparkStandaloneCluster) -> None:
+        console.print(f"Spark master at {cluster.master_url} (web UI {cluster.web_ui_url}), {cluster.workers} workers")
+        console.print(f"run a job on it: KAR_SPARK_MASTER={cluster.master_url} kar prepare ... (Ctrl-C stops)")
+
+    cluster = SparkStandaloneCluster(workers=workers, cores=cores, memory=memory, log_dir=log_dir)
+    serve_forever(cluster, on_ready=ready)
 
 
 @llm_app.command("setup")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, name_or_path, optional_local_path
 from kar.contracts.progress import Progress, silent
@@ -26,6 +26,7 @@ from kar.contracts.results import (
     PrepareSummary,
     TrainMetrics,
 )
+from kar.contracts.storage import Folder
 from kar.contracts.timing import StageTimes
 
 # The rankers the demo trains (every bundled model trains with `kar train`).
@@ -63,7 +64,7 @@ def run_prepare(
     from spark_jobs.splits import SplitConfig
 
     step = progress or silent
-    out, path = local_path(out, what="out"), optional_local_path(path, what="path")
+    out, path = storage.location(out), optional_local_path(path, what="path")
     table_spec = TableSpec.load(local_path(spec, what="spec")) if spec is not None else None
     check_input(dataset, path, table_spec)  # before Spark starts: a typo should not cost a JVM start-up
     step("starting Spark")
@@ -90,12 +91,12 @@ def read_summary(data_dir: Location) -> PrepareSummary:
     Raises:
         DataError: No summary there (not a prepared folder), or one this version cannot read.
     """
-    data_dir = local_path(data_dir, what="data")
+    data_dir = storage.location(data_dir)
     path = data_dir / tables.SUMMARY_FILE
-    if not path.is_file():
+    if not storage.is_file(path):
         raise DataError(f"{data_dir}: no {tables.SUMMARY_FILE}; run `kar prepare --out {data_dir}` first")
     try:
-        return PrepareSummary.from_dict(json.loads(path.read_text()))
+        return PrepareSummary.from_dict(json.loads(storage.read_text(path)))
     except (ValueError, TypeError) as e:
         raise DataError(f"{path}: not a summary of `kar prepare`: {e}") from e
 
@@ -497,8 +498,8 @@ def run_knowledge(
     from spark_jobs.session import get_spark
 
     step = progress or silent
-    data_dir, out = local_path(data_dir, what="data"), local_path(out, what="out")
-    cache_dir = optional_local_path(cache_dir, what="cache")
+    data_dir, out = storage.location(data_dir), storage.location(out)
+    cache_dir = storage.optional_location(cache_dir)
     scenario = name_or_path(scenario) if scenario else None
     _checked_knowledge_request(kinds, data_dir, scenario)  # before a 40 s server start
     with llm_endpoint(
@@ -526,7 +527,7 @@ def run_knowledge(
         return {kind: generate_knowledge(spark, kind=kind, job=job, progress=step) for kind in kinds}  # type: ignore[arg-type]
 
 
-def _checked_knowledge_request(kinds: Sequence[str], data_dir: Path, scenario: str | None) -> Any:
+def _checked_knowledge_request(kinds: Sequence[str], data_dir: Folder, scenario: str | None) -> Any:
     """Fail with the fix before any server or JVM starts: an unknown kind, a folder ``kar prepare`` did not
     write, or a scenario whose templates name a field the run may not show. Returns the loaded scenario."""
     from spark_jobs.knowledge.job import JOB_KINDS, scenario_for
@@ -563,7 +564,7 @@ def plan_knowledge(
     from spark_jobs.session import get_spark
 
     step = progress or silent
-    data_dir = local_path(data_dir, what="data")
+    data_dir = storage.location(data_dir)
     scenario_loaded = _checked_knowledge_request(kinds, data_dir, name_or_path(scenario) if scenario else None)
     # The embedded model's tokenizer, when it was built, counts exactly; else the heuristic overestimates.
     embedded = default_cache_dir() / "models" / EMBEDDED_DIRNAME
@@ -621,9 +622,9 @@ def run_encode(
     from spark_jobs.session import get_spark
 
     step = progress or silent
-    data_dir = local_path(data_dir, what="data")
-    knowledge_dir = optional_local_path(knowledge_dir, what="knowledge") or data_dir / "knowledge"
-    out = optional_local_path(out, what="out") or data_dir / "vectors"
+    data_dir = storage.location(data_dir)
+    knowledge_dir = storage.optional_location(knowledge_dir) or data_dir / "knowledge"
+    out = storage.optional_location(out) or data_dir / "vectors"
     model = name_or_path(model) if model else None
     # Fails with the fix before the JVM starts (a typo should not cost ~10 s).
     EncodeJob(
@@ -715,9 +716,9 @@ def run_adapt_export(
     """
     from adaptors.export import export_adapted
 
-    data_dir = local_path(data_dir, what="data")
+    data_dir = storage.location(data_dir)
     return export_adapted(
         run_dir=local_path(run_dir, what="run"),
-        vectors_dir=optional_local_path(vectors_dir, what="vectors") or data_dir / "vectors",
-        out=optional_local_path(out, what="out") or data_dir / "adapted",
+        vectors_dir=storage.optional_location(vectors_dir) or data_dir / "vectors",
+        out=storage.optional_location(out) or data_dir / "adapted",
     )

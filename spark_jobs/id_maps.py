@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow.dataset as ds
-
+from kar.contracts import storage
 from kar.contracts.errors import DataError
+from kar.contracts.paths import Location
+from kar.contracts.storage import Folder
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -25,8 +25,8 @@ KEYS = {"user": "user_id", "item": "item_id"}
 UNKNOWN_ID = -1  # no entity has it: a raw id the map does not know scores as an unknown entity
 
 
-def id_map_path(data_dir: Path, role: str) -> Path:
-    return Path(data_dir) / ID_MAPS_DIR / TABLES[role]
+def id_map_path(data_dir: Location, role: str) -> Folder:
+    return storage.location(data_dir) / ID_MAPS_DIR / TABLES[role]
 
 
 def raw_column(columns: Sequence[str], role: str) -> str:
@@ -52,12 +52,12 @@ class IdMap:
     to_raw: dict[int, str]
 
     @classmethod
-    def load(cls, data_dir: Path, role: str) -> IdMap | None:
+    def load(cls, data_dir: Location, role: str) -> IdMap | None:
         """The map of ``role`` in a prepared folder, or None when its ids are the dataset's own."""
         path = id_map_path(data_dir, role)
-        if not path.is_dir():
+        if not storage.is_dir(path):
             return None
-        table = ds.dataset(path, format="parquet").to_table()
+        table = storage.parquet_dataset(path).to_table()
         raw = raw_column(table.column_names, role)
         raws = [str(v) for v in table[raw].to_pylist()]
         ids = table[KEYS[role]].to_pylist()
@@ -72,12 +72,12 @@ class IdMap:
         return [self.to_raw.get(int(i)) for i in ids]
 
 
-def read_id_map(spark: SparkSession, data_dir: Path, role: str) -> DataFrame | None:
+def read_id_map(spark: SparkSession, data_dir: Location, role: str) -> DataFrame | None:
     """The map as a Spark DataFrame ``(entity_id, entity_key)``, or None when the folder has none."""
     from pyspark.sql import functions as F
 
     path = id_map_path(data_dir, role)
-    if not path.is_dir():
+    if not storage.is_dir(path):
         return None
     df = spark.read.parquet(str(path))
     raw = raw_column(df.columns, role)

@@ -16,7 +16,6 @@ Layout of the output folder (names in ``spark_jobs.schema``)::
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +28,11 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError
 from kar.contracts.progress import Progress
 from kar.contracts.results import PrepareSummary
+from kar.contracts.storage import Folder
 from kar.contracts.timing import StageTimes
 from spark_jobs.datasets import RawTables, TableSpec, load_dataset
 from spark_jobs.datasets.base import PROMPT_FIELDS
@@ -75,7 +75,7 @@ def _reject_unknown(interactions: DataFrame, known: DataFrame, key: str, source:
 
 
 def _clean_tables(
-    raw: RawTables, quarantine_dir: Path
+    raw: RawTables, quarantine_dir: Folder
 ) -> tuple[DataFrame, DataFrame, DataFrame, list[QuarantineReport]]:
     users = _dedupe(raw.users, ["user_id"], "user_id")
     items = _dedupe(raw.items, ["item_id"], "item_id")
@@ -88,7 +88,7 @@ def _clean_tables(
     return users, items, interactions, [users_report, items_report, inter_report]
 
 
-def _write(df: DataFrame, path: Path) -> None:
+def _write(df: DataFrame, path: Folder) -> None:
     df.write.mode("overwrite").parquet(str(path))
 
 
@@ -131,9 +131,11 @@ class _Gates:
     the next stage reads.
     """
 
-    def __init__(self, out: Path, *, enabled: bool) -> None:
+    def __init__(self, out: Folder, *, enabled: bool) -> None:
         self.out = out
-        self.validator = Validator(out_dir=out / VALIDATION_DIR, name="prepare") if enabled else None
+        # Data Docs are files great_expectations writes itself: kept for local folders, in summary.json elsewhere.
+        reports = storage.local_folder(out / VALIDATION_DIR)
+        self.validator = Validator(out_dir=reports, name="prepare") if enabled else None
 
     def observe(self, df: DataFrame, build: SuiteBuilder, *, table: str) -> Check | _Unchecked:
         """Attach ``build()``'s suite to ``df``; rows breaking a row-level rule go to ``quarantine/<stage>/<table>``."""
@@ -151,7 +153,7 @@ class _Gates:
             report.raise_for_failures(kept=f"{kept}; " * bool(kept) + f"tables written so far stay in {self.out}")
         return accepted, report
 
-    def publish(self, check: Check | _Unchecked, path: Path, *, shape: Callable[[DataFrame], DataFrame]) -> None:
+    def publish(self, check: Check | _Unchecked, path: Folder, *, shape: Callable[[DataFrame], DataFrame]) -> None:
         """Write ``shape(check.accepted)`` to ``path``; with the gates on, aside first and renamed once it passes."""
         if self.validator is None:
             _write(shape(check.accepted), path)
@@ -159,7 +161,7 @@ class _Gates:
         staged = _staged(path)
         _write(shape(check.accepted), staged)
         self.settle(check, kept=f"the failed batch is in {staged}")
-        _replace(staged, path)
+        storage.replace_tree(staged, path)
 
     def check_frame(self, frame: DataFrame, build: SuiteBuilder, *, kept: str = "") -> None:
         """Validate a small derived frame (batch-level only) in a pass of its own."""
@@ -173,18 +175,12 @@ class _Gates:
         return {r.suite: r.as_dict() for r in self.validator.reports}
 
 
-def _staged(path: Path) -> Path:
+def _staged(path: Folder) -> Folder:
     """Where a gated table is written before its batch passed."""
     return path.with_name(path.name + UNPUBLISHED)
 
 
-def _replace(source: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    source.rename(target)
-
-
-def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol: str) -> dict[str, dict[str, float]]:
+def _publish_samples(spark: SparkSession, gates: _Gates, out: Folder, *, protocol: str) -> dict[str, dict[str, float]]:
     """Validate the samples written to ``samples.unpublished`` and publish them; returns per-split statistics.
 
     The samples are judged beside their user's knowledge cutoff, then per split. Rows that break a row rule stay
@@ -206,9 +202,9 @@ def _publish_samples(spark: SparkSession, gates: _Gates, out: Path, *, protocol:
     per_split.unpersist()
     if rejected:
         _write(accepted.drop("knowledge_cutoff"), path)
-        shutil.rmtree(staged)
+        storage.remove_tree(staged)
     else:
-        _replace(staged, path)
+        storage.replace_tree(staged, path)
     return rates
 
 
@@ -226,7 +222,7 @@ def _canonical(interactions: DataFrame, raw: RawTables) -> DataFrame:
 
 
 def _publish_profiles(
-    gates: _Gates, raw: RawTables, users: DataFrame, items: DataFrame, *, out: Path, valid_from: Column
+    gates: _Gates, raw: RawTables, users: DataFrame, items: DataFrame, *, out: Folder, valid_from: Column
 ) -> None:
     """Write the user and item profiles through their gates, each valid from ``valid_from``."""
 
@@ -244,7 +240,7 @@ def _publish_profiles(
     )
 
 
-def _write_splits(interactions: DataFrame, split: SplitConfig, *, out: Path) -> dict[str, object]:
+def _write_splits(interactions: DataFrame, split: SplitConfig, *, out: Folder) -> dict[str, object]:
     """Write the samples (staged until their gate passes), the knowledge histories and cutoffs; returns the
     split's boundaries."""
     splits = make_splits(interactions, split)
@@ -259,7 +255,7 @@ def prepare(
     *,
     spark: SparkSession,
     dataset: str,
-    out: Path,
+    out: Folder,
     path: Path | None = None,
     split: SplitConfig | None = None,
     synthetic=None,
@@ -293,7 +289,7 @@ def prepare(
     times = timings or StageTimes()
     step = times.steps(progress)
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out)
     now = now or datetime.now(UTC)
     max_timestamp = int((now + timedelta(days=1)).timestamp())
     gates = _Gates(out, enabled=validate)
@@ -359,7 +355,7 @@ def prepare(
         # Wall seconds per step (and the Spark start when the caller timed it): the job's fixed cost, named.
         stage_seconds=times.as_dict(),
     )
-    (out / tables.SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    storage.write_text(out / tables.SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str))
     canonical.unpersist()
     return summary
 

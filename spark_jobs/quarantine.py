@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from kar.contracts.errors import DataError
+from kar.contracts.storage import Folder
 from spark_jobs.fields import REASON
 from spark_jobs.records import META_COLUMNS
 
@@ -44,7 +44,7 @@ def split_quarantine(
     df: DataFrame,
     *,
     table: str,
-    out_dir: Path,
+    out_dir: Folder,
     max_reject_fraction: float = MAX_REJECT_FRACTION,
 ) -> tuple[DataFrame, QuarantineReport]:
     """Write rejected rows of ``df`` to ``out_dir/<table>`` and return the accepted rows without meta columns.

@@ -7,9 +7,6 @@ offline store rejects nanosecond parquet).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pyarrow.dataset as ds
 from pyspark.sql.types import (
     ArrayType,
     DoubleType,
@@ -20,6 +17,9 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from kar.contracts import storage
+from kar.contracts.paths import Location
 
 INTERACTIONS = StructType(
     [
@@ -58,9 +58,9 @@ HISTORY_LEN = 10
 SPLITS = ("train", "val", "test")
 
 
-def parquet_rows(path: Path) -> int:
+def parquet_rows(path: Location) -> int:
     """Rows of a parquet table (a file or folder), from the files' footers: no data is read.
 
     Jobs use it to pick their plan: a small table is cheaper on the driver than as Spark jobs.
     """
-    return ds.dataset(path, format="parquet").count_rows()
+    return storage.parquet_dataset(path).count_rows()

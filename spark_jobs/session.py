@@ -100,6 +100,12 @@ def _stop_requests_deferred() -> Iterator[None]:
             os.kill(os.getpid(), held[0])
 
 
+def _on_loopback(master: str) -> bool:
+    """``local[*]`` and friends, or a ``spark://`` master on this machine's loopback."""
+    host = master.removeprefix("spark://").split(":", 1)[0]
+    return master.startswith("local") or (master.startswith("spark://") and host in ("127.0.0.1", "localhost"))
+
+
 def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: Mapping[str, str] | None = None):
     """Return the active SparkSession or build one.
 
@@ -121,14 +127,19 @@ def get_spark(*, app_name: str = "kar-feast", master: str | None = None, conf: M
     # Workers must run the interpreter that has our packages (the venv), not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    launcher_master = SparkConf().get("spark.master", None)
+    launcher = SparkConf()
+    launcher_master = launcher.get("spark.master", None)
     resolved_master = master or os.environ.get("KAR_SPARK_MASTER") or launcher_master or "local[*]"
-    if resolved_master.startswith("local"):
-        # A local job needs no network: bind to loopback instead of whatever the hostname resolves to.
+    if _on_loopback(resolved_master):
+        # A local job (or a cluster on this machine's loopback) needs no network: bind the driver to loopback
+        # instead of whatever the hostname resolves to, so the executors can reach it.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name).master(resolved_master)
     quiet_logs = {"spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={_LOG4J_CONFIG}"}
-    for key, value in {**_DEFAULT_CONF, **quiet_logs, **_env_conf(), **(conf or {})}.items():
+    # On a cluster the executors start their own Python workers: the venv's, named explicitly (a cluster's
+    # defaults may say otherwise), unless spark-submit named one; KAR_SPARK_CONF or conf still win.
+    python = {} if launcher.contains("spark.pyspark.python") else {"spark.pyspark.python": os.environ["PYSPARK_PYTHON"]}
+    for key, value in {**_DEFAULT_CONF, **quiet_logs, **python, **_env_conf(), **(conf or {})}.items():
         builder = builder.config(key, value)
     with _stop_requests_deferred():
         spark = builder.getOrCreate()

@@ -66,6 +66,18 @@ def tiny_prepared(spark, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A private Spark standalone cluster for the session: a master and two 1-core workers on loopback, executors
+    in their own JVMs (start-up ~15 s), stopped by pid. Its logs stay in the session's temp folder."""
+    from kar.spark_cluster import SparkStandaloneCluster
+
+    with SparkStandaloneCluster(
+        workers=2, cores=1, memory="2g", log_dir=tmp_path_factory.mktemp("spark-cluster")
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def _redis_process():
     """One private redis-server (from apt) on a free loopback port for the session, stopped by its pid.
 

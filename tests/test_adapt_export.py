@@ -40,6 +40,21 @@ def test_export_writes_one_adapted_vector_per_entity_and_cutoff(knowledge_run: d
         assert set(adapted["dim"]) == {ADAPTED} and adapted["model"].str.startswith("hea@").all()
 
 
+def test_export_reads_and_writes_file_uris_with_a_space(knowledge_run: dict, tmp_path: Path) -> None:
+    root = knowledge_run["root"]
+    shutil.copytree(root / "vectors", tmp_path / "with space" / "vectors")
+    uri = f"file://{tmp_path}/with space"
+    exported = run_adapt_export(
+        run_dir=knowledge_run["run"], data_dir=root, vectors_dir=f"{uri}/vectors", out=f"{uri}/adapted"
+    )
+    assert [str(t.path) for t in exported] == [f"{uri}/adapted/user", f"{uri}/adapted/item"]
+    for kind in ("user", "item"):
+        written = pq.read_table(tmp_path / "with space" / "adapted" / kind).to_pandas().sort_values("entity_id")
+        default = pq.read_table(root / "adapted" / kind).to_pandas().sort_values("entity_id")
+        np.testing.assert_array_equal(np.stack(written["vector"]), np.stack(default["vector"]))
+    assert sorted(p.name for p in (tmp_path / "with space" / "adapted").iterdir()) == ["item", "user"]
+
+
 @pytest.mark.parametrize("online", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_feast_online_vectors_equal_the_adaptor_and_scores_equal_offline(
     knowledge_run: dict, online: str, request: pytest.FixtureRequest

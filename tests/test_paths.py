@@ -40,7 +40,8 @@ def test_a_windows_like_or_colon_name_is_a_path_not_a_uri():
 
 
 def test_file_uris_become_local_paths_and_other_schemes_are_named_in_one_sentence():
-    assert local_path("file:///tmp/a%20folder/x") == Path("/tmp/a folder/x")
+    assert local_path("file:///tmp/a folder/x") == Path("/tmp/a folder/x")
+    assert local_path("file:///tmp/a%20b") == Path("/tmp/a%20b")  # as Spark (Hadoop) reads it: not decoded
     assert local_path("file://localhost/tmp/x") == Path("/tmp/x")
     with pytest.raises(DataError, match=r"^out s3a://bucket/x: only local folders and file:// URIs"):
         local_path("s3a://bucket/x", what="out")

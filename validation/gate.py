@@ -45,7 +45,9 @@ from great_expectations.data_context.types.resource_identifiers import (
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
+from kar.contracts import storage
 from kar.contracts.errors import QualityGateFailed
+from kar.contracts.storage import Folder
 from validation.rows import FAILED, failed_column, is_table_rule, row_rule, table_rule
 from validation.suites import expectation_name, is_row_level, min_rows
 
@@ -187,7 +189,7 @@ class Check:
     """
 
     def __init__(
-        self, *, validator: Validator, df: DataFrame, suite: gx.ExpectationSuite, quarantine: Path | None
+        self, *, validator: Validator, df: DataFrame, suite: gx.ExpectationSuite, quarantine: Folder | None
     ) -> None:
         self._validator, self._df, self._suite, self._quarantine = validator, df, suite, quarantine
         self._row_expectations = [e for e in suite.expectations if is_row_level(e)]
@@ -249,8 +251,8 @@ class Check:
         rows, rejected = int(counts[f"{_KEY}rows"]), int(counts[f"{_KEY}rejected"] or 0)
         judged = self._outcomes(counts)
         accepted, where = self._df, None
-        if self._quarantine is not None and self._quarantine.exists() and not rejected:
-            shutil.rmtree(self._quarantine)  # rewritten every run: it tells the truth about the current data
+        if self._quarantine is not None and not rejected:
+            storage.remove_tree(self._quarantine)  # rewritten every run: it tells the truth about the current data
         if rejected:
             if self._quarantine is not None:
                 marked = self._frame.withColumn(FAILED, failed_column(self._rules)).where(F.size(FAILED) > 0)
@@ -362,7 +364,7 @@ class Validator:
         self._context.validation_results_store.set(key, result)
         return made
 
-    def observe(self, df: DataFrame, suite: gx.ExpectationSuite, *, quarantine: Path | None = None) -> Check:
+    def observe(self, df: DataFrame, suite: gx.ExpectationSuite, *, quarantine: Folder | None = None) -> Check:
         """Attach ``suite`` to ``df``: when the job writes :attr:`Check.accepted`, its row rules and table
         aggregates are counted during that write, with no pass of the gate's own (for small tables: see
         :class:`Check`); else :meth:`Check.report` counts in a pass of its own.
@@ -379,7 +381,7 @@ class Validator:
         return Check(validator=self, df=df, suite=suite, quarantine=quarantine)
 
     def validate(
-        self, df: DataFrame, suite: gx.ExpectationSuite, *, quarantine: Path | None = None
+        self, df: DataFrame, suite: gx.ExpectationSuite, *, quarantine: Folder | None = None
     ) -> tuple[DataFrame, ValidationReport]:
         """Validate a Spark DataFrame now, in a pass of its own; returns the accepted rows and the report (never
         raises on failures). Prefer :meth:`observe` where the job reads the batch anyway.

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError
+from kar.contracts.storage import Folder
 from spark_jobs import schema
 from validation import hallucination, suites
 from validation.frames import (
@@ -34,8 +34,8 @@ from validation.gate import VALIDATION_DIR, ValidationReport, Validator
 SMALL_VECTOR_ROWS = 50_000
 
 
-def _read(spark: SparkSession, path: Path, *, fix: str) -> Any:
-    if not path.is_dir():
+def _read(spark: SparkSession, path: Folder, *, fix: str) -> Any:
+    if not storage.is_dir(path):
         raise DataError(f"{path}: not found; {fix}")
     return spark.read.parquet(str(path))
 
@@ -100,18 +100,18 @@ def embeddings(
     data_dir: Path | None,
     v: Validator,
     *,
-    vectors_dir: Path | None = None,
+    vectors_dir: Folder | None = None,
     kinds: tuple[str, ...] = tables.KINDS,
 ) -> dict[str, Any]:
     vectors_dir = vectors_dir or Path(data_dir or ".") / "vectors"
     for kind in kinds:
         path = vectors_dir / kind
         fix = f"run `kar encode --data {data_dir}` first"
-        if not path.is_dir():
+        if not storage.is_dir(path):
             raise DataError(f"{path}: not found; {fix}")
         if schema.parquet_rows(path) <= SMALL_VECTOR_ROWS:
             # In numpy: for a table this small, Spark's job scheduling costs ~30× the arithmetic.
-            table = ds.dataset(path, format="parquet").to_table(columns=["vector", "dim"])
+            table = storage.parquet_dataset(path).to_table(columns=["vector", "dim"])
             v.validate_pandas(vector_stats_frame(table), suites.embeddings(kind))
             if table.num_rows >= 2:  # a spread needs two vectors
                 v.validate_pandas(vector_spread_frame(table), suites.embedding_spread(kind))

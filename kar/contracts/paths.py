@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from kar.contracts.errors import DataError
 
@@ -54,7 +54,8 @@ def local_path(location: Location, *, what: str | None = None) -> Path:
         return resolved
     parsed = urlparse(resolved)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(unquote(parsed.path))
+        # Taken as written, as Hadoop (so Spark) reads it: the jobs' tables and this path must be one folder.
+        return Path(parsed.path)
     named = f"{what} {resolved}" if what else resolved
     raise DataError(f"{named}: only local folders and file:// URIs are supported here")
 

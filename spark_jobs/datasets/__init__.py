@@ -7,6 +7,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from kar.contracts.errors import DataError
+from kar.contracts.storage import Folder
 from spark_jobs.datasets.amazon import load_amazon
 from spark_jobs.datasets.base import RawTables, require_dir
 from spark_jobs.datasets.movielens import load_movielens_1m, load_movielens_100k
@@ -34,7 +35,7 @@ def load_dataset(
     name: str,
     *,
     path: Path | None,
-    work_dir: Path,
+    work_dir: Folder,
     max_timestamp: int,
     synthetic=None,
     spec: TableSpec | None = None,

@@ -6,13 +6,14 @@ exercises the same code path users run on their logs.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from kar.contracts import storage
 from kar.contracts.errors import DataError
+from kar.contracts.storage import Folder
 from spark_jobs.datasets.base import MIN_TIMESTAMP, RawTables
 from spark_jobs.datasets.synthetic import SyntheticConfig, generate
 from spark_jobs.fields import FieldSpec, apply_field_specs
@@ -20,21 +21,20 @@ from spark_jobs.fields import FieldSpec, apply_field_specs
 RAW_DIR = "raw"
 
 
-def _write_raw(frame: pd.DataFrame, path: Path) -> None:
+def _write_raw(frame: pd.DataFrame, path: Folder) -> None:
     # Row numbers stand in for line numbers, so a rejected generated row is as traceable as a file line.
     frame = frame.reset_index(drop=True)
     frame.insert(0, "_line", frame.index.astype("int64") + 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    storage.write_parquet(path, pa.Table.from_pandas(frame, preserve_index=False))
 
 
-def _read_raw(spark: SparkSession, path: Path) -> DataFrame:
+def _read_raw(spark: SparkSession, path: Folder) -> DataFrame:
     return spark.read.parquet(str(path)).withColumns(
         {"_file": F.lit(path.name), "_raw": F.lit(None).cast("string"), "_error": F.lit(None).cast("string")}
     )
 
 
-def write_synthetic(work_dir: Path, config: SyntheticConfig | None = None) -> Path:
+def write_synthetic(work_dir: Folder, config: SyntheticConfig | None = None) -> Folder:
     """Generate the synthetic dataset into ``work_dir/raw`` (parquet with row numbers); returns that folder."""
     data = generate(config or SyntheticConfig())
     raw = work_dir / RAW_DIR
@@ -47,10 +47,10 @@ def write_synthetic(work_dir: Path, config: SyntheticConfig | None = None) -> Pa
 def load_synthetic(
     spark: SparkSession,
     *,
-    work_dir: Path,
+    work_dir: Folder,
     max_timestamp: int,
     config: SyntheticConfig | None = None,
-    raw_dir: Path | None = None,
+    raw_dir: Folder | None = None,
 ) -> RawTables:
     """Load the synthetic dataset as typed raw tables.
 
@@ -65,7 +65,7 @@ def load_synthetic(
         raw = write_synthetic(work_dir, config)
     else:
         raw = raw_dir
-        missing = [n for n in ("users", "items", "interactions") if not (raw / f"{n}.parquet").is_file()]
+        missing = [n for n in ("users", "items", "interactions") if not storage.is_file(raw / f"{n}.parquet")]
         if missing:
             raise DataError(f"{raw}: no {', '.join(n + '.parquet' for n in missing)}; pass a generated raw/ folder")
 

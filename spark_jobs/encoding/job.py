@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,10 +43,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError, EnvironmentProblem, ModelUnavailable
 from kar.contracts.progress import Progress, silent
 from kar.contracts.results import EncodeSummary
+from kar.contracts.storage import Folder
 from kar.contracts.timing import StageTimes
 from spark_jobs.encoding.model import (
     DEFAULT_BATCH_SIZE,
@@ -125,8 +125,8 @@ class EncodeJob:
             torch threads instead of Spark tasks (same parts, same resume rules); 0: always Spark.
     """
 
-    knowledge_dir: Path
-    out: Path
+    knowledge_dir: Folder
+    out: Folder
     model: str | None = None
     kinds: tuple[str, ...] = KINDS
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -136,7 +136,7 @@ class EncodeJob:
     fault_nan_entity_ids: frozenset[int] = frozenset()
     fault_block_after_parts: int | None = None
     text_column: str = "text"
-    id_maps_of: Path | None = None
+    id_maps_of: Folder | None = None
     compact: bool = True
     driver_max_texts: int = DRIVER_MAX_TEXTS
 
@@ -161,13 +161,13 @@ class EncodeJob:
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             raise DataError(f"encode: unknown kind(s) {', '.join(unknown)}; use {' or '.join(KINDS)}")
-        if not self.knowledge_dir.is_dir():
+        if not storage.is_dir(self.knowledge_dir):
             raise DataError(f"{self.knowledge_dir}: no knowledge folder; {knowledge_fix(self.knowledge_dir)}")
         for kind in self.kinds:
             _require_table(self.knowledge_dir, kind)
 
 
-def knowledge_fix(knowledge_dir: Path, kind: str | None = None) -> str:
+def knowledge_fix(knowledge_dir: Folder, kind: str | None = None) -> str:
     """The ``kar knowledge`` command that writes ``knowledge_dir`` (or one kind of it)."""
     # `kar knowledge --data DATA` writes DATA/knowledge unless told otherwise.
     default = knowledge_dir.name == "knowledge"
@@ -175,22 +175,22 @@ def knowledge_fix(knowledge_dir: Path, kind: str | None = None) -> str:
     return f"run `kar knowledge {where}{f' --kind {kind}' if kind else ''}` first"
 
 
-def _require_table(knowledge_dir: Path, kind: str) -> Path:
+def _require_table(knowledge_dir: Folder, kind: str) -> Folder:
     path = knowledge_dir / kind
-    files = list(path.iterdir()) if path.is_dir() else []
-    if not any(p.suffix == ".parquet" and not p.name.startswith(("_", ".")) for p in files):
+    names = storage.list_names(path)
+    if not any(n.endswith(".parquet") and not n.startswith(("_", ".")) for n in names):
         raise DataError(f"{path}: no {kind} knowledge table; {knowledge_fix(knowledge_dir, kind)}")
     return path
 
 
-def knowledge_table(knowledge_dir: Path, kind: str, *, text_column: str = "text") -> tuple[ds.Dataset, list[str]]:
+def knowledge_table(knowledge_dir: Folder, kind: str, *, text_column: str = "text") -> tuple[ds.Dataset, list[str]]:
     """One kind's knowledge table (pyarrow, schema from the footers: no data read) and the columns the job reads.
 
     Raises:
         DataError: The table is missing, empty of files, or lacks a column the job needs.
     """
     path = _require_table(knowledge_dir, kind)
-    dataset = ds.dataset(path, format="parquet")
+    dataset = storage.parquet_dataset(path)
     needed = list(dict.fromkeys((ID_COLUMNS[kind], "as_of", "status", "text", text_column)))
     missing = [c for c in needed if c not in dataset.schema.names]
     if missing:
@@ -202,10 +202,10 @@ def knowledge_table(knowledge_dir: Path, kind: str, *, text_column: str = "text"
 def read_knowledge(
     spark: SparkSession,
     *,
-    knowledge_dir: Path,
+    knowledge_dir: Folder,
     kind: str,
     text_column: str = "text",
-    id_maps_of: Path | None = None,
+    id_maps_of: Folder | None = None,
 ) -> DataFrame:
     """One kind's knowledge rows with ``entity_id``, ``entity_key``, ``text_hash`` and ``reason`` (null =
     encodable). ``entity_key`` is the dataset's own id from the prepared folder ``id_maps_of`` (its id maps),
@@ -401,7 +401,9 @@ def prune(spark: SparkSession, *, table: PartTable, parts: Sequence[str], curren
         return 0
     schema = from_arrow_schema(VECTOR_SCHEMA)
     existing = (
-        spark.read.schema(schema).parquet(*parts).select(*KEY_COLUMNS, "created_at", F.input_file_name().alias("_file"))
+        spark.read.schema(schema)
+        .parquet(*(storage.spark_path(table.root, p) for p in parts))
+        .select(*KEY_COLUMNS, "created_at", F.input_file_name().alias("_file"))
     )
     newest_first = Window.partitionBy(*KEY_COLUMNS).orderBy(F.col("created_at").desc(), F.col("_file"))
     marked = current.select(*KEY_COLUMNS).distinct().withColumn("_current", F.lit(True))
@@ -476,7 +478,8 @@ def _plan_in_spark(
     encodable = rows.filter(F.col("reason").isNull()).dropDuplicates(list(KEY_COLUMNS))
     with times.stage("already_encoded"):
         if mine:
-            done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*mine).select(*KEY_COLUMNS).distinct()
+            paths = [storage.spark_path(job.vectors(kind).root, p) for p in mine]
+            done = spark.read.schema(from_arrow_schema(VECTOR_SCHEMA)).parquet(*paths).select(*KEY_COLUMNS).distinct()
             marked = encodable.join(done.withColumn("_done", F.lit(True)), list(KEY_COLUMNS), "left")
         else:
             marked = encodable.withColumn("_done", F.lit(None).cast("boolean"))
@@ -539,7 +542,7 @@ def _plan_in_arrow(
 
 
 def read_knowledge_arrow(
-    *, knowledge_dir: Path, kind: str, text_column: str = "text", id_maps_of: Path | None = None
+    *, knowledge_dir: Folder, kind: str, text_column: str = "text", id_maps_of: Folder | None = None
 ) -> pd.DataFrame:
     """:func:`read_knowledge` with pyarrow, as pandas: the same columns and reasons (``as_of`` in UTC).
 
@@ -766,8 +769,8 @@ def encode_kind(
 def encode_knowledge(
     spark: SparkSession,
     *,
-    knowledge_dir: Path,
-    out: Path,
+    knowledge_dir: Folder,
+    out: Folder,
     model: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     kinds: Sequence[str] = KINDS,
@@ -777,7 +780,7 @@ def encode_knowledge(
     fault_nan_entity_ids: Sequence[int] = (),
     fault_block_after_parts: int | None = None,
     text_column: str = "text",
-    id_maps_of: Path | None = None,
+    id_maps_of: Folder | None = None,
     compact: bool = True,
     driver_max_texts: int | None = None,
     progress: Progress | None = None,
@@ -793,8 +796,8 @@ def encode_knowledge(
         KarError: The model could not be loaded.
     """
     job = EncodeJob(
-        knowledge_dir=Path(knowledge_dir),
-        out=Path(out),
+        knowledge_dir=storage.location(knowledge_dir),
+        out=storage.location(out),
         model=model,
         kinds=tuple(kinds),
         batch_size=batch_size,
@@ -823,7 +826,8 @@ def encode_knowledge(
 
     gate_started = time.perf_counter()
     # Docs only on a failure: a small incremental run would spend as long rendering them as encoding.
-    validator = Validator(out_dir=job.out.parent / VALIDATION_DIR, name="encode", docs_on_pass=False)
+    reports = storage.local_folder(job.out.parent / VALIDATION_DIR)
+    validator = Validator(out_dir=reports, name="encode", docs_on_pass=False)
     stages.embeddings(spark, None, validator, vectors_dir=job.out, kinds=job.kinds)
     validator.finish()
     gate_seconds = time.perf_counter() - gate_started

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from spark_jobs.llm.cache import PART_PREFIX, TMP_PREFIX, filesystem
+from kar.contracts.storage import filesystem
+from spark_jobs.llm.cache import PART_PREFIX, TMP_PREFIX
 
 
 class PartTable:
@@ -102,6 +103,6 @@ class PartTable:
 
     def local(self, path: str) -> str:
         """A path as this table's filesystem names it (Spark reports local files as ``file:`` URIs)."""
-        if "://" in self.root or not path.startswith("file:"):
+        if not isinstance(self._fs, pafs.LocalFileSystem) or not path.startswith("file:"):
             return path
         return unquote(urlparse(path).path)

@@ -21,6 +21,7 @@ claims are scored against the item table (``OUT/hallucination/item``). A batch-l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -36,10 +37,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError, EndpointDown, EndpointRejected, error_class
 from kar.contracts.progress import Progress
 from kar.contracts.results import KerecSummary, KnowledgeSummary
+from kar.contracts.storage import Folder
 from kar.contracts.timing import StageTimes
 from spark_jobs.knowledge import kerec, prompts
 from spark_jobs.knowledge.config import (
@@ -110,20 +112,20 @@ class KnowledgeJob:
         validation_dir: Where the gates' JSON results and Data Docs go (default ``DATA/validation``).
     """
 
-    data_dir: Path
-    out: Path
+    data_dir: Folder
+    out: Folder
     endpoint: Endpoint
     model: str
     scenario: str | Path | None = None
-    cache_dir: str | Path | None = None
+    cache_dir: Folder | None = None
     tokenizer: str | Path | None = None
     limit: int | None = None
     pricing: Pricing = field(default_factory=Pricing)
     tasks: int | None = None
     kerec_max_pairs: int = 500
-    validation_dir: Path | None = None
+    validation_dir: Folder | None = None
 
-    def validation_out(self) -> Path:
+    def validation_out(self) -> Folder:
         """JSON results and Data Docs of the gates (default ``DATA/validation``, beside the prepare job's)."""
         return self.validation_dir or self.data_dir / VALIDATION_DIR
 
@@ -134,12 +136,12 @@ class KnowledgeJob:
         return AnswerCache(self.cache_dir or self.out / "cache")
 
 
-def scenario_for(data_dir: Path, scenario: str | Path | None = None) -> Scenario:
+def scenario_for(data_dir: Folder, scenario: str | Path | None = None) -> Scenario:
     """``scenario`` (a bundled name or a YAML path), else the prepared dataset's default scenario."""
     if scenario is not None:
         return load_scenario(scenario)
-    summary = Path(data_dir) / tables.SUMMARY_FILE
-    dataset = json.loads(summary.read_text())["dataset"] if summary.is_file() else "synthetic"
+    summary = storage.location(data_dir) / tables.SUMMARY_FILE
+    dataset = json.loads(storage.read_text(summary))["dataset"] if storage.is_file(summary) else "synthetic"
     return load_scenario(scenario_for_dataset(dataset))
 
 
@@ -161,7 +163,7 @@ def cached_answers(spark: SparkSession, cache: AnswerCache) -> DataFrame:
     answer_schema = from_arrow_schema(ANSWER_SCHEMA)
     if not parts:
         return spark.createDataFrame([], answer_schema)
-    answers = spark.read.schema(answer_schema).parquet(*parts)
+    answers = spark.read.schema(answer_schema).parquet(*(storage.spark_path(cache.root, p) for p in parts))
     order = Window.partitionBy("key").orderBy((F.col("status") == "error").asc(), F.col("created_at").desc())
     return answers.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
@@ -261,8 +263,10 @@ def answer_prompts(
     stats = {"prompts": total, "cached": total - n_todo, "calls": 0, "tokens_in": 0, "tokens_out": 0}
     if n_todo:
         progress(f"asking the LLM for {n_todo} {kind} answers ({total - n_todo} cached)")
+        # The key is read from the driver's environment here: a cluster's executors do not inherit it.
+        endpoint = dataclasses.replace(job.endpoint, api_key=job.endpoint.key())
         runner = _answer_tasks(
-            endpoint=job.endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
+            endpoint=endpoint, model=job.model, params=spec.sampling.to_request(), cache_root=cache.uri
         )
         with _CacheWatcher(cache, total=n_todo, label=kind, progress=progress):
             # Round-robin, not by key: equal task sizes, so no task idles its slots while another still queues.
@@ -291,7 +295,7 @@ def _reason() -> F.Column:
     return F.concat_ws(": ", F.col("status"), F.coalesce(F.col("error"), F.col("finish_reason")))
 
 
-def write_answers(joined: DataFrame, *, kind: Kind, out: Path, validator: Validator | None = None) -> None:
+def write_answers(joined: DataFrame, *, kind: Kind, out: Folder, validator: Validator | None = None) -> None:
     """Usable answers to ``OUT/<table>``, the rest to ``OUT/quarantine/<table>``.
 
     With a ``validator``, usable answers that break a row-level rule of ``validation.suites.answers`` go to
@@ -413,7 +417,7 @@ def generate_knowledge(
     scenario = job.load_scenario()
     _require_prepared(job.data_dir)
     fields = prompts.prompt_fields_for(job.data_dir, scenario)
-    validator = Validator(out_dir=job.validation_out(), name=f"knowledge-{kind}")
+    validator = Validator(out_dir=storage.local_folder(job.validation_out()), name=f"knowledge-{kind}")
     if kind == "user":
         frame = prompts.user_prompts(spark, job.data_dir, scenario=scenario, tokenizer=job.tokenizer, fields=fields)
         _, summary = _run_kind(
@@ -513,7 +517,7 @@ def plan_prompts(
     spark: SparkSession,
     *,
     kind: Literal["user", "item", "entity"],
-    data_dir: Path,
+    data_dir: Folder,
     scenario: Scenario,
     limit: int | None = None,
     tokenizer: str | Path | None = None,
@@ -552,7 +556,7 @@ def plan_prompts(
 
 
 def write_prompt_tables(
-    spark: SparkSession, *, data_dir: Path, out: Path, scenario: Scenario, tokenizer: str | Path | None = None
+    spark: SparkSession, *, data_dir: Folder, out: Folder, scenario: Scenario, tokenizer: str | Path | None = None
 ) -> dict[str, int]:
     """The no-LLM control's input, with no LLM call: each user's and item's prompt as a knowledge table.
 
@@ -582,11 +586,11 @@ def write_prompt_tables(
     return written
 
 
-def _require_prepared(data_dir: Path) -> None:
+def _require_prepared(data_dir: Folder) -> None:
     missing = [
         d
         for d in (tables.USERS_DIR, tables.ITEMS_DIR, tables.HISTORY_DIR, tables.CUTOFFS_DIR)
-        if not (data_dir / d).is_dir()
+        if not storage.is_dir(data_dir / d)
     ]
     if missing:
         raise DataError(
@@ -594,12 +598,9 @@ def _require_prepared(data_dir: Path) -> None:
         )
 
 
-def write_summary(out: Path, kind: str, entry: Mapping[str, Any]) -> None:
+def write_summary(out: Folder, kind: str, entry: Mapping[str, Any]) -> None:
     """Set ``kind``'s entry in ``out/summary.json``, keeping the other kinds' entries."""
     path = out / tables.SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = json.loads(storage.read_text(path)) if storage.is_file(path) else {}
     summary[kind] = entry
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(path)
+    storage.write_text(path, json.dumps(summary, indent=2, default=str))

@@ -25,8 +25,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from kar.contracts import tables
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError
+from kar.contracts.storage import Folder
 from spark_jobs.datasets.base import ITEM_COLUMNS as ITEM_COLUMNS_DEFAULT
 from spark_jobs.datasets.base import PROMPT_FIELDS
 from spark_jobs.datasets.base import USER_COLUMNS as USER_COLUMNS_DEFAULT
@@ -284,25 +285,25 @@ def build_item_prompt(
 # ---------------------------------------------------------------------------------------------- Spark jobs
 
 
-def table_columns(data_dir: Path, name: str, *, key: str) -> list[str]:
+def table_columns(data_dir: Folder, name: str, *, key: str) -> list[str]:
     """A prepared table's attribute columns (its id and timestamp left out), from the parquet schema alone."""
-    import pyarrow.dataset as ds
 
-    path = Path(data_dir) / name
-    if not path.is_dir():
+    path = storage.location(data_dir) / name
+    if not storage.is_dir(path):
         raise DataError(f"{path}: table not found; run `kar prepare --out {data_dir}` first")
-    return [c for c in ds.dataset(path, format="parquet").schema.names if c not in (key, "event_timestamp")]
+    schema = storage.parquet_dataset(path).schema
+    return [c for c in schema.names if c not in (key, "event_timestamp")]
 
 
-def prompt_fields_for(data_dir: Path, scenario: Scenario) -> PromptFields:
+def prompt_fields_for(data_dir: Folder, scenario: Scenario) -> PromptFields:
     """What ``scenario``'s prompts may show for the prepared folder: the scenario's allow-list within the
     dataset's ``prompt_fields`` (``summary.json``; the bundled datasets' defaults for older folders).
 
     Raises:
         DataError: A template field no table provides or no allow-list lets through.
     """
-    summary_path = Path(data_dir) / tables.SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary_path = storage.location(data_dir) / tables.SUMMARY_FILE
+    summary = json.loads(storage.read_text(summary_path)) if storage.is_file(summary_path) else {}
     columns = {
         "user": table_columns(data_dir, tables.USERS_DIR, key="user_id"),
         "item": table_columns(data_dir, tables.ITEMS_DIR, key="item_id"),
@@ -310,9 +311,9 @@ def prompt_fields_for(data_dir: Path, scenario: Scenario) -> PromptFields:
     return resolve_prompt_fields(scenario, allowed=summary.get("prompt_fields") or PROMPT_FIELDS, columns=columns)
 
 
-def _read(spark: SparkSession, data_dir: Path, name: str) -> DataFrame:
-    path = Path(data_dir) / name
-    if not path.is_dir():
+def _read(spark: SparkSession, data_dir: Folder, name: str) -> DataFrame:
+    path = storage.location(data_dir) / name
+    if not storage.is_dir(path):
         raise DataError(f"{path}: table not found; run `kar prepare --out {data_dir}` first")
     return spark.read.parquet(str(path))
 
@@ -395,7 +396,7 @@ def _tokenizer_arg(tokenizer: str | Path | None) -> str | None:
 
 def user_prompts(
     spark: SparkSession,
-    data_dir: Path,
+    data_dir: Folder,
     *,
     scenario: Scenario,
     tokenizer: str | Path | None = None,
@@ -445,7 +446,7 @@ def user_prompts(
 
 def item_prompts(
     spark: SparkSession,
-    data_dir: Path,
+    data_dir: Folder,
     *,
     scenario: Scenario,
     kind: ItemKind = "item",

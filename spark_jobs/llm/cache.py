@@ -26,6 +26,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from kar.contracts.storage import filesystem
+
 ANSWER_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -46,14 +48,6 @@ ANSWER_SCHEMA = pa.schema(
 )
 PART_PREFIX = "part-"
 TMP_PREFIX = "_tmp-"
-
-
-def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path for a local folder or a URI (``s3://``, ``hdfs://``...)."""
-    text = str(root)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).resolve())
 
 
 class AnswerCache:
