@@ -61,13 +61,18 @@ def field_kind(field: str) -> str:
     return field.removesuffix(KNOWLEDGE_SUFFIX)
 
 
-def export_adapted(*, run_dir: Path, vectors_dir: Location, out: Location) -> list[ExportedTable]:
+def export_adapted(
+    *, run_dir: Path, vectors_dir: Location, out: Location, incremental: bool = False
+) -> list[ExportedTable]:
     """Adapt every vector of ``vectors_dir/<kind>`` with the run's adaptor into ``out/<kind>``.
 
     Args:
         run_dir: A ranker run trained with a ``knowledge`` section (holds ``adaptor.json``/``adaptor.pt``).
         vectors_dir: Encoded knowledge (``kar encode`` output).
         out: Where the adapted tables go (``DATA/adapted`` for the Feast views).
+        incremental: Adapt only vectors the table lacks and append them as a new part (``kar refresh``). When
+            the table holds a vector of another run or of knowledge that changed or went away, the whole table
+            is rewritten instead, so it never mixes adaptors. ``rows`` then counts the vectors written.
 
     Returns:
         One entry per knowledge field of the run.
@@ -84,12 +89,37 @@ def export_adapted(*, run_dir: Path, vectors_dir: Location, out: Location) -> li
         if not storage.is_dir(source):
             raise DataError(f"{source}: no vectors for {field!r}; run `kar encode` first")
         table = _latest_per_cutoff(storage.parquet_dataset(source, schema=VECTOR_SCHEMA).to_table())
-        adapted = _adapt(adaptor, field, table)
-        rows = _vector_table(table, adapted, kind=kind, model=model)
         target = storage.location(out) / kind
-        _replace_folder(target, rows)
+        missing = _not_exported(table, target, model=model) if incremental else None
+        if missing is not None:
+            rows = _vector_table(missing, _adapt(adaptor, field, missing), kind=kind, model=model)
+            if len(rows):
+                storage.write_parquet(target / f"part-{uuid.uuid4().hex}.parquet", rows)
+        else:
+            rows = _vector_table(table, _adapt(adaptor, field, table), kind=kind, model=model)
+            _replace_folder(target, rows)
         exported.append(ExportedTable(field=field, path=target, rows=len(rows), dim=config.out_dim))
     return exported
+
+
+_KEY = ["entity_id", "as_of", "text_hash"]
+
+
+def _not_exported(table: pa.Table, target: Folder, *, model: str) -> pa.Table | None:
+    """The vectors of ``table`` the adapted ``target`` lacks, or None when ``target`` must be rewritten whole
+    (missing, another run's adaptor, or a vector whose knowledge is no longer current)."""
+    if not storage.is_dir(target):
+        return None
+    done = storage.parquet_dataset(target, schema=VECTOR_SCHEMA).to_table(columns=[*_KEY, "model"])
+    if len(done) and set(done["model"].unique().to_pylist()) != {model}:
+        return None
+    current = table.select(_KEY).to_pandas()
+    exported = done.select(_KEY).to_pandas().drop_duplicates()
+    if (exported.merge(current, on=_KEY, how="left", indicator=True)["_merge"] == "left_only").any():
+        return None
+    # A left merge keeps the left order, so the flags line up with the rows of ``table``.
+    new = current.merge(exported, on=_KEY, how="left", indicator=True)["_merge"] == "left_only"
+    return table.filter(pa.array(new.to_numpy()))
 
 
 def _latest_per_cutoff(table: pa.Table) -> pa.Table:

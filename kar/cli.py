@@ -236,9 +236,23 @@ def prepare(
         Path | None, typer.Option(parser=cli_path, help="--dataset table: YAML naming your tables and columns.")
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="Split: 'time' (global), 'kar' (users held out) or 'cold-items' (items held out).")
+        str,
+        typer.Option(
+            help="Split: 'time' (global), 'kar' (users held out), 'cold-items' (items held out) or 'rolling' "
+            "(every interaction a sample, knowledge every --cutoff-every interactions; what kar refresh extends)."
+        ),
     ] = "time",
     seed: Annotated[int, typer.Option(help="Seed of the kar user split and the cold-items item split.")] = 1234,
+    cutoff_every: Annotated[
+        int, typer.Option(help="--protocol rolling: interactions between two knowledge cutoffs of a user.")
+    ] = 20,
+    interactions: Annotated[
+        list[Path] | None,
+        typer.Option(
+            parser=cli_path,
+            help="Interaction files read instead of the dataset's log, in its format (repeat for batches).",
+        ),
+    ] = None,
     master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
 ) -> None:
     """Load a dataset with Spark, quarantine bad rows, split, and write canonical parquet tables."""
@@ -246,7 +260,16 @@ def prepare(
 
     with steps() as step:
         summary = run_prepare(
-            dataset=dataset, out=out, path=path, spec=spec, protocol=protocol, seed=seed, master=master, progress=step
+            dataset=dataset,
+            out=out,
+            path=path,
+            spec=spec,
+            protocol=protocol,
+            seed=seed,
+            cutoff_every=cutoff_every,
+            interactions=interactions or (),
+            master=master,
+            progress=step,
         )
     rejected = {t: q["rejected"] for t, q in summary.quarantine.items() if q["rejected"]}
     console.print(f"[bold]{dataset}[/]: {json.dumps(summary.rows)}")
@@ -573,6 +596,52 @@ def knowledge(
     for line in _knowledge_lines(summaries):
         console.print(line, highlight=False)
     console.print(f"summary → {out / SUMMARY_FILE}")
+
+
+@app.command()
+@friendly
+def refresh(
+    data: JobDataDir,
+    interactions: Annotated[
+        Path, typer.Option(parser=cli_path, help="The new batch, in the format the folder's log was read in.")
+    ],
+    spec: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="table folders: the spec (default: the one prepared with).")
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option(parser=cli_path, help="Ranker run whose adaptor exported DATA/adapted: append.")
+    ] = None,
+    repo: RepoOpt = None,
+    service: Annotated[str | None, typer.Option(help="Feature service to materialize (with/without --repo).")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL (default: $KAR_LLM_BASE_URL, else embedded).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: $KAR_LLM_MODEL or the server's first).")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: env or local[*]).")] = None,
+) -> None:
+    """Append a batch of interactions to a rolling folder: new cutoffs and items only reach the LLM, the encoder,
+    the adaptor and the online store; everything else comes from the cache. Rerun after a crash to finish it."""
+    from kar.refresh import REFRESH_FILE, run_refresh
+
+    with steps() as step:
+        report = run_refresh(
+            data_dir=data,
+            interactions=interactions,
+            spec=spec,
+            run=run,
+            repo=repo,
+            service=service,
+            base_url=endpoint,
+            model=model,
+            master=master,
+            progress=step,
+        )
+    console.print(
+        f"users refreshed {report.users_refreshed}, new cutoffs {report.new_cutoffs}, new items {report.new_items}; "
+        f"prompts sent {json.dumps(report.prompts_sent)}, cached {json.dumps(report.prompts_cached)}; "
+        f"encoded {json.dumps(report.encoded)}, exported {json.dumps(report.exported)}"
+    )
+    console.print(f"report → {data / REFRESH_FILE}")
 
 
 def plan_lines(plans: list[Any]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kar.contracts import storage, tables
 from kar.contracts.errors import DataError, KarError
-from kar.contracts.paths import Location, local_path, name_or_path, optional_local_path
+from kar.contracts.paths import Location, is_uri, local_path, name_or_path, optional_local_path
 from kar.contracts.progress import Progress, silent
 from kar.contracts.results import (
     DemoResult,
@@ -41,6 +41,8 @@ def run_prepare(
     spec: Location | None = None,
     protocol: str = "time",
     seed: int = 1234,
+    cutoff_every: int = 20,
+    interactions: Sequence[Location] = (),
     master: str | None = None,
     synthetic: Any = None,
     progress: Progress | None = None,
@@ -52,8 +54,10 @@ def run_prepare(
         out: Output folder.
         path: Input folder of a file-based bundled dataset (``synthetic``: an earlier generation's ``raw/``).
         spec: For ``table``: the YAML naming your tables and mapping their columns (``spark_jobs.datasets.table``).
-        protocol: Split protocol, ``time``, ``kar`` or ``cold-items`` (``spark_jobs.splits``).
+        protocol: Split protocol, ``time``, ``kar``, ``cold-items`` or ``rolling`` (``spark_jobs.splits``).
         seed: Seed of the kar user split and of the cold-items item split.
+        cutoff_every: Interactions between two knowledge cutoffs of a user (``rolling``).
+        interactions: Interaction files in the dataset's format read instead of its log (batches, in order).
         master: Spark master (default: env or ``local[*]``).
         synthetic: ``SyntheticConfig`` for the synthetic dataset.
         progress: Step callback.
@@ -71,7 +75,7 @@ def run_prepare(
     times = StageTimes()
     with times.stage("starting Spark"):
         spark = get_spark(app_name=f"kar-prepare-{dataset}", master=master)
-    split = SplitConfig(protocol=protocol, seed=seed)  # type: ignore[arg-type]
+    split = SplitConfig(protocol=protocol, seed=seed, cutoff_every=cutoff_every)  # type: ignore[arg-type]
     return prepare(
         spark=spark,
         dataset=dataset,
@@ -80,6 +84,7 @@ def run_prepare(
         split=split,
         synthetic=synthetic,
         spec=table_spec,
+        interactions=[str(p) if is_uri(p) else str(Path(p).resolve()) for p in interactions],
         progress=step,
         timings=times,
     )
@@ -701,7 +706,12 @@ def run_validate(
 
 
 def run_adapt_export(
-    *, run_dir: Location, data_dir: Location, vectors_dir: Location | None = None, out: Location | None = None
+    *,
+    run_dir: Location,
+    data_dir: Location,
+    vectors_dir: Location | None = None,
+    out: Location | None = None,
+    incremental: bool = False,
 ) -> list[Any]:
     """Write every user's and item's adapted knowledge vector for the Feast ``*_knowledge_adapted`` views.
 
@@ -710,6 +720,7 @@ def run_adapt_export(
         data_dir: Prepared folder; the defaults below live in it.
         vectors_dir: Encoded knowledge (default ``data_dir/vectors``).
         out: Adapted tables (default ``data_dir/adapted``, where Feast's adapted views read).
+        incremental: Adapt and append only the vectors the tables lack (see ``adaptors.export``).
 
     Returns:
         One ``adaptors.export.ExportedTable`` per knowledge field.
@@ -721,4 +732,5 @@ def run_adapt_export(
         run_dir=local_path(run_dir, what="run"),
         vectors_dir=storage.optional_location(vectors_dir) or data_dir / "vectors",
         out=storage.optional_location(out) or data_dir / "adapted",
+        incremental=incremental,
     )

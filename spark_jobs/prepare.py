@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -260,6 +260,7 @@ def prepare(
     split: SplitConfig | None = None,
     synthetic=None,
     spec: TableSpec | None = None,
+    interactions: Sequence[str | Path] = (),
     progress: Progress | None = None,
     now: datetime | None = None,
     validate: bool = True,
@@ -275,6 +276,8 @@ def prepare(
         split: Split protocol and its parameters.
         synthetic: ``SyntheticConfig`` for the synthetic dataset.
         spec: The tables and column mapping of the ``table`` dataset.
+        interactions: Interaction files in the dataset's own format read instead of its log, in order (the
+            batches ``kar refresh`` appends); recorded in the summary.
         progress: Called with a short description as each step starts.
         now: Reference time for "timestamp in the future" checks (tests pin it).
         validate: Run the data-quality gates (``validation.suites`` raw and prepared); off only to measure
@@ -293,10 +296,18 @@ def prepare(
     now = now or datetime.now(UTC)
     max_timestamp = int((now + timedelta(days=1)).timestamp())
     gates = _Gates(out, enabled=validate)
+    batches = [str(p) for p in interactions]
 
     step("reading raw files")
     raw = load_dataset(
-        spark, dataset, path=path, work_dir=out, max_timestamp=max_timestamp, synthetic=synthetic, spec=spec
+        spark,
+        dataset,
+        path=path,
+        work_dir=out,
+        max_timestamp=max_timestamp,
+        synthetic=synthetic,
+        spec=spec,
+        interactions=batches,
     )
     step("validating rows")
     users, items, interactions, reports = _clean_tables(raw, out / tables.QUARANTINE_DIR)
@@ -335,6 +346,8 @@ def prepare(
     summary = PrepareSummary(
         dataset=dataset,
         path=str(path) if path else None,
+        spec=str(spec.path) if spec is not None else None,
+        interactions=batches,
         split=asdict(split),
         boundaries=boundaries,
         notes={**raw.notes, "user_id_range": [stats["min_user"], stats["max_user"]]},

@@ -1,6 +1,6 @@
 """Train/val/test splits and per-user knowledge histories.
 
-Three protocols:
+Four protocols:
 
 * ``time`` (default): one global time split, train < t1 <= val < t2 <= test, with t1/t2 at timestamp
   quantiles. A user's knowledge history is taken from their train-period interactions only, so knowledge
@@ -16,7 +16,16 @@ Three protocols:
   can precede its user's cutoff: it then joins no user knowledge (point in time), and the "sample after the
   cutoff" rule applies to train samples only.
 
-In both, a sample's behaviour feature is the user's previous ``behaviour_len`` items (knowledge-history
+* ``rolling``: knowledge that is refreshed as users keep interacting, the protocol of ``kar refresh``. Every
+  interaction is a CTR sample, split by time as in ``time``. A user's knowledge is regenerated every
+  ``cutoff_every`` interactions: the N-th, 2N-th, ... interaction in sequence order closes a cutoff, moved to the
+  last interaction of its timestamp so a cutoff never splits a tie. The cutoff's history is everything up to it
+  (the prompt shows the last ``history_max``), and the cutoff is stamped one microsecond after that last
+  interaction, so a sample joins (point in time, ``as_of <= event_timestamp``) only knowledge that never read
+  it. A cutoff depends only on the user's log up to it: appending a later batch of interactions adds cutoffs
+  and never moves one, so a refresh and a rebuild on all data agree.
+
+In all of them, a sample's behaviour feature is the user's previous ``behaviour_len`` items (knowledge-history
 items included: a production ranker sees all past behaviour), and the knowledge cutoff is the timestamp of
 the last history interaction. Ties in timestamp are common (948 samples on ML-100K share the second of
 their user's cutoff), so "after the cutoff" means later in sequence order and ``ts >= cutoff``.
@@ -35,8 +44,8 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from kar.contracts.errors import DataError
 
-Protocol = Literal["time", "kar", "cold-items"]
-PROTOCOLS: tuple[str, ...] = ("time", "kar", "cold-items")
+Protocol = Literal["time", "kar", "cold-items", "rolling"]
+PROTOCOLS: tuple[str, ...] = ("time", "kar", "cold-items", "rolling")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +53,7 @@ class SplitConfig:
     """How to split prepared interactions.
 
     Attributes:
-        protocol: ``time``, ``kar`` or ``cold-items`` (see module docstring).
+        protocol: ``time``, ``kar``, ``cold-items`` or ``rolling`` (see module docstring).
         seed: Seed of the KAR user permutation and of the cold-items item permutation.
         history_max: Cap on the knowledge history length.
         behaviour_len: Length of the previous-items behaviour feature.
@@ -54,6 +63,7 @@ class SplitConfig:
         t2_quantile: Timestamp quantile that ends validation (``time``).
         val_items: Share of items held out for validation (``cold-items``).
         test_items: Share of items held out for test (``cold-items``).
+        cutoff_every: Interactions between two knowledge cutoffs of a user (``rolling``).
     """
 
     protocol: Protocol = "time"
@@ -66,6 +76,11 @@ class SplitConfig:
     t2_quantile: float = 0.9
     val_items: float = 0.1
     test_items: float = 0.1
+    cutoff_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.cutoff_every < 1:
+            raise DataError(f"cutoff_every must be at least 1, got {self.cutoff_every}")
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,9 @@ def _outputs(seq: DataFrame, split_col: Column, boundaries: dict[str, object]) -
     seq = seq.withColumn("split", split_col).persist()
     history = seq.where("is_history").select("user_id", "item_id", "rating", "label", "event_timestamp", "position")
     cutoffs = history.groupBy("user_id").agg(
-        F.max("event_timestamp").alias("knowledge_cutoff"), F.count("*").cast("int").alias("n_history")
+        F.max("event_timestamp").alias("knowledge_cutoff"),
+        F.count("*").cast("int").alias("n_history"),
+        F.max("position").cast("int").alias("last_position"),
     )
     samples = seq.where(~F.col("is_history")).select(
         "user_id", "item_id", "rating", "label", "event_timestamp", "split", "hist_item_ids"
@@ -195,17 +212,58 @@ def split_cold_items(interactions: DataFrame, config: SplitConfig) -> Splits:
     return _outputs(seq, F.col("item_split"), {"protocol": "cold-items", "seed": config.seed, "items": counts})
 
 
-def split_time(interactions: DataFrame, config: SplitConfig) -> Splits:
-    """Global time split at timestamp quantiles; history only from the train period."""
+def _time_boundaries(interactions: DataFrame, config: SplitConfig) -> tuple[Column, Column, dict[str, object]]:
+    """The ``t1``/``t2`` timestamp quantiles as literals, the split column they define, and their ISO forms."""
     seconds = interactions.select(F.unix_micros("event_timestamp").alias("us"))
     t1_us, t2_us = seconds.approxQuantile("us", [config.t1_quantile, config.t2_quantile], 0.0)
     t1, t2 = F.timestamp_micros(F.lit(int(t1_us))), F.timestamp_micros(F.lit(int(t2_us)))
     ts = F.col("event_timestamp")
-    seq = _sequenced(interactions, config.behaviour_len)
-    seq = _with_history_flag(seq, ts < t1, config.history_max)
     split_col = F.when(ts < t1, "train").when(ts < t2, "val").otherwise("test")
     first = interactions.sparkSession.range(1).select(t1.alias("t1"), t2.alias("t2")).first()
-    return _outputs(seq, split_col, {"protocol": "time", "t1": first.t1.isoformat(), "t2": first.t2.isoformat()})
+    return ts < t1, split_col, {"t1": first.t1.isoformat(), "t2": first.t2.isoformat()}
+
+
+def split_time(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """Global time split at timestamp quantiles; history only from the train period."""
+    in_train, split_col, boundaries = _time_boundaries(interactions, config)
+    seq = _with_history_flag(_sequenced(interactions, config.behaviour_len), in_train, config.history_max)
+    return _outputs(seq, split_col, {"protocol": "time", **boundaries})
+
+
+def rolling_cutoffs(seq: DataFrame, cutoff_every: int) -> DataFrame:
+    """Per user, a cutoff after every ``cutoff_every`` interactions of ``seq`` (``_sequenced`` rows).
+
+    Returns:
+        ``user_id, knowledge_cutoff, n_history, last_position``: the cutoff is one microsecond after the last
+        interaction read, ``last_position`` that interaction's position (moved to the last one sharing its
+        timestamp) and ``n_history`` the interactions read.
+    """
+    marks = seq.where((F.col("position") + 1) % cutoff_every == 0).select("user_id", "event_timestamp")
+    # A cutoff closes at the last interaction of its second: a tied one is read with it, never after it.
+    ends = seq.groupBy("user_id", "event_timestamp").agg(F.max("position").alias("last_position"))
+    closed = marks.join(ends, ["user_id", "event_timestamp"]).distinct()
+    return closed.select(
+        "user_id",
+        F.timestamp_micros(F.unix_micros("event_timestamp") + 1).alias("knowledge_cutoff"),
+        (F.col("last_position") + 1).cast("int").alias("n_history"),
+        F.col("last_position").cast("int"),
+    )
+
+
+def split_rolling(interactions: DataFrame, config: SplitConfig) -> Splits:
+    """Every interaction a sample (time split); knowledge cutoffs every ``cutoff_every`` interactions."""
+    _, split_col, boundaries = _time_boundaries(interactions, config)
+    seq = _sequenced(interactions, config.behaviour_len).withColumn("split", split_col).persist()
+    cutoffs = rolling_cutoffs(seq, config.cutoff_every)
+    read = cutoffs.groupBy("user_id").agg(F.max("last_position").alias("_read"))
+    history = (
+        seq.join(read, "user_id")
+        .where(F.col("position") <= F.col("_read"))
+        .select("user_id", "item_id", "rating", "label", "event_timestamp", "position")
+    )
+    samples = seq.select("user_id", "item_id", "rating", "label", "event_timestamp", "split", "hist_item_ids")
+    boundaries = {"protocol": "rolling", "cutoff_every": config.cutoff_every, **boundaries}
+    return Splits(samples=samples, history=history, cutoffs=cutoffs, boundaries=boundaries, sequence=seq)
 
 
 def make_splits(interactions: DataFrame, config: SplitConfig) -> Splits:
@@ -216,4 +274,6 @@ def make_splits(interactions: DataFrame, config: SplitConfig) -> Splits:
         return split_time(interactions, config)
     if config.protocol == "cold-items":
         return split_cold_items(interactions, config)
+    if config.protocol == "rolling":
+        return split_rolling(interactions, config)
     raise DataError(f"unknown split protocol {config.protocol!r} (use {', '.join(map(repr, PROTOCOLS))})")

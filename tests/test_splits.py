@@ -166,3 +166,41 @@ def test_prepare_with_cold_items_passes_its_gates_and_reports_items_per_split(sp
     assert sum(items.values()) <= 60 and items["test"] <= 6 and items["val"] <= 6
     assert all(report["passed"] for report in summary.validation.values())
     assert summary.quarantine.get("samples", {}).get("rejected", 0) == 0
+
+
+@pytest.mark.spark
+def test_rolling_cutoffs_close_every_n_interactions_and_never_split_a_tie(spark):
+    interactions = _interactions(spark)
+    config = SplitConfig(protocol="rolling", cutoff_every=5)
+    samples, history, cutoffs = _collect(make_splits(interactions, config))
+    everything = interactions.toPandas().sort_values(["user_id", "event_timestamp", "item_id"])
+    assert len(samples) == len(everything)  # every interaction is a sample
+    for user, log in everything.groupby("user_id"):
+        stamps = log["event_timestamp"].reset_index(drop=True)
+        # The N-th, 2N-th, ... interaction closes a cutoff, moved to the last one of its second.
+        expected = sorted({int(stamps[stamps == stamps[k - 1]].index.max()) for k in range(5, len(log) + 1, 5)})
+        mine = cutoffs[cutoffs["user_id"] == user].sort_values("last_position")
+        assert mine["last_position"].tolist() == expected
+        assert (mine["n_history"] == mine["last_position"] + 1).all()
+        for row in mine.itertuples():
+            last_read = stamps[row.last_position]
+            assert row.knowledge_cutoff == last_read + pd.Timedelta(microseconds=1)
+            # A sample joins (as_of <= its timestamp) only a cutoff that never read it, and every later one can.
+            joins = stamps >= row.knowledge_cutoff
+            assert joins.tolist() == [i > row.last_position for i in range(len(stamps))]
+    read = history.groupby("user_id")["position"].max()
+    assert read.to_dict() == cutoffs.groupby("user_id")["last_position"].max().to_dict()
+
+
+@pytest.mark.spark
+def test_rolling_cutoffs_of_a_batch_stay_when_a_later_batch_is_appended(spark):
+    interactions = _interactions(spark, n_users=20, seed=3).toPandas()
+    boundary = interactions["event_timestamp"].quantile(0.7)
+    first = spark.createDataFrame(interactions[interactions["event_timestamp"] < boundary])
+    config = SplitConfig(protocol="rolling", cutoff_every=4)
+    before = make_splits(first, config).cutoffs.toPandas()
+    after = make_splits(spark.createDataFrame(interactions), config).cutoffs.toPandas()
+    keys = ["user_id", "knowledge_cutoff", "n_history", "last_position"]
+    kept = before.merge(after, on=keys, how="left", indicator=True)["_merge"]
+    assert (kept == "both").all()
+    assert len(after) > len(before)  # the appended batch added cutoffs

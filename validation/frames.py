@@ -44,7 +44,12 @@ def samples_with_cutoffs(samples: DataFrame, cutoffs: DataFrame, *, protocol: st
 
     Under the ``cold-items`` protocol a held-out item's sample may precede its user's cutoff (the history holds
     train items only; the sample then joins no user knowledge), so only train samples carry a cutoff to check.
+    Under the ``rolling`` protocol every interaction is a sample and a user has many cutoffs: a sample joins the
+    latest one before it, which by construction never read it (``spark_jobs.splits.rolling_cutoffs``), so no
+    sample carries one.
     """
+    if protocol == "rolling":
+        return samples.withColumn("knowledge_cutoff", F.lit(None).cast("timestamp"))
     joined = samples.join(F.broadcast(cutoffs.select("user_id", "knowledge_cutoff")), "user_id", "left")
     if protocol == "cold-items":
         joined = joined.withColumn("knowledge_cutoff", F.when(F.col("split") == "train", F.col("knowledge_cutoff")))

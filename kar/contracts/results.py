@@ -253,6 +253,8 @@ class PrepareSummary(JobResult):
     Attributes:
         dataset: The dataset loader (``synthetic``, ``movielens-100k``, ``table``, …).
         path: The input read (None for generated data).
+        spec: The ``table`` dataset's spec file.
+        interactions: Interaction batch files read instead of the dataset's own log, in order (empty: its log).
         split: The split protocol and its parameters.
         boundaries: Split boundaries (times, or held-out users/items) as the protocol defines them.
         notes: The loader's notes (what was derived, the id range).
@@ -271,6 +273,8 @@ class PrepareSummary(JobResult):
 
     dataset: str
     path: str | None = None
+    spec: str | None = None
+    interactions: list[str] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)
     boundaries: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -320,3 +324,46 @@ class DemoResult(JobResult):
     online_ranking: dict[str, Any]
     service: dict[str, Any]
     seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefreshReport(JobResult):
+    """One ``kar refresh`` (``DATA/refresh.json``).
+
+    Attributes:
+        batch: The batch this refresh appended.
+        batches: Every interaction file the folder now reads, in order.
+        interactions: Interactions in the folder after the refresh.
+        users_refreshed: Users who got at least one new knowledge cutoff.
+        new_cutoffs: New user cutoffs (one prompt each).
+        new_items: Items the folder did not have before.
+        prompts: Prompts built per kind (every cutoff and item, old and new).
+        prompts_sent: Prompts sent to the LLM per kind (the rest came from the answer cache).
+        prompts_cached: Prompts answered from the cache per kind.
+        tokens_in: Prompt tokens sent.
+        tokens_out: Answer tokens received.
+        usd_estimate: Those tokens at the knowledge job's prices.
+        encoded: Texts encoded per kind (only new answers).
+        exported: Adapted vectors written per knowledge field (only new vectors; empty without a run).
+        materialized_from: Start of the materialized window (None: not materialized).
+        stage_seconds: Wall seconds per stage.
+        wall_seconds: The whole refresh.
+    """
+
+    batch: str
+    batches: list[str]
+    interactions: int
+    users_refreshed: int
+    new_cutoffs: int
+    new_items: int
+    prompts: dict[str, int]
+    prompts_sent: dict[str, int]
+    prompts_cached: dict[str, int]
+    tokens_in: int
+    tokens_out: int
+    usd_estimate: float
+    encoded: dict[str, int]
+    exported: dict[str, int]
+    materialized_from: str | None
+    stage_seconds: dict[str, float]
+    wall_seconds: float

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import reduce
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -58,14 +60,27 @@ def _ml100k_genres(folder: Path) -> list[str]:
     return names
 
 
-def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
-    """Load ``u.data``, ``u.user``, ``u.item`` (and ``u.genre`` for genre names) from ``path``."""
+def _ratings(spark: SparkSession, files: Sequence[Path], sep: str, *, max_timestamp: int) -> DataFrame:
+    """The ratings of ``files`` (one format), typed and checked; each row keeps its own file and line."""
+    for file in files:
+        if not file.is_file():
+            raise DataError(f"{file}: ratings file not found")
+    frames = [_read(spark, file, ("user_id", "item_id", "rating", "timestamp"), sep) for file in files]
+    return apply_field_specs(reduce(DataFrame.unionByName, frames), _interaction_specs(max_timestamp))
+
+
+def load_movielens_100k(
+    spark: SparkSession, *, path: Path | None, max_timestamp: int, interactions: Sequence[Path] = ()
+) -> RawTables:
+    """Load ``u.data``, ``u.user``, ``u.item`` (and ``u.genre`` for genre names) from ``path``.
+
+    ``interactions``: rating files in ``u.data``'s format read instead of it (batches of one log).
+    """
     folder = require_dir(path, dataset="movielens-100k")
     genres = _ml100k_genres(folder)
     flags = tuple(f"g{i}" for i in range(len(genres)))
 
-    interactions = _read(spark, folder / "u.data", ("user_id", "item_id", "rating", "timestamp"), "\t")
-    interactions = apply_field_specs(interactions, _interaction_specs(max_timestamp))
+    interactions = _ratings(spark, interactions or [folder / "u.data"], "\t", max_timestamp=max_timestamp)
 
     users = _read(spark, folder / "u.user", ("user_id", "age", "gender", "occupation", "zip_code"), "|")
     users = apply_field_specs(
@@ -109,17 +124,17 @@ def load_movielens_100k(spark: SparkSession, *, path: Path | None, max_timestamp
     return RawTables(users=users, items=items, interactions=interactions)
 
 
-def load_movielens_1m(spark: SparkSession, *, path: Path | None, max_timestamp: int) -> RawTables:
+def load_movielens_1m(
+    spark: SparkSession, *, path: Path | None, max_timestamp: int, interactions: Sequence[Path] = ()
+) -> RawTables:
     """Load ``ratings*.dat``, ``users.dat``, ``movies.dat`` (``::``-separated) from ``path``.
 
     Any ratings file name is accepted (``ratings.dat`` first), since partial copies are common; the prepare
-    summary reports which users it covers.
+    summary reports which users it covers. ``interactions``: rating files in that format read instead.
     """
     folder = require_dir(path, dataset="movielens-1m")
     ratings_file = find_one(folder, ("ratings.dat", "ratings*.dat"), what="ratings")
-
-    interactions = _read(spark, ratings_file, ("user_id", "item_id", "rating", "timestamp"), "::")
-    interactions = apply_field_specs(interactions, _interaction_specs(max_timestamp))
+    interactions = _ratings(spark, interactions or [ratings_file], "::", max_timestamp=max_timestamp)
 
     users = _read(spark, folder / "users.dat", ("user_id", "gender", "age", "occupation_code", "zip_code"), "::")
     users = apply_field_specs(

@@ -34,12 +34,13 @@ row and reason, as for the bundled datasets.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any
 
@@ -561,9 +562,40 @@ def _id_type(native: str) -> str:
     return "int64" if native in ("bigint", "int", "smallint", "tinyint") else "string"
 
 
-def load_table(spark: SparkSession, *, spec: TableSpec, max_timestamp: int) -> RawTables:
-    """Read a team's tables as typed raw tables (ids hashed to stable int64, mapping kept for ``id_maps/``)."""
-    interactions, user_native, item_native = _interactions(spark, spec.interactions, max_timestamp=max_timestamp)
+def batch_source(path: str | Path, spec: InteractionsSpec) -> Source:
+    """A batch of the spec's interactions table at ``path`` (a file, folder or URI; same columns, format guessed
+    from the name unless it is the spec's own)."""
+    location = str(path)
+    if not is_uri(location):
+        location = os.path.abspath(location)
+        if not Path(location).exists():
+            raise DataError(f"{location}: interactions batch not found")
+    try:
+        fmt = _guess_format(location)
+    except DataError:
+        fmt = spec.source.format
+    return Source(location=location, format=fmt)
+
+
+def _batches(
+    spark: SparkSession, spec: InteractionsSpec, batches: Sequence[str | Path], *, max_timestamp: int
+) -> tuple[DataFrame, str, str]:
+    """The interactions of ``batches`` (default: the spec's own table) as one frame, with the first's id types."""
+    specs = [dataclasses.replace(spec, source=batch_source(b, spec)) for b in batches] if batches else [spec]
+    read = [_interactions(spark, s, max_timestamp=max_timestamp) for s in specs]
+    return reduce(DataFrame.unionByName, [r[0] for r in read]), read[0][1], read[0][2]
+
+
+def load_table(
+    spark: SparkSession, *, spec: TableSpec, max_timestamp: int, interactions: Sequence[str | Path] = ()
+) -> RawTables:
+    """Read a team's tables as typed raw tables (ids hashed to stable int64, mapping kept for ``id_maps/``).
+
+    ``interactions``: batches of the interactions table (same columns) read instead of the spec's ``path``.
+    """
+    interactions, user_native, item_native = _batches(
+        spark, spec.interactions, interactions, max_timestamp=max_timestamp
+    )
     interactions = interactions.persist()
     profiles = {}
     id_types = {"user": _id_type(user_native), "item": _id_type(item_native)}

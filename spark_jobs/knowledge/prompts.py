@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
@@ -394,6 +394,35 @@ def _tokenizer_arg(tokenizer: str | Path | None) -> str | None:
     return None if tokenizer is None else str(tokenizer)
 
 
+def read_keys(cutoffs: DataFrame) -> list[str]:
+    """What one history is read for: a cutoff (``user_id, as_of``), or the user in folders with one cutoff each
+    written before cutoffs named their last position."""
+    return ["user_id", "as_of"] if "last_position" in cutoffs.columns else ["user_id"]
+
+
+def _history_max(data_dir: Folder) -> int:
+    """The folder's cap on history lines a prompt shows (its split config; 30 for older folders)."""
+    summary_path = storage.location(data_dir) / tables.SUMMARY_FILE
+    summary = json.loads(storage.read_text(summary_path)) if storage.is_file(summary_path) else {}
+    return int(summary.get("split", {}).get("history_max", 30))
+
+
+def _history_as_of(history: DataFrame, cutoffs: DataFrame, *, history_max: int) -> DataFrame:
+    """Per cutoff, the last ``history_max`` history rows up to its ``last_position``.
+
+    A user with several cutoffs (the ``rolling`` protocol) gets one history per cutoff, each read only up to it;
+    with one cutoff per user this keeps every row (the split already capped the history).
+    """
+    if "last_position" not in cutoffs.columns:
+        return history
+    read = history.join(cutoffs.select("user_id", "as_of", "last_position"), "user_id")
+    latest_first = Window.partitionBy("user_id", "as_of").orderBy(F.col("position").desc())
+    read = read.where(F.col("position") <= F.col("last_position")).withColumn(
+        "_rank", F.row_number().over(latest_first)
+    )
+    return read.where(F.col("_rank") <= history_max).drop("last_position", "_rank")
+
+
 def user_prompts(
     spark: SparkSession,
     data_dir: Folder,
@@ -429,10 +458,12 @@ def user_prompts(
     items = _select(_read(spark, data_dir, tables.ITEMS_DIR), ["item_id", *line_items])
     history = _select(_read(spark, data_dir, tables.HISTORY_DIR), ["user_id", "item_id", "position", "rating", "label"])
     line = F.struct("position", "item_id", "rating", "label", *line_items)
-    histories = history.join(items, "item_id", "left").groupBy("user_id").agg(F.collect_list(line).alias("history"))
-    cutoffs = _read(spark, data_dir, tables.CUTOFFS_DIR).select("user_id", F.col("knowledge_cutoff").alias("as_of"))
+    cutoffs = _read(spark, data_dir, tables.CUTOFFS_DIR).withColumnRenamed("knowledge_cutoff", "as_of")
+    read = _history_as_of(history, cutoffs, history_max=_history_max(data_dir))
+    keys = read_keys(cutoffs)
+    histories = read.join(items, "item_id", "left").groupBy(*keys).agg(F.collect_list(line).alias("history"))
     users = _select(_read(spark, data_dir, tables.USERS_DIR), ["user_id", *fields.user])
-    inputs = cutoffs.join(users, "user_id", "left").join(histories, "user_id", "left")
+    inputs = cutoffs.select("user_id", "as_of").join(users, "user_id", "left").join(histories, keys, "left")
     mapper = _user_mapper(
         spec=spec,
         max_chars=scenario.field_max_chars,
