@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kar.bench.folders import link_tables
 from kar.contracts.progress import Progress
 from kar.contracts.tables import (
     CUTOFFS_DIR,
@@ -63,11 +64,7 @@ def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     from spark_jobs.knowledge.job import scenario_for, write_prompt_tables
     from spark_jobs.session import get_spark
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (INTERACTIONS_DIR, ITEMS_DIR, USERS_DIR, SAMPLES_DIR):
-        link = out / name
-        if not link.exists():
-            link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    link_tables(out, {name: data_dir / name for name in (INTERACTIONS_DIR, ITEMS_DIR, USERS_DIR, SAMPLES_DIR)})
     (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     interactions = pd.read_parquet(data_dir / INTERACTIONS_DIR)
     history, cutoffs = whole_log_tables(interactions)
@@ -91,9 +88,5 @@ def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
 def _knowledge_view(prompts: Path, restamped: Path) -> Path:
     """A knowledge folder whose ``user`` is the restamped table and ``item`` the built one (links only)."""
     view = prompts.parent / "knowledge"
-    view.mkdir(exist_ok=True)
-    for kind, source in (("user", restamped), ("item", prompts / "item")):
-        link = view / kind
-        if not link.exists():
-            link.symlink_to(source.resolve(), target_is_directory=True)
+    link_tables(view, {"user": restamped, "item": prompts / "item"})
     return view

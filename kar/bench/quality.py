@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from kar.bench.folders import link_tables
 from kar.bench.report import machine
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, local_path, optional_local_path
@@ -209,10 +210,8 @@ def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if not (knowledge / "user").is_dir() or not (knowledge / "item").is_dir():
         knowledge = _prompt_tables(data_dir, out / "prompts", progress=progress)
-    for name in ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history"):
-        link = out / name
-        if not link.exists():
-            link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    tables = ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history")
+    link_tables(out, {name: data_dir / name for name in tables})
     (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     progress("encoding the prompts (no-LLM control)")
     run_encode(data_dir=out, knowledge_dir=knowledge, text_column="prompt", progress=progress)
