@@ -48,13 +48,16 @@ def whole_log_tables(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     return history.reset_index(drop=True), cutoffs
 
 
-def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
+def leak_folder(data_dir: Path, out: Path, *, item_vectors: Path | None = None, progress: Progress) -> Path:
     """``out``: the prepared tables of ``data_dir`` (linked) with whole-log user prompts, encoded, stamped
     before every sample (items as in the ``text`` control).
 
     Args:
         data_dir: A prepared folder.
         out: The canary's folder (prepared tables, ``prompts/`` and ``vectors/``).
+        item_vectors: The ``text`` control's ``vectors/item`` when it encoded the same item prompts as built
+            here (no LLM run): linked as ``out/vectors/item``, so only the user prompts are encoded. None: the
+            item prompts are encoded here too.
         progress: Step callback.
 
     Returns:
@@ -80,8 +83,15 @@ def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     restamped = prompts / "user-restamped"
     restamped.mkdir(exist_ok=True)
     users.to_parquet(restamped / "part-0.parquet", index=False)
+    kinds = ("user", "item")
+    if item_vectors is not None:
+        link_tables(out / "vectors", {"item": item_vectors})
+        kinds = ("user",)
+    elif (out / "vectors" / "item").is_symlink():  # linked by an earlier run: encode into the canary's own folder
+        (out / "vectors" / "item").unlink()
     progress("canary: encoding the whole-log prompts")
-    run_encode(data_dir=out, knowledge_dir=_knowledge_view(prompts, restamped), text_column="prompt", progress=progress)
+    knowledge = _knowledge_view(prompts, restamped)
+    run_encode(data_dir=out, knowledge_dir=knowledge, kinds=kinds, text_column="prompt", progress=progress)
     return out
 
 
