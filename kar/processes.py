@@ -21,9 +21,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, Protocol, TypeVar
 
 from kar.contracts.errors import EnvironmentProblem
 from kar.guard import group_exists, signal_group
@@ -67,6 +68,49 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class Service(Protocol):
+    """A service run by :func:`serve_until_stopped`: entering it starts it, leaving it stops it."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the service is still up."""
+        ...
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None, /
+    ) -> object: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+def serve_until_stopped(service: S, *, died: Callable[[S], str], on_ready: Callable[[S], None] | None = None) -> None:
+    """Start ``service`` and block until Ctrl-C, SIGTERM or the service dying; always stop it.
+
+    The loop behind ``kar llm serve`` and ``kar spark-cluster``: SIGTERM is handled like Ctrl-C (atexit alone
+    does not run on SIGTERM), and either returns quietly once the service is stopped.
+
+    Args:
+        service: An unstarted service.
+        died: Builds the error message once the service has exited on its own (e.g. with its log tail).
+        on_ready: Called once the service is started, e.g. to print where it answers.
+
+    Raises:
+        EnvironmentProblem: The service failed to start, or exited on its own (the message is ``died(service)``).
+    """
+    try:
+        with sigterm_raises(), service:
+            if on_ready:
+                on_ready(service)
+            while service.running:
+                time.sleep(1)
+            raise EnvironmentProblem(died(service))
+    except KeyboardInterrupt:
+        return
 
 
 def spawn_guarded(

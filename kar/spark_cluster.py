@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kar.contracts.errors import EnvironmentProblem
-from kar.processes import free_port, log_tail, sigterm_raises, spawn_guarded, stop_group
+from kar.processes import free_port, log_tail, serve_until_stopped, spawn_guarded, stop_group
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -183,11 +183,8 @@ def serve_forever(cluster: SparkStandaloneCluster, *, on_ready: Callable[[SparkS
     Raises:
         EnvironmentProblem: The cluster failed to start, or a daemon exited on its own.
     """
-    try:
-        with sigterm_raises(), cluster:  # atexit alone does not run on SIGTERM
-            on_ready(cluster)
-            while cluster.running:
-                time.sleep(1)
-            raise EnvironmentProblem(f"Spark standalone cluster: a daemon exited on its own; logs in {cluster.log_dir}")
-    except KeyboardInterrupt:
-        return
+    serve_until_stopped(
+        cluster,
+        on_ready=on_ready,
+        died=lambda c: f"Spark standalone cluster: a daemon exited on its own; logs in {c.log_dir}",
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kar.bench.folders import link_tables
 from kar.contracts.progress import Progress
 from kar.contracts.tables import (
     CUTOFFS_DIR,
@@ -47,13 +48,16 @@ def whole_log_tables(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     return history.reset_index(drop=True), cutoffs
 
 
-def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
+def leak_folder(data_dir: Path, out: Path, *, item_vectors: Path | None = None, progress: Progress) -> Path:
     """``out``: the prepared tables of ``data_dir`` (linked) with whole-log user prompts, encoded, stamped
     before every sample (items as in the ``text`` control).
 
     Args:
         data_dir: A prepared folder.
         out: The canary's folder (prepared tables, ``prompts/`` and ``vectors/``).
+        item_vectors: The ``text`` control's ``vectors/item`` when it encoded the same item prompts as built
+            here (no LLM run): linked as ``out/vectors/item``, so only the user prompts are encoded. None: the
+            item prompts are encoded here too.
         progress: Step callback.
 
     Returns:
@@ -63,11 +67,7 @@ def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     from spark_jobs.knowledge.job import scenario_for, write_prompt_tables
     from spark_jobs.session import get_spark
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (INTERACTIONS_DIR, ITEMS_DIR, USERS_DIR, SAMPLES_DIR):
-        link = out / name
-        if not link.exists():
-            link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    link_tables(out, {name: data_dir / name for name in (INTERACTIONS_DIR, ITEMS_DIR, USERS_DIR, SAMPLES_DIR)})
     (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     interactions = pd.read_parquet(data_dir / INTERACTIONS_DIR)
     history, cutoffs = whole_log_tables(interactions)
@@ -83,17 +83,20 @@ def leak_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     restamped = prompts / "user-restamped"
     restamped.mkdir(exist_ok=True)
     users.to_parquet(restamped / "part-0.parquet", index=False)
+    kinds = ("user", "item")
+    if item_vectors is not None:
+        link_tables(out / "vectors", {"item": item_vectors})
+        kinds = ("user",)
+    elif (out / "vectors" / "item").is_symlink():  # linked by an earlier run: encode into the canary's own folder
+        (out / "vectors" / "item").unlink()
     progress("canary: encoding the whole-log prompts")
-    run_encode(data_dir=out, knowledge_dir=_knowledge_view(prompts, restamped), text_column="prompt", progress=progress)
+    knowledge = _knowledge_view(prompts, restamped)
+    run_encode(data_dir=out, knowledge_dir=knowledge, kinds=kinds, text_column="prompt", progress=progress)
     return out
 
 
 def _knowledge_view(prompts: Path, restamped: Path) -> Path:
     """A knowledge folder whose ``user`` is the restamped table and ``item`` the built one (links only)."""
     view = prompts.parent / "knowledge"
-    view.mkdir(exist_ok=True)
-    for kind, source in (("user", restamped), ("item", prompts / "item")):
-        link = view / kind
-        if not link.exists():
-            link.symlink_to(source.resolve(), target_is_directory=True)
+    link_tables(view, {"user": restamped, "item": prompts / "item"})
     return view

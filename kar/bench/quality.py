@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from kar.bench.folders import link_tables
 from kar.bench.report import machine
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, local_path, optional_local_path
@@ -205,18 +206,20 @@ def control_folder(data_dir: Path, out: Path, *, progress: Progress) -> Path:
     """
     from kar.pipeline import run_encode
 
-    knowledge = data_dir / "knowledge"
     out.mkdir(parents=True, exist_ok=True)
-    if not (knowledge / "user").is_dir() or not (knowledge / "item").is_dir():
-        knowledge = _prompt_tables(data_dir, out / "prompts", progress=progress)
-    for name in ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history"):
-        link = out / name
-        if not link.exists():
-            link.symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    knowledge = _sent_prompts(data_dir) or _prompt_tables(data_dir, out / "prompts", progress=progress)
+    tables = ("interactions", "items", "users", "samples", "knowledge_cutoffs", "knowledge_history")
+    link_tables(out, {name: data_dir / name for name in tables})
     (out / SUMMARY_FILE).write_text((data_dir / SUMMARY_FILE).read_text())
     progress("encoding the prompts (no-LLM control)")
     run_encode(data_dir=out, knowledge_dir=knowledge, text_column="prompt", progress=progress)
     return out
+
+
+def _sent_prompts(data_dir: Path) -> Path | None:
+    """``data_dir/knowledge`` when an LLM run left its user and item tables there (the prompts it sent), else None."""
+    knowledge = data_dir / "knowledge"
+    return knowledge if (knowledge / "user").is_dir() and (knowledge / "item").is_dir() else None
 
 
 def _prompt_tables(data_dir: Path, out: Path, *, progress: Progress) -> Path:
@@ -238,7 +241,9 @@ def source_folders(data_dir: Path, out: Path, *, sources: set[str], progress: Pr
     if TEXT in sources:
         folders[TEXT] = control_folder(data_dir, out / "control", progress=progress)
     if LEAK in sources:
-        folders[LEAK] = leak_folder(data_dir, out / "canary", progress=progress)
+        # Without an LLM run the control encoded the very item prompts the canary builds: it links them instead.
+        items = folders[TEXT] / "vectors" / "item" if TEXT in folders and _sent_prompts(data_dir) is None else None
+        folders[LEAK] = leak_folder(data_dir, out / "canary", item_vectors=items, progress=progress)
     return folders
 
 

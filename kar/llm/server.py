@@ -40,7 +40,7 @@ from kar.processes import (
     log_tail,
     pid_alive,
     port_open,
-    sigterm_raises,
+    serve_until_stopped,
     spawn_guarded,
     stop_group,
     stop_pgid,
@@ -393,18 +393,11 @@ def serve_forever(server: LLMServer, *, on_ready: Callable[[LLMServer], None] | 
     Raises:
         EnvironmentProblem: The server failed to start or exited on its own; the message holds the log tail.
     """
-
-    try:
-        with sigterm_raises(), server:  # atexit alone does not run on SIGTERM
-            if on_ready:
-                on_ready(server)
-            while server.running:
-                time.sleep(1)
-            raise EnvironmentProblem(
-                f"vLLM server exited on its own; log {server.log_path} ends with:\n{log_tail(server.log_path)}"
-            )
-    except KeyboardInterrupt:
-        return
+    serve_until_stopped(
+        server,
+        on_ready=on_ready,
+        died=lambda s: f"vLLM server exited on its own; log {s.log_path} ends with:\n{log_tail(s.log_path)}",
+    )
 
 
 def serve_embedded(
