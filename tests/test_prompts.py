@@ -471,3 +471,34 @@ def test_the_generic_scenario_shows_every_allowed_attribute():
     )
     assert "Customer profile:\nsegment: outdoor\n" in built["prompt"] and "DE" not in built["prompt"]
     assert "title: Tent; category: camping; clicked: 1" in built["prompt"]
+
+
+@pytest.mark.spark
+def test_rolling_cutoffs_each_get_a_prompt_over_their_own_history(spark, tmp_path):
+    from spark_jobs.datasets.synthetic import SyntheticConfig
+    from spark_jobs.prepare import prepare
+    from spark_jobs.splits import SplitConfig
+    from tests.conftest import NOW
+
+    out = tmp_path / "rolling"
+    prepare(spark=spark, dataset="synthetic", out=out, now=NOW,
+            synthetic=SyntheticConfig(n_users=8, n_items=32, min_interactions=9, mean_interactions=14),
+            split=SplitConfig(protocol="rolling", cutoff_every=4, history_max=5))  # fmt: skip
+    cutoffs = pd.read_parquet(out / "knowledge_cutoffs")
+    assert cutoffs.groupby("user_id").size().max() >= 3  # several cutoffs per user
+    built = user_prompts(spark, out, scenario=MOVIES).toPandas()
+    # Spark hands timestamps back naive (session time zone, UTC in tests), parquet tz-aware: compare as UTC.
+    built["as_of"] = pd.to_datetime(built["as_of"]).dt.tz_localize("UTC")
+    cutoffs["knowledge_cutoff"] = cutoffs["knowledge_cutoff"].astype("datetime64[ns, UTC]")
+    merged = cutoffs.merge(built, left_on=["user_id", "knowledge_cutoff"], right_on=["user_id", "as_of"])
+    assert len(merged) == len(cutoffs) == len(built)
+    # Each prompt reads the user's last `history_max` interactions up to its own cutoff, never a later one.
+    history = pd.read_parquet(out / "knowledge_history")
+    items = pd.read_parquet(out / "items").set_index("item_id")["title"]
+    for row in merged.itertuples():
+        read = history[(history["user_id"] == row.user_id) & (history["position"] <= row.last_position)]
+        shown = read.sort_values("position").tail(5)
+        assert row.n_history_y == len(shown)
+        # As many lines as interactions read (capped), and they are the latest ones, oldest first.
+        places = [row.prompt.find(items[item]) for item in shown["item_id"]]
+        assert min(places) >= 0 and places == sorted(places)
