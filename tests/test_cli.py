@@ -1,4 +1,5 @@
-"""The CLI as a user meets it: one-line errors, relative paths, the Java check, the full demo as the README runs it."""
+"""The CLI as a user meets it: one-line errors, the Java check, the full demo as the README runs it (every other
+command with relative paths runs at the end of tests/test_plugin.py's flow)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import pytest
 
 from kar.contracts.errors import EnvironmentProblem
 from spark_jobs import session
-from tests.serving import rank_when_up
 
 KAR = [sys.executable, "-m", "kar"]
 REPO = Path(__file__).resolve().parents[1]
@@ -208,75 +208,3 @@ def test_debug_prints_the_traceback(tmp_path, how):
     result = _run_fault_injected(*args, cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "fault_injected_prepare" in result.stderr
-
-
-# --- every command with relative paths ---------------------------------------------------------------------------
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.args, result.stdout[-2000:], result.stderr[-3000:])
-    return result
-
-
-@pytest.mark.slow
-@pytest.mark.spark
-@pytest.mark.llm
-@pytest.mark.timeout(1200)
-def test_every_command_takes_relative_paths_from_where_it_is_typed(tmp_path, llm_base_url):
-    """prepare → knowledge → encode → validate → feast apply → train → adapt export → materialize → online →
-    serve → bench online, each a `kar` process in a temp working directory, every path relative. Before paths
-    were resolved at the boundary, the first command already died in great_expectations' Data Docs. (Relative
-    `--repo` paths of a team's own repo run in tests/test_plugin.py, the README's plugin commands.)"""
-    import pandas as pd
-
-    from kar.processes import free_port
-    from spark_jobs.datasets.generated import write_synthetic
-    from spark_jobs.datasets.synthetic import SyntheticConfig
-
-    work = tmp_path / "work dir"  # a space too: paths are passed as one argument everywhere
-    work.mkdir()
-    write_synthetic(work / "gen", SyntheticConfig(n_users=16, n_items=12, min_interactions=3, mean_interactions=5))
-    env = {**os.environ, "KAR_SPARK_MASTER": "local[2]"}
-    env.pop("KAR_FEAST_REPO", None)
-
-    def kar(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return _ok(_run(*args, env=env, cwd=work, timeout=timeout))
-
-    kar("prepare", "--dataset", "synthetic", "--path", "gen/raw", "--out", "data")
-    assert (work / "data" / "summary.json").is_file() and (work / "data" / "validation").is_dir()
-    kar(
-        "knowledge", "--data", "data", "--kind", "user", "--kind", "item", "--limit", "3",
-        "--endpoint", llm_base_url, "--cache", "llm-cache",
-    )  # fmt: skip
-    assert any((work / "llm-cache").rglob("*.parquet"))
-    kar("encode", "--data", "data")
-    kar("validate", "embeddings", "--data", "data", "--out", "checks")
-    assert (work / "checks" / "docs" / "validate-embeddings" / "index.html").is_file()
-    kar("feast", "apply", "--data", "data")
-    kar("train", "--model", "deepfm", "--data", "data", "--out", "run")
-    assert json.loads((work / "run" / "metrics.json").read_text())["test"]["auc"] >= 0
-    kar("adapt", "export", "--run", "run", "--data", "data")
-    kar("feast", "apply", "--data", "data")
-    kar("feast", "materialize", "--data", "data")
-    users = pd.read_parquet(work / "data" / "users")["user_id"].tolist()
-    items = pd.read_parquet(work / "data" / "items")["item_id"].tolist()
-    online = kar("feast", "online", "--data", "data", "--user", str(users[0]),
-                 "--items", ",".join(map(str, items[:2])))  # fmt: skip
-    assert online.stdout.startswith(f"user: user_id={users[0]}")
-
-    port = free_port()
-    server = subprocess.Popen(
-        [*KAR, "serve", "--model", "run", "--data", "data", "--no-auth", "--port", str(port)],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        body = {"user_id": users[0], "item_ids": items[:2], "context": {}}
-        ranked = rank_when_up(server, f"http://127.0.0.1:{port}", body)
-        assert sorted(i["item_id"] for i in ranked["items"]) == sorted(items[:2])
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-
-    bench = ["--out", "bench/online.json", "--data", "data", "--items", "5", "--requests", "3", "--rounds", "1"]
-    kar("bench", "online", *bench, "--backend", "sqlite")
-    assert (work / "bench" / "online.json").is_file() and (work / "bench" / "online.png").is_file()

@@ -149,7 +149,7 @@ def test_a_team_adds_knowledge_to_its_own_feast_repo(tmp_path, llm_base_url):
 
     from kar.processes import free_port
 
-    work = tmp_path / "team"
+    work = tmp_path / "team dir"  # a space too: every path is passed as one argument
     work.mkdir()
     repo = write_team_repo(work)
     venv_bin = str(Path(sys.executable).parent)
@@ -236,6 +236,22 @@ def test_a_team_adds_knowledge_to_its_own_feast_repo(tmp_path, llm_base_url):
         assert [i["fallback"] for i in ranking["items"] if i["item_id"] == "SKU-999"] == [True]
     xgb_config = (work / "shop" / "runs" / "xgb" / "config.yaml").read_text()
     assert "user_knowledge_adapted" in xgb_config  # plain float features from the pre-stored vectors
+
+    _the_other_commands_take_relative_paths_too(work, env=env)
+
+
+def _the_other_commands_take_relative_paths_too(work: Path, *, env: dict[str, str]) -> None:
+    """The commands the README's plugin lines do not type, on the same folder, every path relative: the
+    embeddings gate with its Data Docs (before paths were resolved at the boundary, great_expectations' Data Docs
+    killed the first command), kar's own example repo over the folder (apply, materialize) and the online
+    benchmark on it."""
+    _shell("kar validate embeddings --data shop/prepared --out shop/checks", work=work, env=env)
+    assert (work / "shop" / "checks" / "docs" / "validate-embeddings" / "index.html").is_file()
+    _shell("kar feast apply --data shop/prepared && kar feast materialize --data shop/prepared", work=work, env=env)
+    assert (work / "shop" / "prepared" / "feast" / "repo").is_dir()
+    bench = "--out shop/bench/online.json --data shop/prepared --items 5 --requests 3 --rounds 1 --backend sqlite"
+    _shell(f"kar bench online {bench}", work=work, env=env)
+    assert (work / "shop" / "bench" / "online.json").is_file() and (work / "shop" / "bench" / "online.png").is_file()
 
 
 def test_the_readme_plugin_section_has_the_commands_the_flow_needs():
