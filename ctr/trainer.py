@@ -267,8 +267,12 @@ def batches(data: Batch, *, batch_size: int, order: Tensor | None = None) -> Ite
     """Consecutive slices of ``batch_size`` rows of every tensor, in ``order`` (row indices) when given."""
     size = len(next(iter(data.values())))
     for start in range(0, size, batch_size):
-        rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-        yield {name: tensor[rows] for name, tensor in data.items()}
+        if order is None:
+            yield {name: tensor[start : start + batch_size] for name, tensor in data.items()}
+        else:
+            # index_select, not tensor[rows]: advanced indexing is 2-3x slower for a batch of rows.
+            rows = order[start : start + batch_size]
+            yield {name: tensor.index_select(0, rows) for name, tensor in data.items()}
 
 
 def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Adam:
@@ -278,7 +282,10 @@ def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Adam:
 
 
 def param_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
-    """Embedding tables get ``embedding_l2`` as weight decay, everything else ``weight_decay``."""
+    """Embedding tables get ``embedding_l2`` as weight decay, everything else ``weight_decay`` (one group when
+    the two are equal: the fused step then runs once per step, not once per group)."""
+    if settings.embedding_l2 == settings.weight_decay:
+        return [{"params": list(model.parameters()), "weight_decay": settings.weight_decay}]
     tables = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
     embedding = [p for p in model.parameters() if id(p) in tables]
     other = [p for p in model.parameters() if id(p) not in tables]

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ctr.features import Encoder, FeatureSpec, InputLayout
 from ctr.models import DeepFM, build_model
-from ctr.modules import MLP, Dropout, FactorizationMachine, FeatureEmbedding, LinearTerm
-from ctr.modules.embedding import gather_rows
+from ctr.modules import MLP, Dropout, FactorizationMachine, FeatureEmbedding, LinearTerm, ReLUDropout
 from ctr.testing import planted_frame
 from ctr.trainer import to_tensors
 
@@ -63,20 +63,33 @@ def test_feature_embedding_backward_reaches_shared_table_but_not_padding_row() -
     assert embedding.projections["knowledge"].weight.grad.shape == (DIM, 4)
 
 
-def test_gather_rows_matches_embedding_with_padding_in_values_and_gradients() -> None:
-    ids = torch.tensor([[1, 2, 2, 0], [5, 0, 1, 1]])
-    ours = torch.nn.Embedding(6, DIM, padding_idx=0)
-    reference = torch.nn.Embedding(6, DIM, padding_idx=0)
-    reference.load_state_dict(ours.state_dict())
-    upstream = torch.randn(2, 4, DIM)
+def test_feature_embedding_equals_nn_embedding_lookups_in_values_and_gradients() -> None:
+    """The one-node lookup against the plain modules: ``nn.Embedding(padding_idx=0)`` rows and
+    ``F.embedding_bag(mode="mean", padding_idx=0)`` means, the history sharing the item table."""
+    embedding = FeatureEmbedding(layout=LAYOUT, embedding_dim=DIM, init_std=1.0)
+    reference = {name: torch.nn.Embedding(rows, DIM, padding_idx=0) for name, rows in LAYOUT.tables.items()}
+    for name, table in reference.items():
+        table.load_state_dict(embedding.tables[name].state_dict())
+    # Repeated ids within a row, across rows and across the two fields sharing the item table.
+    batch = {**_batch(), "history": torch.tensor([[3, 3, 0], [1, 0, 0], [5, 1, 1]])}
+    upstream = torch.randn(3, 5, DIM)
 
-    out = gather_rows(ours, ids)
+    out = embedding(batch)
+    expected = torch.stack(
+        [
+            reference["item"](batch["item"]),
+            reference["gender"](batch["gender"]),
+            F.embedding_bag(batch["history"], reference["item"].weight, mode="mean", padding_idx=0),
+            F.embedding_bag(batch["genres"], reference["genres"].weight, mode="mean", padding_idx=0),
+        ],
+        dim=1,
+    )
     (out * upstream).sum().backward()
-    (reference(ids) * upstream).sum().backward()
+    (expected * upstream[:, :4]).sum().backward()
 
-    torch.testing.assert_close(out, reference(ids))
-    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
-    assert ours.weight.grad[0].abs().sum() == 0  # repeated ids accumulate; the padding row gets nothing
+    torch.testing.assert_close(out[:, :4], expected)
+    for name, table in reference.items():
+        torch.testing.assert_close(embedding.tables[name].weight.grad, table.weight.grad)
 
 
 def test_first_order_column_shares_the_lookup_and_stays_apart_from_the_vectors() -> None:
@@ -114,6 +127,24 @@ def test_dropout_masks_are_reproducible_from_the_seed_and_fresh_per_call() -> No
     assert not torch.equal(first, second)
     first.sum().backward()
     torch.testing.assert_close(inputs.grad, first.detach())  # gradient is the same scaled mask
+
+
+def test_relu_dropout_equals_relu_then_dropout_in_values_gradients_and_draws() -> None:
+    inputs = torch.randn(64, 256, requires_grad=True)
+    upstream = torch.randn(64, 256)
+    torch.manual_seed(3)
+    reference = Dropout(0.2)(torch.relu(inputs))
+    (reference * upstream).sum().backward()
+    expected_grad, inputs.grad = inputs.grad, None
+    torch.manual_seed(3)
+    fused = ReLUDropout(0.2)
+
+    out = fused(inputs)
+    (out * upstream).sum().backward()
+
+    assert torch.equal(out, reference) and torch.equal(inputs.grad, expected_grad)
+    assert out.eq(0).float().mean().item() > 0.5  # about half negative, then 20% of the rest dropped
+    assert torch.equal(fused.eval()(inputs), torch.relu(inputs))
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])

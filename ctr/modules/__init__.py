@@ -1,7 +1,7 @@
 """Layers rankers are assembled from (torchrec-like: ``ctr.modules`` holds layers, ``ctr.models`` models)."""
 
 from ctr.modules.cross import CrossNetV2
-from ctr.modules.dropout import Dropout
+from ctr.modules.dropout import Dropout, ReLUDropout
 from ctr.modules.embedding import FeatureEmbedding, deep_input, deep_input_size, dense_inputs
 from ctr.modules.fm import FactorizationMachine
 from ctr.modules.linear import LinearTerm
@@ -19,6 +19,7 @@ __all__ = [
     "LinearCompressionBlock",
     "LinearTerm",
     "MultiGateMixtureOfExperts",
+    "ReLUDropout",
     "WukongLayer",
     "deep_input",
     "deep_input_size",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.features import UNKNOWN, InputLayout
@@ -64,46 +65,64 @@ class FeatureEmbedding(nn.Module):
         return both[..., : self.embedding_dim], both[..., self.embedding_dim]
 
     def _lookup(self, batch: Batch) -> Tensor:
-        sparse = [gather_rows(self.tables[table], batch[field]) for field, table in self.layout.sparse.items()]
-        pooled = [_masked_mean(self.tables[table], batch[field]) for field, table in self.layout.sequence.items()]
-        projected = [self.projections[field](batch[field]) for field in self.layout.dense]
-        return torch.stack([*sparse, *pooled, *projected], dim=1)
+        parts = []
+        if self.layout.sparse or self.layout.sequence:
+            names = list(self.tables)
+            fields = [(names.index(table), False) for table in self.layout.sparse.values()]
+            fields += [(names.index(table), True) for table in self.layout.sequence.values()]
+            ids = [batch[field] for field in (*self.layout.sparse, *self.layout.sequence)]
+            weights = [table.weight for table in self.tables.values()]
+            parts.append(_FieldLookup.apply(tuple(fields), len(weights), *weights, *ids))
+        if self.layout.dense:
+            parts.append(torch.stack([self.projections[field](batch[field]) for field in self.layout.dense], dim=1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _masked_mean(table: nn.Embedding, ids: Tensor) -> Tensor:
-    """Mean of the vectors of the non-zero ids of each row ``[B, L]`` → ``[B, D]``; zeros for an empty row.
+class _FieldLookup(torch.autograd.Function):
+    """Every sparse and sequence field's vector ``[B, F, W]`` in one autograd node.
 
-    Written out rather than ``F.embedding_bag(mode="mean", padding_idx=0)``, whose CPU backward sorts all
-    indices and is slower than this gather-and-sum for short sequences.
+    A sparse field is its row; a sequence field the mean of its non-padding rows (``embedding_bag``'s fused
+    gather-and-sum divided by the count, zeros for an empty row). The backward scatters each field's gradient
+    into its table with ``index_add_`` (fields sharing a table add into the same gradient) and keeps row
+    ``UNKNOWN`` free of gradient, as ``nn.Embedding(padding_idx=UNKNOWN)`` does. Same values and gradients as
+    those modules, but one node per batch instead of one per field, and no index sort: ``nn.Embedding``'s and
+    ``embedding_bag``'s CPU backwards sort the indices first, 2–5× slower per call at batch 1,024.
     """
-    mask = (ids != UNKNOWN).unsqueeze(-1).to(table.weight.dtype)
-    return (gather_rows(table, ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-def gather_rows(table: nn.Embedding, ids: Tensor) -> Tensor:
-    """``table(ids)`` (ids of any shape → ``[*ids.shape, D]``), with row ``UNKNOWN`` kept free of gradient.
-
-    Same values and gradients as ``nn.Embedding(padding_idx=UNKNOWN)``, but the backward scatters with
-    ``index_add_`` instead of ``embedding_dense_backward``, which sorts the indices first: 2–5× faster per
-    call on CPU for a batch of 1,024, and a DeepFM step makes 18 of them.
-    """
-    return _GatherRows.apply(table.weight, ids)
-
-
-class _GatherRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, weight: Tensor, ids: Tensor) -> Tensor:
-        ctx.save_for_backward(ids)
-        ctx.rows = weight.shape[0]
-        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (ids,) = ctx.saved_tensors
-        flat = grad.reshape(-1, grad.shape[-1])
-        weight_grad = flat.new_zeros(ctx.rows, flat.shape[1]).index_add_(0, ids.reshape(-1), flat)
-        weight_grad[UNKNOWN] = 0
-        return weight_grad, None
+    def forward(ctx: Any, fields: tuple[tuple[int, bool], ...], n_weights: int, *tensors: Tensor) -> Tensor:
+        weights, ids = tensors[:n_weights], tensors[n_weights:]
+        counts: list[Tensor | None] = []
+        vectors = []
+        for (table, pooled), field_ids in zip(fields, ids, strict=True):
+            weight = weights[table]
+            if pooled:
+                count = field_ids.ne(UNKNOWN).sum(dim=1, keepdim=True).clamp_(min=1).to(weight.dtype)
+                vectors.append(F.embedding_bag(field_ids, weight, mode="sum", padding_idx=UNKNOWN).div_(count))
+            else:
+                count = None
+                vectors.append(weight.index_select(0, field_ids))
+            counts.append(count)
+        ctx.fields, ctx.counts, ctx.shapes = fields, counts, [w.shape for w in weights]
+        ctx.save_for_backward(*ids)
+        return torch.stack(vectors, dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ids = ctx.saved_tensors
+        grads: list[Tensor | None] = [None] * len(ctx.shapes)
+        for position, ((table, _), field_ids, count) in enumerate(zip(ctx.fields, ids, ctx.counts, strict=True)):
+            field_grad = grad[:, position]
+            if count is not None:  # every id of a row gets the row's gradient / count
+                rows, length = field_ids.shape
+                field_grad = (field_grad / count).unsqueeze(1).expand(rows, length, grad.shape[2])
+            if grads[table] is None:
+                grads[table] = grad.new_zeros(ctx.shapes[table])
+            grads[table].index_add_(0, field_ids.reshape(-1), field_grad.reshape(-1, grad.shape[2]))
+        for table_grad in grads:
+            if table_grad is not None:
+                table_grad[UNKNOWN].zero_()
+        return None, None, *grads, *([None] * len(ids))
 
 
 def deep_input(vectors: Tensor, batch: Batch, layout: InputLayout) -> Tensor:
@@ -112,7 +131,9 @@ def deep_input(vectors: Tensor, batch: Batch, layout: InputLayout) -> Tensor:
     Dense fields (knowledge) enter twice, projected among the field vectors and raw here, so a vector added by
     config reaches the deep part whole.
     """
-    return torch.cat([vectors.flatten(start_dim=1), *dense_inputs(batch, layout)], dim=1)
+    dense = dense_inputs(batch, layout)
+    flat = vectors.flatten(start_dim=1)
+    return torch.cat([flat, *dense], dim=1) if dense else flat  # a cat of one tensor would copy it again
 
 
 def deep_input_size(num_vectors: int, embedding_dim: int, layout: InputLayout) -> int:

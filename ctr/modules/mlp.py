@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ctr.modules.dropout import Dropout
+from ctr.modules.dropout import ReLUDropout
 
 
 class MLP(nn.Module):
@@ -37,9 +37,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, size))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size))
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(Dropout(dropout))
+            layers.append(ReLUDropout(dropout) if dropout > 0 else nn.ReLU())
             width = size
         if out_features is not None:
             layers.append(nn.Linear(width, out_features))
