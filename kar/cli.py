@@ -696,7 +696,13 @@ def encode(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
-    kind: Annotated[list[str] | None, typer.Option(help="user | item; repeat for both (default: both).")] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="user | item | kerec (LLM-KERec's complementary entities per item); repeat for several "
+            "(default: user and item)."
+        ),
+    ] = None,
     text: Annotated[
         str,
         typer.Option(
