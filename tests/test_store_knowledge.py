@@ -299,3 +299,10 @@ def test_kerec_view_is_point_in_time_and_only_registered_when_the_folder_has_ker
     assert found.items["has_kerec_knowledge"].tolist() == [True, False]
     np.testing.assert_array_equal(found.items["kerec_knowledge"][0], _vector(kerec, 1))
     assert not found.items["kerec_knowledge"][1].any()
+
+    # Without the table again, the next apply drops the kerec view: the folder is back to the four views.
+    shutil.rmtree(root / "vectors" / "kerec")
+    store.apply(data_dir=root)
+    again = store.open_store(data_dir=root)
+    assert not any("kerec" in v.name for v in again.list_feature_views())
+    assert not any("kerec" in c for c in store.training_frame(data_dir=root, samples=SAMPLES).columns)
