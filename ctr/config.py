@@ -27,9 +27,10 @@ import yaml
 
 from adaptors import AdaptorConfig
 from ctr._mapping import from_mapping
-from ctr.features import FeatureSpec
+from ctr.features import DenseField, FeatureSpec
 from kar.contracts.config_files import load_yaml
 from kar.contracts.errors import DataError
+from kar.contracts.tables import OPTIONAL_KINDS
 
 # Experiment YAMLs bundled with the package (package data of ``kar``).
 BUNDLED_DIR = Path(str(resources.files("kar") / "configs" / "experiments"))
@@ -68,6 +69,10 @@ class TrainConfig:
         for name in ("embedding_l2", "weight_decay"):
             if getattr(self, name) < 0:
                 raise DataError(f"train.{name}: must not be negative, got {getattr(self, name)}")
+
+
+OPTIONAL_KNOWLEDGE_FIELDS = tuple(f"{kind}_knowledge" for kind in OPTIONAL_KINDS)
+"""Knowledge fields an experiment may add without listing them (the Feast views of optional knowledge kinds)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,17 +120,22 @@ class ExperimentConfig:
         """This experiment reading only the knowledge ``fields`` (none: no knowledge), for ablations.
 
         Args:
-            fields: Knowledge fields to keep (a subset of :attr:`knowledge_fields`).
+            fields: Knowledge fields to keep (a subset of :attr:`knowledge_fields`), plus any optional knowledge
+                field (:data:`OPTIONAL_KNOWLEDGE_FIELDS`: ``kerec_knowledge``), added as a dense field that the
+                adaptor takes as one more type, with its own specific experts.
             adaptor: ``hea``, ``moe`` or ``mlp`` to adapt them, or None to feed the raw vectors (XGBoost). Sizes
                 and dropout are kept; expert counts are the variant's defaults when the variant changes.
 
         Raises:
-            DataError: If a field is not one of this experiment's knowledge fields.
+            DataError: If a field is neither one of this experiment's knowledge fields nor an optional one.
         """
-        unknown = [name for name in fields if name not in self.knowledge_fields]
+        known = (*self.knowledge_fields, *(f for f in OPTIONAL_KNOWLEDGE_FIELDS if f not in self.knowledge_fields))
+        unknown = [name for name in fields if name not in known]
         if unknown:
-            raise DataError(f"{unknown[0]!r} is not a knowledge field ({', '.join(self.knowledge_fields)})")
+            raise DataError(f"{unknown[0]!r} is not a knowledge field ({', '.join(known)})")
         dense = tuple(f for f in self.features.dense if f.name in fields or f.name not in self.knowledge_fields)
+        present = {f.name for f in dense}
+        dense += tuple(DenseField(name=name) for name in fields if name not in present)
         knowledge = None
         if fields and adaptor is not None:
             base = self.knowledge or AdaptorConfig(fields=tuple(fields))

@@ -696,7 +696,13 @@ def encode(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
-    kind: Annotated[list[str] | None, typer.Option(help="user | item; repeat for both (default: both).")] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="user | item | kerec (LLM-KERec's complementary entities per item); repeat for several "
+            "(default: user and item)."
+        ),
+    ] = None,
     text: Annotated[
         str,
         typer.Option(
@@ -1195,7 +1201,10 @@ def bench_quality_command(
         ),
     ] = None,
     model: Annotated[list[str] | None, typer.Option(help="Backbone (repeatable; default all five).")] = None,
-    variant: Annotated[list[str] | None, typer.Option(help="Variant (repeatable; default all).")] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="Variant (repeatable; default all but both+kerec, which needs kerec vectors)."),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per model and variant.")] = 3,
     jobs: Annotated[int | None, typer.Option(help="Runs at once, one core each (default: CPU count).")] = None,
     users: Annotated[int, typer.Option(help="synthetic without --data: users to generate.")] = 3000,
@@ -1207,7 +1216,7 @@ def bench_quality_command(
 ) -> None:
     """Test AUC/LogLoss of every ranker without knowledge, with it, and ablations (adaptors, no-LLM control,
     leakage canary); on synthetic data also the theme probes of the item vectors."""
-    from kar.bench.quality import MODELS, SLICES, VARIANTS, bench_quality
+    from kar.bench.quality import DEFAULT_VARIANTS, MODELS, SLICES, bench_quality
     from spark_jobs.datasets.synthetic import SyntheticConfig
 
     synthetic = SyntheticConfig(
@@ -1223,7 +1232,7 @@ def bench_quality_command(
             out=out,
             data_dir=data,
             models=model or MODELS,
-            variants=variant or [v.name for v in VARIANTS],
+            variants=variant or DEFAULT_VARIANTS,
             seeds=seeds,
             jobs=jobs,
             synthetic=synthetic,

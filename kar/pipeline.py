@@ -613,7 +613,7 @@ def run_encode(
         out: Vector tables, quarantine and summary (default ``data_dir/vectors``, where Feast reads them).
         model: sentence-transformers name or folder (default: the shipped all-MiniLM-L6-v2).
         batch_size: Texts per forward pass.
-        kinds: ``user`` and/or ``item``.
+        kinds: ``user``, ``item`` and/or ``kerec`` (optional: only encoded when named).
         text_column: ``text`` (the answers) or ``prompt`` (the data the LLM was given: the no-LLM control).
         driver_max_texts: Texts to encode per kind at or below which the driver encodes them instead of Spark
             tasks (default ``spark_jobs.encoding.job.DRIVER_MAX_TEXTS``; 0: always Spark).

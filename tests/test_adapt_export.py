@@ -109,3 +109,51 @@ def test_cli_export_reports_each_table(knowledge_run: dict, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert "user_knowledge:" in result.output and f"({ADAPTED}-d)" in result.output
     assert (tmp_path / "item" / "part-0.parquet").is_file()
+
+
+def test_a_run_with_kerec_knowledge_exports_it_and_serves_the_offline_scores(
+    knowledge_run: dict, tmp_path: Path
+) -> None:
+    """LLM-KERec end to end: ``vectors/kerec`` → the ``kerec_knowledge`` view in training → a ranker with a third
+    expert group → ``adapted/kerec`` → ``kerec_knowledge_adapted`` in serving → online scores = offline scores."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from ctr import train_experiment
+    from ctr.config import load_config
+    from tests.conftest import _vector_table
+
+    root = tmp_path / "prepared"
+    shutil.copytree(knowledge_run["root"], root, ignore=shutil.ignore_patterns("feast", "adapted"))
+    items = sorted(pd.read_parquet(root / "items")["item_id"].tolist())[2:]  # two items without kerec knowledge
+    kerec = _vector_table(items, [pd.Timestamp("2000-01-01", tz="UTC")] * len(items), kind="kerec", seed=7)
+    (root / "vectors" / "kerec").mkdir()
+    pq.write_table(kerec, root / "vectors" / "kerec" / "part-0.parquet")
+    store.apply(data_dir=root)
+    frame = store.training_frame(data_dir=root)
+    assert frame["has_kerec_knowledge"].any() and (~frame["has_kerec_knowledge"]).any()
+
+    fields = (*FIELDS, "kerec_knowledge")
+    config = load_config("deepfm_synthetic").with_knowledge(fields, adaptor="hea")
+    config = replace(config, train=replace(config.train, epochs=1, batch_size=64, num_threads=1))
+    run = tmp_path / "run"
+    train_experiment(frame, config, run)
+    exported = run_adapt_export(run_dir=run, data_dir=root)
+    assert [t.field for t in exported] == list(fields) and (root / "adapted" / "kerec").is_dir()
+    store.apply(data_dir=root)
+    feature_store = store.materialize(data_dir=root)
+    serving = [p.name for p in feature_store.get_feature_service(store.SERVING_SERVICE).feature_view_projections]
+    assert "kerec_knowledge_adapted" in serving
+
+    ranker = load_ranker(run)
+    test = frame[frame["has_user_knowledge"]].head(40)
+    assert test["has_kerec_knowledge"].any() and (~test["has_kerec_knowledge"]).any()
+    offline_scores = ranker.predict(test)
+    lookup = OnlineLookup(feature_store, service=store.SERVING_SERVICE)
+    for user_id, rows in test.groupby("user_id"):
+        found = lookup.fetch(user_id=int(user_id), item_ids=rows["item_id"].tolist())
+        assert found.items["has_kerec_knowledge_adapted"].tolist() == rows["has_kerec_knowledge"].tolist()
+        for i, hist in enumerate(rows["hist_item_ids"]):
+            scores = ranker.predict(found.candidates_frame(hist_item_ids=list(hist)).iloc[[i]])
+            np.testing.assert_allclose(scores, offline_scores[test.index.get_loc(rows.index[i])], atol=1e-5)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kar.bench.quality import (
+    DEFAULT_VARIANTS,
     VARIANTS,
     Job,
     bench_quality,
@@ -44,7 +45,20 @@ def test_variant_configs_keep_only_the_chosen_knowledge() -> None:
     # Trees read raw vectors: no adaptor, and no adaptor ablations.
     xgb = job_config(_job("xgboost", "both"))
     assert xgb.knowledge is None and [f.name for f in xgb.features.dense] == ["user_knowledge", "item_knowledge"]
-    assert [v.name for v in variants_for("xgboost", [v.name for v in VARIANTS])] == ["none", "both", "text", "canary"]
+    assert [v.name for v in variants_for("xgboost", [v.name for v in VARIANTS])] == [
+        "none", "both", "text", "canary", "both+kerec"
+    ]  # fmt: skip
+
+
+def test_both_plus_kerec_adds_a_third_expert_group_and_runs_only_when_named() -> None:
+    kerec = job_config(_job("deepfm", "both+kerec"))
+    fields = ("user_knowledge", "item_knowledge", "kerec_knowledge")
+    assert kerec.knowledge.fields == fields and kerec.knowledge.adaptor == "hea"
+    assert [f.name for f in kerec.features.dense] == list(fields)
+    assert _variant("both+kerec").knowledge == "both+kerec" and _variant("both").knowledge == "both"
+    assert "both+kerec" not in DEFAULT_VARIANTS and set(DEFAULT_VARIANTS) == {v.name for v in VARIANTS} - {"both+kerec"}
+    xgb = job_config(_job("xgboost", "both+kerec"))
+    assert xgb.knowledge is None and [f.name for f in xgb.features.dense] == list(fields)
 
 
 def test_summary_pairs_the_auc_change_by_seed() -> None:
@@ -148,6 +162,22 @@ def test_small_run_writes_quality_json_and_plot(tiny_prepared: Path, tmp_path: P
         dataset="movielens-100k", out=out, data_dir=data, models=["deepfm"], variants=["none", "both"], seeds=2, jobs=1
     )
     assert [r["test_auc"] for r in again["results"]] == [r["test_auc"] for r in result["results"]]
+    # both+kerec on a folder without LLM-KERec vectors would train its third group on zeros: refused.
+    with pytest.raises(DataError, match=r"no training sample has kerec_knowledge; .*`--kind kerec`"):
+        bench_quality(dataset="movielens-100k", out=tmp_path / "nokerec", data_dir=data, variants=["both+kerec"])
+    # With them (item-keyed, as `kar encode --kind kerec` writes), the variant trains and is reported.
+    kerec = _vector_table(items, [pd.Timestamp("2000-01-01", tz="UTC")] * len(items), kind="kerec", seed=3)
+    (data / "vectors" / "kerec").mkdir(parents=True)
+    pq.write_table(kerec, data / "vectors" / "kerec" / "part-0.parquet")
+    with_kerec = bench_quality(
+        dataset="movielens-100k", out=tmp_path / "kerec", data_dir=data, models=["deepfm"], variants=["both+kerec"],
+        seeds=1, jobs=1,
+    )  # fmt: skip
+    assert with_kerec["knowledge_coverage"]["llm"]["train"]["kerec_knowledge"] > 0
+    assert {(r["variant"], r["knowledge"], r["adaptor"]) for r in with_kerec["results"]} == {
+        ("both+kerec", "both+kerec", "hea")
+    }
+    shutil.rmtree(data / "vectors" / "kerec")
     # LLM variants on a folder without vectors would train on zeros: refused, naming the folder.
     shutil.rmtree(data / "vectors" / "user")
     with pytest.raises(DataError, match=r"vectors: no training sample has user_knowledge; run `kar knowledge`"):

@@ -409,3 +409,26 @@ def test_bench_encode_writes_the_result_and_its_plot(spark, tmp_path):
     assert written["start_up"]["sentences_per_s_including_jvm"] > 0
     assert out.with_suffix(".png").stat().st_size > 1000
     assert sorted(p.name for p in out.parent.iterdir()) == ["encode.json", "encode.png"], "scratch left behind"
+
+
+@pytest.mark.spark
+def test_kerec_knowledge_is_encoded_only_when_asked_and_keyed_like_items(spark, tmp_path, planning):
+    """``kerec`` (one text per item) is an optional kind: not in the default kinds, and when named its vectors
+    carry the item's own string id from the item id map, as ``item`` vectors do."""
+    from spark_jobs.encoding.job import DEFAULT_KINDS
+
+    knowledge, out = tmp_path / "knowledge", tmp_path / "vectors"
+    write_kind(knowledge, "item", answers(2))
+    write_kind(knowledge, "kerec", [(0, "heist, jazz", "ok"), (1, "  ", "ok")])
+    maps = tmp_path / "prepared" / "id_maps" / "items"
+    maps.mkdir(parents=True)
+    pq.write_table(pa.table({"item_id": pa.array([0, 1], pa.int64()), "sku": ["SKU-A", "SKU-B"]}), maps / "m.parquet")
+    assert "kerec" not in DEFAULT_KINDS
+    encode(spark, knowledge, out, kinds=("item",))
+    assert not (out / "kerec").exists()
+    summary = encode(spark, knowledge, out, kinds=("kerec",), id_maps_of=tmp_path / "prepared")
+    assert summary["kerec"].encoded == 1
+    table = vectors(out, "kerec")
+    assert table["entity_id"].to_pylist() == [0] and table["entity_key"].to_pylist() == ["SKU-A"]
+    assert table["kind"].to_pylist() == ["kerec"]
+    assert pq.read_table(out / "quarantine" / "kerec")["entity_id"].to_pylist() == [1]  # the blank text

@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
+from kar.contracts.errors import DataError
 from spark_jobs.knowledge.config import load_scenario
 from spark_jobs.knowledge.kerec import (
     complementary_graph,
+    complementary_knowledge,
     confidence_from_logprobs,
     item_entities,
     judge,
@@ -323,3 +325,39 @@ def test_complementary_graph_keeps_ok_parsed_answers(spark):
     # Answers without a logprobs column are judged from their text alone.
     no_logprobs = complementary_graph(answers.drop("logprobs")).where("target = 'b'").first()
     assert no_logprobs.confidence == 1.0
+
+
+def _graph(spark, rows: list[tuple[str, str, bool, float, int, int]]):
+    """Judged pairs ``(source, target, complementary, confidence, support, as_of seconds after BASE)``."""
+    return spark.createDataFrame(
+        [(s, t, c, p, n, BASE + timedelta(seconds=at)) for s, t, c, p, n, at in rows],
+        "source string, target string, complementary boolean, confidence double, support long, as_of timestamp",
+    )
+
+
+@pytest.mark.spark
+def test_complementary_knowledge_lists_best_targets_first_and_stamps_the_newest_pair(spark):
+    entities = _entities(spark, {1: ["a", "b"], 2: ["c"], 3: ["z"]})
+    graph = _graph(
+        spark,
+        [
+            ("a", "x", True, 0.6, 2, 30),
+            ("b", "x", True, 0.9, 1, 10),  # x again, from b: its best pair (0.9, as_of 10) is the one kept
+            ("a", "y", True, 0.95, 3, 20),
+            ("a", "b", True, 0.99, 5, 90),  # the item's own entity: nothing new, left out
+            ("b", "w", False, 0.1, 4, 99),  # judged not complementary
+            ("b", "v", True, 0.5, 1, 40),
+            ("c", "y", True, 0.7, 1, 50),
+        ],
+    )
+    rows = {r.item_id: r for r in complementary_knowledge(entities, graph).collect()}
+    assert set(rows) == {1, 2}  # item 3's entity has no complementary pair: no row, no knowledge
+    assert rows[1].text == "y, x, v" and rows[1].n_targets == 3
+    assert rows[1].as_of.astimezone(UTC) == BASE + timedelta(seconds=40)
+    assert rows[1].status == "ok" and rows[1].prompt == "a, b"
+    assert rows[2].text == "y" and rows[2].as_of.astimezone(UTC) == BASE + timedelta(seconds=50)
+    capped = {r.item_id: r for r in complementary_knowledge(entities, graph, max_targets=2).collect()}
+    # v (as_of 40) is cut by the cap, so item 1's text is known from its newest listed pair on: y at 20.
+    assert capped[1].text == "y, x" and capped[1].as_of.astimezone(UTC) == BASE + timedelta(seconds=20)
+    with pytest.raises(DataError, match="max_targets"):
+        complementary_knowledge(entities, graph, max_targets=0)

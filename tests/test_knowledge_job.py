@@ -127,3 +127,10 @@ def test_real_model_answers_every_kind(spark, tiny_prepared, llm_base_url, tmp_p
     entities = pd.read_parquet(tmp_path / "kerec_entities")
     assert set(entities["source"]) >= {"metadata"}
     assert summary["kerec"]["entity"]["status"].get("ok", 0) >= 1  # structured output parses as JSON
+    # The graph as a third knowledge type: the answers' shape, one row per item with a complementary target.
+    complements = pd.read_parquet(tmp_path / "kerec")
+    assert {"item_id", "as_of", "status", "text", "prompt"} <= set(complements.columns)
+    assert summary["kerec"]["knowledge_items"] == len(complements) == complements["item_id"].nunique()
+    graph = pd.read_parquet(tmp_path / "kerec_graph")
+    assert len(complements) <= graph["complementary"].sum() * len(entities)
+    assert complements["text"].str.len().gt(0).all() and (complements["status"] == "ok").all()

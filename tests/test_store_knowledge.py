@@ -254,3 +254,55 @@ def test_spark_offline_store_profile_gives_the_same_training_set(knowledge, spar
         assert on_spark[column].tolist() == on_files[column].tolist(), column
     for column in ("user_knowledge", "item_knowledge"):
         np.testing.assert_array_equal(np.stack(on_spark[column]), np.stack(on_files[column]))
+
+
+def test_kerec_view_is_point_in_time_and_only_registered_when_the_folder_has_kerec_vectors(tmp_path, knowledge):
+    """LLM-KERec's complementary-entity knowledge (``vectors/kerec``, keyed by item) joins like the others: a
+    sample before an item's kerec ``as_of`` does not see it, one at or after does. Without the table, the
+    services and frames are exactly as before: no kerec view, no kerec column."""
+    plain = store.training_frame(data_dir=knowledge["root"], samples=SAMPLES)
+    assert not any("kerec" in column for column in plain.columns)
+    plain_store = store.open_store(data_dir=knowledge["root"])
+    assert not any("kerec" in v.name for v in plain_store.list_feature_views())
+
+    root = tmp_path / "prepared"
+    shutil.copytree(knowledge["root"], root, ignore=shutil.ignore_patterns("feast"))
+    # Item 10's complementary entities are known from T[2] (its newest pair), item 11's from T[5].
+    kerec = _vectors([(10, T[2], T[7]), (11, T[5], T[7])], dim=DIM, seed=6)
+    _write_table(kerec, root / "vectors" / "kerec")
+    store.apply(data_dir=root)
+    feature_store = store.open_store(data_dir=root)
+    training = [p.name for p in feature_store.get_feature_service("ranking_training").feature_view_projections]
+    serving = [p.name for p in feature_store.get_feature_service("ranking_serving").feature_view_projections]
+    assert "kerec_knowledge" in training and not any("kerec" in name for name in serving)  # nothing adapted yet
+    assert feature_store.get_feature_view("kerec_knowledge").tags["kar.role"] == "item"
+
+    frame = store.training_frame(data_dir=root, samples=SAMPLES)
+    assert frame[["user_id", "item_id", "label"]].equals(SAMPLES[["user_id", "item_id", "label"]])
+    # (10, T[1]) precedes item 10's T[2]; (11, T[3]) precedes item 11's T[5]; item 12 has none;
+    # (10, T[5]) and (10, T[3]) follow T[2]; (11, T[5]) is at item 11's as_of, which counts.
+    assert frame["has_kerec_knowledge"].tolist() == [False, False, False, True, True, True]
+    for row in (0, 1, 2):
+        assert frame.loc[row, "kerec_knowledge"].shape == (DIM,) and not frame.loc[row, "kerec_knowledge"].any()
+    for row, vector in ((3, 0), (4, 0), (5, 1)):
+        np.testing.assert_array_equal(frame.loc[row, "kerec_knowledge"], _vector(kerec, vector))
+    # The user and item knowledge join as they did without the kerec view.
+    for column in ("user_knowledge", "item_knowledge"):
+        np.testing.assert_array_equal(np.stack(frame[column]), np.stack(plain[column]))
+    assert frame[["has_user_knowledge", "has_item_knowledge"]].equals(
+        plain[["has_user_knowledge", "has_item_knowledge"]]
+    )
+
+    # Online, the newest kerec vector per item; an item without one gets zeros and False.
+    store.materialize(data_dir=root)
+    found = OnlineLookup(feature_store, service=store.TRAINING_SERVICE).fetch(user_id=1, item_ids=[11, 12])
+    assert found.items["has_kerec_knowledge"].tolist() == [True, False]
+    np.testing.assert_array_equal(found.items["kerec_knowledge"][0], _vector(kerec, 1))
+    assert not found.items["kerec_knowledge"][1].any()
+
+    # Without the table again, the next apply drops the kerec view: the folder is back to the four views.
+    shutil.rmtree(root / "vectors" / "kerec")
+    store.apply(data_dir=root)
+    again = store.open_store(data_dir=root)
+    assert not any("kerec" in v.name for v in again.list_feature_views())
+    assert not any("kerec" in c for c in store.training_frame(data_dir=root, samples=SAMPLES).columns)

@@ -10,7 +10,9 @@ For every backbone (DeepFM, DCNv2, MMOE, Wukong, XGBoost) on one prepared datase
   the item's title, year and genres, i.e. exactly what the LLM was given), through the same adaptor. The gap
   between ``both`` and ``text`` is what the LLM adds beyond re-reading its input. KAR did not run this control.
 * ``canary``: ``text`` with user prompts built from each user's whole log and joined ignoring time
-  (``kar.bench.canary``): leakage on purpose, to show the benchmark would see it.
+  (``kar.bench.canary``): leakage on purpose, to show the benchmark would see it;
+* ``both+kerec`` (only when named): ``both`` plus LLM-KERec's complementary entities per item
+  (``kerec_knowledge``) as a third expert group of the same adaptor.
 
 ``--dataset synthetic`` generates its data (``SyntheticConfig``: users, items, ``theme_weight``) and prepares
 it under the cold-items protocol, then also probes how much of the planted item themes the encoded and the
@@ -45,6 +47,7 @@ from kar.contracts.results import TrainMetrics
 from kar.contracts.tables import SUMMARY_FILE
 
 BOTH = ("user_knowledge", "item_knowledge")
+KEREC = "kerec_knowledge"  # LLM-KERec's complementary entities per item (`kar encode --kind kerec`)
 MODELS = ("deepfm", "dcnv2", "mmoe", "wukong", "xgboost")
 DATASETS = {"movielens-100k": "ml-100k", "movielens-1m": "ml-1m", "synthetic": "synthetic"}
 LLM, TEXT, LEAK = "llm", "text", "leak"
@@ -65,19 +68,24 @@ class Variant:
         adaptor: ``hea``, ``mlp`` or ``moe`` (XGBoost always reads raw vectors).
         source: ``llm`` (the answers' vectors), ``text`` (the prompts' vectors, the no-LLM control) or ``leak``
             (the canary's whole-log prompt vectors).
+        optional: Run only when named: it needs optional knowledge a folder may not have.
     """
 
     name: str
     fields: tuple[str, ...] = ()
     adaptor: str = "hea"
     source: str = LLM
+    optional: bool = False
 
     @property
     def knowledge(self) -> str:
-        """``none``, ``user``, ``item`` or ``both``, as quality.json spells it."""
+        """``none``, ``user``, ``item``, ``both`` or ``both+kerec``, as quality.json spells it."""
         if not self.fields:
             return "none"
-        return "both" if len(self.fields) == 2 else self.fields[0].removesuffix("_knowledge")
+        kinds = [name.removesuffix("_knowledge") for name in self.fields]
+        if self.fields[:2] == BOTH:
+            kinds = ["both", *kinds[2:]]
+        return "+".join(kinds)
 
 
 VARIANTS = (
@@ -89,9 +97,12 @@ VARIANTS = (
     Variant(name="both-moe", fields=BOTH, adaptor="moe"),
     Variant(name="text", fields=BOTH, source=TEXT),
     Variant(name="canary", fields=BOTH, source=LEAK),
+    Variant(name="both+kerec", fields=(*BOTH, KEREC), optional=True),
 )
+DEFAULT_VARIANTS = tuple(v.name for v in VARIANTS if not v.optional)
+"""What runs unless variants are named: those every LLM folder can feed (``both+kerec`` needs LLM-KERec vectors)."""
 # Trees have no adaptor: the ablations of the adaptor do not apply.
-XGBOOST_VARIANTS = ("none", "both", "text", "canary")
+XGBOOST_VARIANTS = ("none", "both", "text", "canary", "both+kerec")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,7 +381,7 @@ def bench_quality(
     out: Location,
     data_dir: Location | None = None,
     models: Sequence[str] = MODELS,
-    variants: Sequence[str] = tuple(v.name for v in VARIANTS),
+    variants: Sequence[str] = DEFAULT_VARIANTS,
     seeds: int = 3,
     jobs: int | None = None,
     synthetic: Any = None,
@@ -386,7 +397,8 @@ def bench_quality(
             ``synthetic`` without one, the data is generated from ``synthetic`` into ``out/data``
             (cold-items protocol) and reused while the config is the same.
         models: Backbones to train.
-        variants: Variant names (see :data:`VARIANTS`).
+        variants: Variant names (see :data:`VARIANTS`; ``both+kerec`` only when named, and it needs the folder's
+            ``vectors/kerec``).
         seeds: Seeds per model and variant (0, 1, …).
         jobs: Runs trained at once, one core each (default: the CPU count).
         synthetic: ``SyntheticConfig`` of the generated data (default: the generator's defaults).
@@ -510,9 +522,10 @@ def _require_knowledge(coverage: dict[str, dict[str, float]], data_dir: Path, va
     needed = {field for v in variants if v.source == LLM for field in v.fields}
     empty = sorted(field for field in needed if not coverage.get("train", {}).get(field))
     if empty:
+        kerec = " (for kerec_knowledge: `--kind kerec` on both, then `kar feast apply`)" if KEREC in empty else ""
         raise DataError(
             f"{data_dir / 'vectors'}: no training sample has {', '.join(empty)}; run `kar knowledge` and "
-            "`kar encode` on this folder first, or choose --variant none"
+            f"`kar encode` on this folder first{kerec}, or choose --variant none"
         )
 
 

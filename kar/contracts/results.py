@@ -189,6 +189,8 @@ class KerecSummary(KnowledgeRun):
         entities: Items with an extracted entity.
         graph_edges: Judged pairs.
         complementary_edges: Pairs judged complementary.
+        knowledge_items: Items with a complementary-knowledge text (``knowledge/kerec``; 0 in summaries written
+            before it existed).
     """
 
     entity: AnswerStats
@@ -196,6 +198,7 @@ class KerecSummary(KnowledgeRun):
     entities: int
     graph_edges: int
     complementary_edges: int
+    knowledge_items: int = 0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Self:

@@ -18,6 +18,17 @@ SUMMARY_FILE = "summary.json"
 
 KINDS = ("user", "item")
 """Knowledge kinds: per-user preference reasoning and per-item facts (KAR's two knowledge types)."""
+OPTIONAL_KINDS = ("kerec",)
+"""Knowledge kinds a folder may or may not have: ``kerec`` is each item's judged-complementary entities (the
+LLM-KERec graph as text). Nothing is created for them when missing, so a folder without them is unchanged."""
+ALL_KINDS = KINDS + OPTIONAL_KINDS
+ENTITY_OF = {"user": "user", "item": "item", "kerec": "item"}
+"""The entity (``user`` or ``item``: its id column, id map and ranking side) each knowledge kind describes."""
+ID_COLUMNS = {"user": "user_id", "item": "item_id"}
+"""The prepared tables' id column of each entity."""
+KEREC_DIR = "kerec"
+"""``knowledge/kerec``: one text per item, its entities' judged-complementary entities (``kar knowledge --kind
+kerec`` writes it beside ``kerec_entities/`` and ``kerec_graph/``)."""
 
 VECTORS_DIR = "vectors"
 ADAPTED_DIR = "adapted"

@@ -22,6 +22,7 @@ def example_objects(*, data: Location, dims: Dimensions | None = None, offline_s
     """The bundled example repo's objects for one prepared folder: entities ``user``/``item`` (int64 ids, the
     prepared tables' own), profile views from the tables' schema, knowledge views, and the services
     ``ranking_training`` (profiles + raw knowledge) and ``ranking_serving`` (profiles + adapted knowledge).
+    LLM-KERec's ``kerec_knowledge`` views join them only when the folder holds their vector tables.
     """
     from feast import Entity, ValueType
 
@@ -133,7 +134,7 @@ def write_example_repo(
     ).write_text(f'''"""kar-feast's example repo: entities user/item, profile views, knowledge views and two services.
 
 Written by `kar.feast.write_example_repo`; the objects come from `kar.feast.example_objects`, the same call
-`kar feast apply --data DATA` makes. Feast registers the top-level names below.
+`kar feast apply --data DATA` makes. Feast registers the top-level names bound below.
 """
 
 from pathlib import Path
@@ -142,18 +143,11 @@ from kar.feast import example_objects
 
 {data_line}
 
-(
-    user,
-    item,
-    user_profile,
-    item_profile,
-    user_knowledge,
-    item_knowledge,
-    user_knowledge_adapted,
-    item_knowledge_adapted,
-    ranking_training,
-    ranking_serving,
-) = example_objects(data=DATA, offline_store={json.dumps(offline_store)})
+# Bound by their names: user, item, user_profile, item_profile, user_knowledge, item_knowledge,
+# user_knowledge_adapted, item_knowledge_adapted, ranking_training, ranking_serving, and kerec_knowledge
+# (in ranking_training) once DATA holds LLM-KERec vectors (`kar encode --kind kerec`, then apply again).
+OBJECTS = example_objects(data=DATA, offline_store={json.dumps(offline_store)})
+globals().update({{obj.name: obj for obj in OBJECTS}})
 ''')
     store = SPARK_OFFLINE_STORE if offline_store == "spark" else "  type: file\n"
     (root / "feature_store.yaml").write_text(

@@ -242,6 +242,9 @@ user_knowledge = knowledge.user
 item_knowledge = knowledge.item
 user_knowledge_adapted = knowledge.user_adapted
 item_knowledge_adapted = knowledge.item_adapted
+# None (nothing registered) unless DATA holds LLM-KERec vectors (`kar encode --kind kerec`); apply again after.
+kerec_knowledge = knowledge.kerec
+kerec_knowledge_adapted = knowledge.kerec_adapted
 
 kar_training = knowledge_service(name="{TEAM_TRAINING_SERVICE}", features=[{team_views}*knowledge.raw])
 kar_serving = knowledge_service(name="{TEAM_SERVING_SERVICE}", features=[{team_views}*knowledge.adapted])

@@ -29,7 +29,7 @@ KEY_COLUMNS = {"int64": "entity_id", "string": "entity_key"}
 TABLES = {
     (stage, kind): f"{folder}/{kind}"
     for stage, folder in (("raw", tables.VECTORS_DIR), ("adapted", tables.ADAPTED_DIR))
-    for kind in tables.KINDS
+    for kind in tables.ALL_KINDS
 }
 
 
@@ -57,22 +57,25 @@ class Dimensions:
 
 @dataclass(frozen=True, kw_only=True)
 class KnowledgeViews:
-    """The four knowledge views of one prepared folder, for one pair of entities."""
+    """The knowledge views of one prepared folder, for one pair of entities: four always, and the optional
+    kinds' (``kerec``) where the folder has their tables."""
 
     user: FeatureView
     item: FeatureView
     user_adapted: FeatureView
     item_adapted: FeatureView
+    kerec: FeatureView | None = None
+    kerec_adapted: FeatureView | None = None
 
     @property
-    def raw(self) -> tuple[FeatureView, FeatureView]:
+    def raw(self) -> tuple[FeatureView, ...]:
         """What a ranker trains on (the adaptor trains jointly with it)."""
-        return self.user, self.item
+        return tuple(v for v in (self.user, self.item, self.kerec) if v is not None)
 
     @property
-    def adapted(self) -> tuple[FeatureView, FeatureView]:
+    def adapted(self) -> tuple[FeatureView, ...]:
         """What serving reads: pre-stored adapted vectors (no LLM, encoder or adaptor at request time)."""
-        return self.user_adapted, self.item_adapted
+        return tuple(v for v in (self.user_adapted, self.item_adapted, self.kerec_adapted) if v is not None)
 
     def all(self) -> list[FeatureView]:
         return [*self.raw, *self.adapted]
@@ -202,6 +205,7 @@ def knowledge_views(
     key_types: Mapping[str, str] | None = None,
     offline_store: str = "file",
     names: Mapping[str, str] | None = None,
+    optional: Sequence[str] | None = None,
 ) -> KnowledgeViews:
     """The raw and adapted knowledge views of a prepared folder, keyed by the team's user and item entities.
 
@@ -213,8 +217,12 @@ def knowledge_views(
         key_types: Per role, ``string`` or ``int64``: how the prepared data keys its ids; by default read from
             the folder's ``summary.json`` (``id_types``), which needs a local folder.
         offline_store: ``file`` or ``spark``.
-        names: View names by ``user``, ``item``, ``user_adapted``, ``item_adapted`` (default
-            ``user_knowledge``, …): rankers read features by these names.
+        names: View names by ``user``, ``item``, ``user_adapted``, ``item_adapted``, ``kerec``,
+            ``kerec_adapted`` (default ``user_knowledge``, …, ``kerec_knowledge``): rankers read features by
+            these names.
+        optional: Optional knowledge tables to add views for, as ``vectors/kerec`` or ``adapted/kerec``
+            (:func:`optional_tables`). By default those a local folder holds, so a folder without LLM-KERec
+            knowledge gets exactly the four views; a URI folder gets none unless named.
 
     Raises:
         DataError: As :func:`knowledge_view`, or no way to tell the key types.
@@ -223,13 +231,17 @@ def knowledge_views(
     key_types = dict(key_types or summary_key_types(data))
     names = {**default_view_names(), **(names or {})}
     root = str(data).rstrip("/") if is_uri(data) else str(local_path(data))
+    present = set(optional_tables(data) if optional is None else optional)
     views = {}
     for stage, suffix in (("raw", ""), ("adapted", "_adapted")):
-        for role, entity in (("user", user), ("item", item)):
-            views[f"{role}{suffix}"] = knowledge_view(
-                name=names[f"{role}{suffix}"],
-                entity=entity,
-                source=f"{root}/{TABLES[stage, role]}",
+        for kind in tables.ALL_KINDS:
+            if kind in tables.OPTIONAL_KINDS and TABLES[stage, kind] not in present:
+                continue
+            role = tables.ENTITY_OF[kind]
+            views[f"{kind}{suffix}"] = knowledge_view(
+                name=names[f"{kind}{suffix}"],
+                entity=user if role == "user" else item,
+                source=f"{root}/{TABLES[stage, kind]}",
                 dim=dims.of(stage),
                 role=role,
                 stage=stage,
@@ -239,12 +251,29 @@ def knowledge_views(
     return KnowledgeViews(**views)
 
 
+def optional_tables(data: Location) -> list[str]:
+    """The optional kinds' vector tables (``vectors/kerec``, ``adapted/kerec``) a local folder holds (a folder
+    with parquet files); none for a URI, which cannot be listed cheaply."""
+    if is_uri(data):
+        return []
+    root = local_path(data)
+    return [
+        TABLES[stage, kind]
+        for stage in ("raw", "adapted")
+        for kind in tables.OPTIONAL_KINDS
+        if (root / TABLES[stage, kind]).is_dir() and any((root / TABLES[stage, kind]).glob("*.parquet"))
+    ]
+
+
 def default_view_names() -> dict[str, str]:
     return {
         "user": "user_knowledge",
         "item": "item_knowledge",
         "user_adapted": "user_knowledge_adapted",
         "item_adapted": "item_knowledge_adapted",
+        # Named for the kind, not the entity: the flag is then has_kerec_knowledge, like has_<kind>_knowledge.
+        "kerec": "kerec_knowledge",
+        "kerec_adapted": "kerec_knowledge_adapted",
     }
 
 
@@ -319,8 +348,8 @@ def vector_dims(data_dir: Path) -> Dimensions:
     found = {}
     for stage, folder in (("knowledge", "vectors"), ("adapted", "adapted")):
         sizes: set[int] = set()
-        for role in ROLES:
-            path = data_dir / folder / role
+        for kind in tables.ALL_KINDS:
+            path = data_dir / folder / kind
             if path.is_dir():
                 sizes |= set(ds.dataset(path, format="parquet").to_table(columns=["dim"])["dim"].to_pylist())
         if len(sizes) == 1:  # several sizes: the default, so the check at apply names the odd table

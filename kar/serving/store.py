@@ -231,7 +231,11 @@ def apply(
                        online_path=str(state / "online_store.db"), offline_store=profile or "file")  # fmt: skip
     objects = example_objects(data=data, dims=dims, offline_store=profile or "file")
     store = open_store(data_dir=data, profile=profile)
-    store.apply(objects)
+    names = {obj.name for obj in objects}
+    # An optional knowledge view (kerec) whose table went away leaves the example repo: kept, its missing
+    # folder would fail every later apply and materialize. Only kar's own tagged views are ever deleted.
+    stale = [v for v in store.list_feature_views() if is_knowledge_view(v) and v.name not in names]
+    store.apply(objects, objects_to_delete=stale, partial=not stale)
     check_dimensions(store, data_dir=data)
     return [obj.name for obj in objects]
 

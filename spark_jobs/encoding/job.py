@@ -1,6 +1,6 @@
 """The encoding job: knowledge tables (``kar knowledge``) → one vector per answer in ``OUT/<kind>``.
 
-For each kind (``user``, ``item``):
+For each kind (``user``, ``item``, and ``kerec`` when asked for: one text per item, keyed like ``item``):
 
 1. the knowledge rows are read in Spark; rows whose status is not ``ok`` or whose text is empty, blank or
    missing go to ``OUT/quarantine/<kind>`` with the reason (rewritten every run, so it tells the truth about
@@ -65,8 +65,10 @@ from spark_jobs.id_maps import IdMap, read_id_map
 from spark_jobs.knowledge.job import write_summary
 from spark_jobs.schema import parquet_rows
 
-KINDS: tuple[str, ...] = tables.KINDS
-ID_COLUMNS = {"user": "user_id", "item": "item_id"}
+KINDS: tuple[str, ...] = tables.ALL_KINDS
+"""Kinds the job can encode; ``kerec`` (optional knowledge) only when asked for."""
+DEFAULT_KINDS: tuple[str, ...] = tables.KINDS
+ID_COLUMNS = {kind: tables.ID_COLUMNS[tables.ENTITY_OF[kind]] for kind in KINDS}
 # Up to this many knowledge rows per kind the job plans on the driver with pyarrow (counts, quarantine, what is
 # already encoded) and sends only the texts to encode through Spark.
 SMALL_KNOWLEDGE_ROWS = 50_000
@@ -105,7 +107,7 @@ class EncodeJob:
         knowledge_dir: Folder written by ``kar knowledge`` (holds ``user/`` and ``item/``).
         out: Output folder: ``OUT/<kind>`` vectors, ``OUT/quarantine/<kind>``, ``OUT/summary.json``.
         model: sentence-transformers model name or folder (default: the shipped all-MiniLM-L6-v2).
-        kinds: Which knowledge tables to encode (``user``, ``item``).
+        kinds: Which knowledge tables to encode (``user``, ``item``, ``kerec``).
         batch_size: Texts (chunks) per forward pass.
         tasks: Spark tasks that encode (default: the cluster's parallelism).
         threads: Torch threads per task (default: ``spark.task.cpus``, i.e. one per core a task holds).
@@ -128,7 +130,7 @@ class EncodeJob:
     knowledge_dir: Folder
     out: Folder
     model: str | None = None
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     batch_size: int = DEFAULT_BATCH_SIZE
     tasks: int | None = None
     threads: int | None = None
@@ -160,7 +162,7 @@ class EncodeJob:
             raise DataError(f"encode: text column {self.text_column!r} is not one of {', '.join(TEXT_COLUMNS)}")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
-            raise DataError(f"encode: unknown kind(s) {', '.join(unknown)}; use {' or '.join(KINDS)}")
+            raise DataError(f"encode: unknown kind(s) {', '.join(unknown)}; use {', '.join(KINDS)}")
         if not storage.is_dir(self.knowledge_dir):
             raise DataError(f"{self.knowledge_dir}: no knowledge folder; {knowledge_fix(self.knowledge_dir)}")
         for kind in self.kinds:
@@ -234,7 +236,7 @@ def read_knowledge(
         F.sha2(text.cast("string"), 256).alias("text_hash"),
         reason.alias("reason"),
     )
-    id_map = read_id_map(spark, id_maps_of, kind) if id_maps_of is not None else None
+    id_map = read_id_map(spark, id_maps_of, tables.ENTITY_OF[kind]) if id_maps_of is not None else None
     if id_map is None:
         return selected.withColumn("entity_key", F.col("entity_id").cast("string"))
     keyed = selected.join(F.broadcast(id_map), "entity_id", "left")
@@ -573,7 +575,7 @@ def read_knowledge_arrow(
             "reason": reason,
         }
     )
-    id_map = IdMap.load(id_maps_of, kind) if id_maps_of is not None else None
+    id_map = IdMap.load(id_maps_of, tables.ENTITY_OF[kind]) if id_maps_of is not None else None
 
     def entity_key(entity_id: Any) -> str | None:
         if pd.isna(entity_id):
@@ -773,7 +775,7 @@ def encode_knowledge(
     out: Folder,
     model: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = DEFAULT_KINDS,
     tasks: int | None = None,
     threads: int | None = None,
     flush_rows: int = DEFAULT_FLUSH_ROWS,

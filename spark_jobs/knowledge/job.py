@@ -478,6 +478,10 @@ def _run_kerec(
     pair_answers, pair_stats = _run_kind(spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress)
     graph = kerec.complementary_graph(pair_answers).cache()
     graph.write.mode("overwrite").parquet(str(job.out / "kerec_graph"))
+    # The graph as a third knowledge type, in the answers' shape, so `kar encode --kind kerec` reads it as it
+    # reads user/ and item/ (no LLM call: it is derived from the answers above).
+    complements = kerec.complementary_knowledge(entities, graph)
+    complements.write.mode("overwrite").parquet(str(job.out / tables.KEREC_DIR))
     edges = graph.agg(F.count("*").alias("n"), F.sum(F.col("complementary").cast("int")).alias("yes")).first()
     return {
         "entity": entity_stats,
@@ -485,6 +489,7 @@ def _run_kerec(
         "entities": entities.count(),
         "graph_edges": int(edges["n"] or 0),
         "complementary_edges": int(edges["yes"] or 0),
+        "knowledge_items": spark.read.parquet(str(job.out / tables.KEREC_DIR)).count(),
     }
 
 

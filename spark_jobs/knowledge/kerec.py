@@ -9,6 +9,8 @@ LLM-KERec (Ant Group, CIKM'24) builds a complementary-entity graph in four steps
 3. :func:`pair_prompts` — one prompt per candidate pair ("would someone who enjoyed *source* want *target*
    next?").
 4. :func:`complementary_graph` — the judged pairs, with a confidence from the answer's token log-probabilities.
+5. :func:`complementary_knowledge` — the graph as a third knowledge type: per item, one text listing its
+   entities' judged-complementary entities, stamped with the newest pair it uses (encoded like any answer).
 
 Small models answer with junk often enough that every parser here is tolerant: the pure-Python helpers
 (:func:`parse_entities`, :func:`parse_judgement`, :func:`confidence_from_logprobs`) never raise on bad text,
@@ -613,9 +615,74 @@ def complementary_graph(pair_answers: DataFrame) -> DataFrame:
     return judge_pairs(pair_answers).where(F.col("status") == OK)
 
 
+def complementary_knowledge(entities: DataFrame, graph: DataFrame, *, max_targets: int = 12) -> DataFrame:
+    """Per item, the text of the entities its own entities were judged complementary to (LLM-KERec as text).
+
+    A target reached from several of the item's entities keeps its best pair; targets that are the item's own
+    entities say nothing new and are left out. Targets are listed highest P(yes) first (then support, then
+    name, so reruns write the same text) and capped at ``max_targets``, so the text stays within the encoder's
+    window. ``as_of`` is the newest ``as_of`` of the pairs listed: a pair is only known once the interactions
+    that mined it happened, so a point-in-time join sees the text from then on and never before. Items with
+    no complementary target get no row (``has_kerec_knowledge = False`` downstream, like an unanswered item).
+
+    Args:
+        entities: ``item_id, entity`` (from :func:`item_entities`).
+        graph: ``source, target, complementary, confidence, support, as_of`` (from :func:`complementary_graph`).
+        max_targets: Targets listed per item, at most.
+
+    Returns:
+        The shape of a knowledge answer table: ``item_id, as_of timestamp, status ("ok"), text (the targets,
+        comma-separated), prompt (the item's own entities: what the text was derived from), n_targets int``,
+        ordered by ``item_id``.
+
+    Raises:
+        DataError: A missing column, or ``max_targets`` below 1.
+    """
+    if max_targets < 1:
+        raise DataError(f"complementary knowledge: max_targets must be at least 1, got {max_targets}")
+    _require(entities, ("item_id", "entity"), table="kerec entities")
+    _require(graph, ("source", "target", "complementary", "confidence", "support", "as_of"), table="kerec graph")
+    own = entities.select("item_id", "entity").distinct()
+    yes = graph.where(F.col("complementary")).select(
+        F.col("source").alias("entity"), "target", "confidence", "support", F.col("as_of").cast("timestamp")
+    )
+    reached = own.join(yes, "entity").join(
+        own.select("item_id", F.col("entity").alias("target")), ["item_id", "target"], "left_anti"
+    )
+    best_first = [F.col("confidence").desc(), F.col("support").desc(), F.col("target").asc(), F.col("as_of").asc()]
+    best_pair = reached.withColumn(
+        "n", F.row_number().over(Window.partitionBy("item_id", "target").orderBy(*best_first))
+    )
+    ranked = best_pair.where(F.col("n") == 1).withColumn(
+        "rank", F.row_number().over(Window.partitionBy("item_id").orderBy(*best_first))
+    )
+    kept = ranked.where(F.col("rank") <= max_targets)
+    listed = kept.groupBy("item_id").agg(
+        F.array_sort(F.collect_list(F.struct("rank", "target"))).alias("targets"),
+        F.max("as_of").alias("as_of"),
+    )
+    names = own.groupBy("item_id").agg(F.array_sort(F.collect_set("entity")).alias("entities"))
+    # Bare lists, no framing sentence: words every text shares only pull all vectors towards one direction
+    # (on 200 generated genre lists, MiniLM's mean pairwise cosine was 0.68 with a prefix, 0.52 without), and
+    # the encode gate refuses collapsed vectors.
+    return (
+        listed.join(names, "item_id")
+        .select(
+            "item_id",
+            "as_of",
+            F.lit(OK).alias("status"),
+            F.concat_ws(", ", F.col("targets.target")).alias("text"),
+            F.concat_ws(", ", "entities").alias("prompt"),
+            F.size("targets").cast("int").alias("n_targets"),
+        )
+        .orderBy("item_id")
+    )
+
+
 __all__ = [
     "ENTITY_SCHEMA",
     "complementary_graph",
+    "complementary_knowledge",
     "confidence_from_logprobs",
     "first_json",
     "item_entities",
