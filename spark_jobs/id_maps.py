@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kar.contracts import storage
+from kar.contracts import storage, tables
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location
 from kar.contracts.storage import Folder
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 ID_MAPS_DIR = "id_maps"
 TABLES = {"user": "users", "item": "items"}
-KEYS = {"user": "user_id", "item": "item_id"}
+KEYS = tables.ID_COLUMNS
 UNKNOWN_ID = -1  # no entity has it: a raw id the map does not know scores as an unknown entity
 
 

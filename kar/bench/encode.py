@@ -49,7 +49,7 @@ from kar.contracts.errors import DataError, KarError
 from kar.contracts.paths import Location, local_path, optional_local_path
 from kar.contracts.progress import Progress, silent
 from kar.contracts.results import EncodeSummary
-from spark_jobs.encoding.job import DEFAULT_KINDS as KINDS
+from kar.contracts.tables import KINDS
 from spark_jobs.encoding.job import ID_COLUMNS, encode_knowledge
 from spark_jobs.encoding.model import resolve_model
 from spark_jobs.session import get_spark
