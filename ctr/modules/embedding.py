@@ -47,6 +47,13 @@ class FeatureEmbedding(nn.Module):
             nn.init.normal_(table.weight, std=init_std)
             with torch.no_grad():
                 table.weight[UNKNOWN].zero_()
+        # What _FieldLookup reads, fixed by the layout: per looked-up field, its table's index and whether it pools.
+        names = list(self.tables)
+        self._looked_up = (*layout.sparse, *layout.sequence)
+        self._plan = tuple(
+            [(names.index(table), False) for table in layout.sparse.values()]
+            + [(names.index(table), True) for table in layout.sequence.values()]
+        )
 
     @property
     def num_fields(self) -> int:
@@ -66,13 +73,10 @@ class FeatureEmbedding(nn.Module):
 
     def _lookup(self, batch: Batch) -> Tensor:
         parts = []
-        if self.layout.sparse or self.layout.sequence:
-            names = list(self.tables)
-            fields = [(names.index(table), False) for table in self.layout.sparse.values()]
-            fields += [(names.index(table), True) for table in self.layout.sequence.values()]
-            ids = [batch[field] for field in (*self.layout.sparse, *self.layout.sequence)]
+        if self._plan:
             weights = [table.weight for table in self.tables.values()]
-            parts.append(_FieldLookup.apply(tuple(fields), len(weights), *weights, *ids))
+            ids = [batch[field] for field in self._looked_up]
+            parts.append(_FieldLookup.apply(self._plan, len(weights), *weights, *ids))
         if self.layout.dense:
             parts.append(torch.stack([self.projections[field](batch[field]) for field in self.layout.dense], dim=1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
