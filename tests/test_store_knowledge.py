@@ -306,3 +306,79 @@ def test_kerec_view_is_point_in_time_and_only_registered_when_the_folder_has_ker
     again = store.open_store(data_dir=root)
     assert not any("kerec" in v.name for v in again.list_feature_views())
     assert not any("kerec" in c for c in store.training_frame(data_dir=root, samples=SAMPLES).columns)
+
+
+TEAM_ENTITIES = """
+from feast import Entity, ValueType
+
+customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING)
+product = Entity(name="product", join_keys=["sku"], value_type=ValueType.STRING)
+"""
+
+
+def _keyed(table: pa.Table, keys: dict[int, str]) -> pa.Table:
+    """The same vectors keyed by a team's string ids (the id map's ``entity_key``)."""
+    column = table.schema.get_field_index("entity_key")
+    return table.set_column(column, "entity_key", pa.array([keys[i] for i in table.column("entity_id").to_pylist()]))
+
+
+def test_a_team_repo_scaffolded_over_kerec_vectors_serves_them_under_its_own_keys(tmp_path, knowledge):
+    """``kar feast init`` on a team's repo (string join keys of its own) over a folder with LLM-KERec vectors:
+    Feast's ``feast apply`` registers the kerec views keyed by the team's item entity, its training service joins
+    them point-in-time under the team's keys, and after ``kar adapt export`` wrote ``adapted/kerec`` the serving
+    service reads it from the online store."""
+    import subprocess
+    import sys
+
+    from feast import FeatureStore
+
+    from kar.feast import TEAM_SERVING_SERVICE, TEAM_TRAINING_SERVICE, write_knowledge_file
+
+    customers, products = {1: "C-1", 2: "C-2", 3: "C-3"}, {10: "SKU-010", 11: "SKU-011", 12: "SKU-012"}
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "summary.json").write_text('{"dataset": "table", "id_types": {"user": "string", "item": "string"}}')
+    kerec = _keyed(_vectors([(10, T[2], T[7]), (11, T[5], T[7])], dim=DIM, seed=6), products)
+    adapted_kerec = _keyed(_vectors([(10, T[2], T[7]), (11, T[5], T[7])], dim=ADAPTED, seed=7), products)
+    for name in ("vectors/user", "adapted/user"):
+        _write_table(_keyed(knowledge[name], customers), data / name)
+    for name in ("vectors/item", "adapted/item"):
+        _write_table(_keyed(knowledge[name], products), data / name)
+    for role, keys in (("user", customers), ("item", products)):
+        id_map = pd.DataFrame({f"{role}_id": list(keys), "raw_id": list(keys.values())})
+        _write_frame(id_map, data / "id_maps" / f"{role}s")
+    _write_table(kerec, data / "vectors" / "kerec")
+    _write_table(adapted_kerec, data / "adapted" / "kerec")
+    repo = tmp_path / "shop_repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(
+        "project: shop\nregistry: data/registry.db\nprovider: local\n"
+        "online_store: {type: sqlite, path: data/online.db}\nentity_key_serialization_version: 3\n"
+    )
+    (repo / "entities.py").write_text(TEAM_ENTITIES)
+    write_knowledge_file(repo=repo, user_entity="customer", item_entity="product", data=data)
+    feast = Path(sys.executable).parent / "feast"
+    applied = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+
+    team = FeatureStore(repo_path=str(repo))
+    view = team.get_feature_view("kerec_knowledge")
+    assert view.entities == ["product"] and view.tags["kar.role"] == "item"
+    training = [p.name for p in team.get_feature_service(TEAM_TRAINING_SERVICE).feature_view_projections]
+    serving = [p.name for p in team.get_feature_service(TEAM_SERVING_SERVICE).feature_view_projections]
+    assert "kerec_knowledge" in training and "kerec_knowledge_adapted" in serving
+
+    # The training service, joined as a ranker's training reads it (kar's training_frame over Feast's call):
+    # SKU-010's complementary entities are known from T[2], SKU-011's from T[5], SKU-012 has none.
+    frame = store.training_frame(data_dir=data, repo=repo, service=TEAM_TRAINING_SERVICE, samples=SAMPLES)
+    assert frame["sku"].tolist() == [products[i] for i in SAMPLES["item_id"]]
+    assert frame["has_kerec_knowledge"].tolist() == [False, False, False, True, True, True]
+    for row, vector in ((3, 0), (4, 0), (5, 1)):
+        np.testing.assert_array_equal(frame.loc[row, "kerec_knowledge"], _vector(kerec, vector))
+
+    team.materialize(start_date=T[0], end_date=datetime(2025, 1, 1, tzinfo=UTC))
+    online = team.get_online_features(
+        features=team.get_feature_service(TEAM_SERVING_SERVICE), entity_rows=[{"customer_id": "C-1", "sku": "SKU-011"}]
+    ).to_dict()
+    assert online["has_kerec_knowledge_adapted"] == [True]
+    np.testing.assert_allclose(online["kerec_knowledge_adapted"][0], _vector(adapted_kerec, 1), rtol=1e-6)
