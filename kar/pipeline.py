@@ -337,7 +337,7 @@ def validate_late_stage(stage: str, *, data_dir: Path, frame: Any, knowledge: bo
     if stage == "features":
         stages.features(get_spark(app_name="kar-validate"), data_dir, validator)
     else:
-        has = tuple(k for k in tables.KINDS if knowledge and f"has_{k}_knowledge" in frame.columns)
+        has = tuple(k for k in tables.ALL_KINDS if knowledge and f"has_{k}_knowledge" in frame.columns)
         validator.validate_pandas(frame, training(knowledge=has))
     validator.finish()
     for report in validator.reports:

@@ -134,3 +134,8 @@ def test_real_model_answers_every_kind(spark, tiny_prepared, llm_base_url, tmp_p
     graph = pd.read_parquet(tmp_path / "kerec_graph")
     assert len(complements) <= graph["complementary"].sum() * len(entities)
     assert complements["text"].str.len().gt(0).all() and (complements["status"] == "ok").all()
+    # Gated like the other kinds: both LLM steps' prompts, answers and statuses, then the verdicts, graph, texts.
+    gated = summary["kerec"]["validation"]
+    assert {f"{stage}.{step}" for stage in ("prompts", "answers") for step in ("entity", "pair")} <= set(gated)
+    assert {"answers.kerec_judgements", "answers.kerec_graph", "answers.kerec"} <= set(gated)
+    assert all(report["passed"] for report in gated.values())

@@ -471,6 +471,89 @@ def test_training_suite_checks_knowledge_join_coverage(tmp_path):
     assert v.validate_pandas(frame, suites.training(knowledge=("user",))).passed
 
 
+def test_training_suite_holds_kerec_to_its_own_coverage_bar(tmp_path):
+    v = validator(tmp_path)
+    # 10% of rows join LLM-KERec knowledge: below the 30% asked of user/item knowledge, above kerec's 5%.
+    kerec = [True] * 2 + [False] * 18
+    frame = pd.DataFrame({"label": [0, 1] * 10, "split": ["train"] * 20, "has_kerec_knowledge": kerec})
+    assert v.validate_pandas(frame, suites.training(knowledge=("kerec",))).passed
+    frame["has_kerec_knowledge"] = False
+    report = v.validate_pandas(frame, suites.training(knowledge=("kerec",)))
+    assert report.failed == ["expect_column_mean_to_be_between(has_kerec_knowledge)"]
+
+
+def test_kerec_judgements_fail_when_most_verdicts_are_unreadable(spark, tmp_path):
+    v = validator(tmp_path)
+    statuses = "source string, status string"
+    readable = spark.createDataFrame([(f"e{i}", "unparsed" if i < 10 else "ok") for i in range(30)], statuses)
+    assert v.validate(readable, suites.kerec_judgements())[1].passed
+    broken = spark.createDataFrame([(f"e{i}", "unparsed" if i < 20 else "ok") for i in range(30)], statuses)
+    assert v.validate(broken, suites.kerec_judgements())[1].failed == [
+        "expect_column_values_to_not_be_in_set(status: unparsed)"
+    ]
+
+
+def test_kerec_graph_and_texts_reject_bad_rows(spark, tmp_path):
+    v = validator(tmp_path)
+    at = datetime(2020, 1, 1)
+    graph = spark.createDataFrame(
+        [("a", "b", True, 0.9, at), ("a", "c", False, 1.5, at), ("a", "d", None, 0.2, at), ("a", "e", True, 0.7, None)],
+        "source string, target string, complementary boolean, confidence double, as_of timestamp",
+    )
+    _, report = v.validate(graph, suites.kerec_graph())
+    assert report.rejected == 3
+    texts = spark.createDataFrame(
+        [(1, at, "jazz", 1), (2, at, "a, b", 2), (2, at, "c", 1), (3, at, "x", 0), (4, at, "y", 13), (5, None, "z", 1)],
+        "item_id long, as_of timestamp, text string, n_targets int",
+    )
+    accepted, report = v.validate(texts, suites.kerec_knowledge(), quarantine=tmp_path / "q")
+    # A one-word text is knowledge; a repeated item, no or too many targets and no time are not.
+    assert sorted(r.item_id for r in accepted.collect()) == [1]
+    reasons = pd.read_parquet(tmp_path / "q").groupby("item_id")[FAILED].first().map(list).to_dict()
+    assert reasons[2] == ["expect_column_values_to_be_unique(item_id)"]
+    assert reasons[3] == reasons[4] == ["expect_column_values_to_be_between(n_targets)"]
+    assert reasons[5] == ["expect_column_values_to_not_be_null(as_of)"]
+
+
+def test_answers_stage_gates_kerec_and_embeddings_stage_finds_its_vectors(spark, tmp_path):
+    from validation import stages
+
+    knowledge = tmp_path / "knowledge"
+    at = pd.Timestamp("2020-01-01")
+    answers = [f'{{"entities": ["jazz", "film noir {i}"]}}' for i in range(25)]
+    _write(pd.DataFrame({"item_id": range(25), "status": "ok", "text": answers}), knowledge / "kerec_entity_answers")
+    verdicts = ['{"complementary": "yes", "reason": "Both are moody."}'] * 5 + ["maybe, who knows really"] * 20
+    pairs = {"source": "jazz", "target": [f"t{i}" for i in range(25)], "support": 2, "as_of": at, "status": "ok"}
+    _write(pd.DataFrame({**pairs, "text": verdicts}), knowledge / "kerec_pairs")
+    edge = {"source": ["jazz"], "target": ["t0"], "complementary": [True], "confidence": [1.0], "as_of": [at]}
+    _write(pd.DataFrame(edge), knowledge / "kerec_graph")
+    text = {"item_id": [1], "as_of": [at], "status": "ok", "text": ["t0"], "n_targets": [1]}
+    _write(pd.DataFrame(text), knowledge / "kerec")
+    v = validator(tmp_path)
+    stages.kerec_answers(spark, knowledge, v)
+    failed = {r.suite: r.failed for r in v.reports if not r.passed}
+    # 20 of 25 answered pairs carry no readable verdict: the model, not the pairs, is broken.
+    assert failed == {"answers.kerec_judgements": ["expect_column_values_to_not_be_in_set(status: unparsed)"]}
+    assert {r.suite for r in v.reports} >= {"answers.entity", "answers.pair", "answers.kerec_graph", "answers.kerec"}
+
+    vectors = tmp_path / "vectors"
+    for kind in ("user", "item", "kerec"):
+        rows = [(i, kind, at, "m", 3, [1.0 if j == i % 3 else 0.0 for j in range(3)], 1, "h") for i in range(4)]
+        columns = ["entity_id", "kind", "as_of", "model", "dim", "vector", "n_chunks", "text_hash"]
+        _write(pd.DataFrame(rows, columns=columns), vectors / kind)
+    v = validator(tmp_path)
+    stages.embeddings(spark, tmp_path, v)
+    assert {r.suite for r in v.reports} == {
+        f"embeddings.{kind}{part}" for kind in ("user", "item", "kerec") for part in ("", "_spread")
+    }
+
+
+def _write(frame: pd.DataFrame, folder: Path) -> None:
+    """One parquet part as Spark writes them (microsecond timestamps: Spark refuses pandas' nanoseconds)."""
+    folder.mkdir(parents=True)
+    frame.to_parquet(folder / "part-0.parquet", coerce_timestamps="us")
+
+
 def test_stage_lines_one_per_stage_in_pipeline_order(spark, tmp_path):
     from validation.stages import stage_lines
 

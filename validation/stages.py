@@ -92,7 +92,29 @@ def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
             table = v.out_dir / hallucination.OUTPUT_DIR / "item" if v.out_dir else None
             report = hallucination.check_item_facts(ok, items, out=table)
             extra["item_facts"] = report.as_dict()
+    if (knowledge / tables.KEREC_DIR).is_dir():
+        kerec_answers(spark, knowledge, v)
     return extra
+
+
+def kerec_answers(spark: SparkSession, knowledge: Path, v: Validator) -> None:
+    """LLM-KERec's steps as the knowledge job gates them: entity and pair answers, verdicts, graph, texts."""
+    from spark_jobs.knowledge import kerec
+    from spark_jobs.knowledge.job import TABLES
+
+    fix = f"run `kar knowledge --data {knowledge.parent} --kind kerec` first"
+    for step in ("entity", "pair"):
+        ok = _read(spark, knowledge / TABLES[step], fix=fix)
+        v.validate(ok, suites.answers(step))
+        statuses = ok.select("status")
+        bad = knowledge / "quarantine" / TABLES[step]
+        if bad.is_dir():
+            statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
+        v.validate(statuses, suites.answer_statuses(step))
+        if step == "pair":
+            v.validate(kerec.judge_pairs(ok), suites.kerec_judgements())
+    v.validate(_read(spark, knowledge / "kerec_graph", fix=fix), suites.kerec_graph())
+    v.validate(_read(spark, knowledge / tables.KEREC_DIR, fix=fix), suites.kerec_knowledge())
 
 
 def embeddings(
@@ -101,9 +123,12 @@ def embeddings(
     v: Validator,
     *,
     vectors_dir: Folder | None = None,
-    kinds: tuple[str, ...] = tables.KINDS,
+    kinds: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """``kinds`` defaults to user and item, and the optional kinds (LLM-KERec) the folder has vectors of."""
     vectors_dir = vectors_dir or Path(data_dir or ".") / "vectors"
+    if kinds is None:
+        kinds = tables.KINDS + tuple(k for k in tables.OPTIONAL_KINDS if storage.is_dir(vectors_dir / k))
     for kind in kinds:
         path = vectors_dir / kind
         fix = f"run `kar encode --data {data_dir}` first"
@@ -128,7 +153,7 @@ def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any
     fix = f"run `kar prepare --out {data_dir}` first"
     newest = _read(spark, data_dir / tables.INTERACTIONS_DIR, fix=fix).agg(F.max("event_timestamp")).first()[0]
     found = False
-    for table in tables.VECTOR_TABLES:
+    for table in tables.VECTOR_TABLES + tables.OPTIONAL_VECTOR_TABLES:
         if (data_dir / table).is_dir():
             found = True
             v.validate(spark.read.parquet(str(data_dir / table)), suites.features(table, newest_event=newest))
@@ -139,7 +164,7 @@ def features(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any
 
 def training(frame: pd.DataFrame, v: Validator) -> dict[str, Any]:
     """The training frame's suite; the caller builds the frame (Feast's point-in-time join lives above here)."""
-    knowledge = tuple(k for k in tables.KINDS if f"has_{k}_knowledge" in frame.columns)
+    knowledge = tuple(k for k in tables.ALL_KINDS if f"has_{k}_knowledge" in frame.columns)
     v.validate_pandas(frame, suites.training(knowledge=knowledge))
     return {}
 

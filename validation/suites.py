@@ -69,6 +69,12 @@ class Thresholds:
         max_null_rate: Share of a feature column that may be null.
         max_staleness: How much older than the newest interaction a feature table's newest row may be.
         min_knowledge_coverage: Share of training rows that must join a knowledge vector point-in-time.
+        min_kerec_coverage: The same for LLM-KERec's knowledge, which only items with a judged-complementary
+            entity have: a bar for "the graph reached the rankers at all", not for its quality.
+        max_unparsed_judgements: Share of LLM-KERec's answered pairs whose verdict could not be read (neither
+            JSON nor a yes/no word): above it the model or its structured output is broken, not the pair.
+        max_kerec_targets: Most complementary entities a ``knowledge/kerec`` text lists
+            (``complementary_knowledge``'s ``max_targets``).
     """
 
     max_row_reject: float = 0.5
@@ -96,6 +102,9 @@ class Thresholds:
     max_null_rate: float = 0.05
     max_staleness: timedelta = timedelta(days=365)
     min_knowledge_coverage: float = 0.3
+    min_kerec_coverage: float = 0.05
+    max_unparsed_judgements: float = 0.5
+    max_kerec_targets: int = 12
 
 
 DEFAULT = Thresholds()
@@ -296,6 +305,13 @@ def prepared_splits(t: Thresholds = DEFAULT, *, protocol: str = "kar") -> gx.Exp
 
 
 SuiteBuilder = Callable[..., gx.ExpectationSuite]
+MAY_BE_EMPTY = ("pair",)
+"""Prompt kinds that may have no rows: LLM-KERec's candidate pairs come from consecutive liked items, and a
+small or sparse folder can have none (user, item and entity prompts exist whenever the tables have rows)."""
+
+
+def _some_rows(kind: str) -> list[Expectation]:
+    return [] if kind in MAY_BE_EMPTY else [E.ExpectTableRowCountToBeBetween(min_value=1)]
 
 
 def prompts(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
@@ -305,7 +321,7 @@ def prompts(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
         _row(E.ExpectColumnValuesToNotBeNull(column="prompt", mostly=keep)),
         _row(E.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1, mostly=keep)),
         _share(E.ExpectColumnValuesToBeInSet(column="over_budget", value_set=[False], mostly=1 - t.max_over_budget), t),
-        E.ExpectTableRowCountToBeBetween(min_value=1),
+        *_some_rows(kind),
     ]
     if kind == "user":
         expectations.insert(2, _row(E.ExpectColumnValuesToBeBetween(column="n_history", min_value=1, mostly=keep)))
@@ -363,7 +379,58 @@ def answer_statuses(kind: str, t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
                 ),
                 t,
             ),
-            E.ExpectTableRowCountToBeBetween(min_value=1),
+            *_some_rows(kind),
+        ],
+    )
+
+
+def kerec_judgements(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """LLM-KERec's judged pairs (``spark_jobs.knowledge.kerec.judge_pairs``): few answers without a verdict."""
+    return _suite(
+        "answers",
+        "kerec_judgements",
+        [
+            _share(
+                _named(
+                    E.ExpectColumnValuesToNotBeInSet(
+                        column="status", value_set=["unparsed"], mostly=1 - t.max_unparsed_judgements
+                    ),
+                    "unparsed",
+                ),
+                t,
+            ),
+        ],
+    )
+
+
+def kerec_graph(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """The complementary graph (``kerec_graph/``): a verdict, P(yes) a probability, the pair's time known."""
+    return _suite(
+        "answers",
+        "kerec_graph",
+        [
+            _row(E.ExpectColumnValuesToNotBeNull(column="source")),
+            _row(E.ExpectColumnValuesToNotBeNull(column="target")),
+            _row(E.ExpectColumnValuesToNotBeNull(column="complementary")),
+            _row(E.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0)),
+            _row(E.ExpectColumnValuesToNotBeNull(column="as_of")),
+        ],
+    )
+
+
+def kerec_knowledge(t: Thresholds = DEFAULT) -> gx.ExpectationSuite:
+    """``knowledge/kerec``: one text per item, listing 1..max targets, stamped with its newest pair's time.
+
+    No length rule of ``answers``: a one-entity text ("jazz") is short and still knowledge."""
+    return _suite(
+        "answers",
+        "kerec",
+        [
+            _row(E.ExpectColumnValuesToNotBeNull(column="text")),
+            _row(E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)),
+            _row(E.ExpectColumnValuesToBeBetween(column="n_targets", min_value=1, max_value=t.max_kerec_targets)),
+            _row(E.ExpectColumnValuesToNotBeNull(column="as_of")),
+            _row(E.ExpectColumnValuesToBeUnique(column="item_id")),
         ],
     )
 
@@ -415,14 +482,17 @@ def features(table: str, *, newest_event: datetime, t: Thresholds = DEFAULT) -> 
 
 
 def training(t: Thresholds = DEFAULT, *, knowledge: tuple[str, ...] = ("user", "item")) -> gx.ExpectationSuite:
-    """The point-in-time training frame (pandas): labels valid, enough rows joined knowledge."""
+    """The point-in-time training frame (pandas): labels valid, enough rows joined knowledge (``kerec`` against
+    its own, lower bar: only items with a judged-complementary entity have it)."""
     expectations = [
         E.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
         E.ExpectTableRowCountToBeBetween(min_value=1),
     ]
     expectations += [
-        E.ExpectColumnMeanToBeBetween(column=f"has_{k}_knowledge", min_value=t.min_knowledge_coverage)
+        E.ExpectColumnMeanToBeBetween(
+            column=f"has_{k}_knowledge", min_value=t.min_kerec_coverage if k == "kerec" else t.min_knowledge_coverage
+        )
         for k in knowledge
     ]
     return _suite("training", "frame", expectations)

@@ -34,6 +34,8 @@ VECTORS_DIR = "vectors"
 ADAPTED_DIR = "adapted"
 VECTOR_TABLES = tuple(f"{stage}/{kind}" for stage in (VECTORS_DIR, ADAPTED_DIR) for kind in KINDS)
 """Folders of the knowledge vectors, relative to a prepared folder: raw encodings, then adapted."""
+OPTIONAL_VECTOR_TABLES = tuple(f"{stage}/{kind}" for stage in (VECTORS_DIR, ADAPTED_DIR) for kind in OPTIONAL_KINDS)
+"""The same for the optional kinds: present only once encoded (``kar encode --kind kerec``) or exported."""
 
 KNOWLEDGE_DIM = 384
 """The default encoder's output size (all-MiniLM-L6-v2); a team's encoder may differ, read from the table."""

@@ -11,11 +11,13 @@ then complementary judgements per candidate entity pair):
    refused, truncated, over budget) to ``OUT/quarantine/<table>`` with the reason; ``OUT/summary.json``
    gets counts by status, tokens, wall time, prompts/s and an estimated cost.
 
-Data-quality gates (``validation.suites``, user and item kinds): prompts that break a row-level rule (empty
-message, no history) go to ``OUT/quarantine/prompts/<table>`` and are not sent; usable answers that break one
-(too short or long, refusal/boilerplate) go to ``OUT/quarantine/answers/<table>``; item answers' year/genre
-claims are scored against the item table (``OUT/hallucination/item``). A batch-level failure (e.g. more than
-5% empty answers) stops the job after the tables and the summary are written, with one line naming it.
+Data-quality gates (``validation.suites``, every kind and LLM-KERec's two steps): prompts that break a
+row-level rule (empty message, no history) go to ``OUT/quarantine/prompts/<table>`` and are not sent; usable
+answers that break one (too short or long, refusal/boilerplate) go to ``OUT/quarantine/answers/<table>``; item
+answers' year/genre claims are scored against the item table (``OUT/hallucination/item``). LLM-KERec's judged
+pairs must mostly carry a readable verdict, its graph a probability per edge, and ``OUT/kerec`` one text of
+1..12 targets per item. A batch-level failure (e.g. more than 5% empty answers) stops the job after the tables
+and the summary are written, with one line naming it.
 """
 
 from __future__ import annotations
@@ -304,7 +306,7 @@ def write_answers(joined: DataFrame, *, kind: Kind, out: Folder, validator: Vali
     table = TABLES[kind]
     kept = joined.drop(*DROPPED_PROMPT_COLUMNS)
     ok = kept.filter(F.col("status") == "ok")
-    if validator is not None and kind in ("user", "item"):
+    if validator is not None:
         ok, _ = validator.validate(ok, suites.answers(kind), quarantine=out / "quarantine" / "answers" / table)
     ok = ok.orderBy(*ID_COLUMNS[kind])
     ok.write.mode("overwrite").parquet(str(out / table))
@@ -363,7 +365,7 @@ def _run_kind(
 ) -> tuple[DataFrame, dict[str, Any]]:
     progress(f"building {kind} prompts")
     frame = _limited(prompts, kind, job.limit)
-    gated = validator is not None and kind in ("user", "item")
+    gated = validator is not None
     if gated:
         progress(f"gating the {kind} prompts")
         frame = frame.cache()
@@ -429,7 +431,7 @@ def generate_knowledge(
             spark, frame, kind="item", scenario=scenario, job=job, progress=step, validator=validator
         )
     else:
-        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step, fields=fields)
+        summary = _run_kerec(spark, scenario=scenario, job=job, progress=step, fields=fields, validator=validator)
     summary.update(
         kind=kind,
         scenario=scenario.name,
@@ -460,13 +462,19 @@ def endpoint_host(base_url: str) -> str:
 
 
 def _run_kerec(
-    spark: SparkSession, *, scenario: Scenario, job: KnowledgeJob, progress: Progress, fields: PromptFields
+    spark: SparkSession,
+    *,
+    scenario: Scenario,
+    job: KnowledgeJob,
+    progress: Progress,
+    fields: PromptFields,
+    validator: Validator,
 ) -> dict[str, Any]:
     entity_frame = prompts.item_prompts(
         spark, job.data_dir, scenario=scenario, kind="entity", tokenizer=job.tokenizer, fields=fields
     )
     entity_answers, entity_stats = _run_kind(
-        spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress
+        spark, entity_frame, kind="entity", scenario=scenario, job=job, progress=progress, validator=validator
     )
     progress("LLM-KERec: entities and candidate pairs")
     items = spark.read.parquet(str(job.data_dir / tables.ITEMS_DIR))
@@ -475,13 +483,22 @@ def _run_kerec(
     history = spark.read.parquet(str(job.data_dir / tables.HISTORY_DIR))
     candidates = kerec.pair_candidates(history, entities, max_pairs=job.kerec_max_pairs)
     pair_frame = kerec.pair_prompts(candidates, scenario=scenario, tokenizer=job.tokenizer)
-    pair_answers, pair_stats = _run_kind(spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress)
-    graph = kerec.complementary_graph(pair_answers).cache()
+    pair_answers, pair_stats = _run_kind(
+        spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress, validator=validator
+    )
+    progress("LLM-KERec: the complementary graph and its gates")
+    judged = kerec.judge_pairs(pair_answers.where(F.col("status") == "ok")).cache()
+    validator.validate(judged, suites.kerec_judgements())
+    graph = judged.where(F.col("status") == "ok")
     graph.write.mode("overwrite").parquet(str(job.out / "kerec_graph"))
+    graph = spark.read.parquet(str(job.out / "kerec_graph"))
+    validator.validate(graph, suites.kerec_graph())
     # The graph as a third knowledge type, in the answers' shape, so `kar encode --kind kerec` reads it as it
     # reads user/ and item/ (no LLM call: it is derived from the answers above).
     complements = kerec.complementary_knowledge(entities, graph)
     complements.write.mode("overwrite").parquet(str(job.out / tables.KEREC_DIR))
+    validator.validate(spark.read.parquet(str(job.out / tables.KEREC_DIR)), suites.kerec_knowledge())
+    judged.unpersist()
     edges = graph.agg(F.count("*").alias("n"), F.sum(F.col("complementary").cast("int")).alias("yes")).first()
     return {
         "entity": entity_stats,
