@@ -185,7 +185,7 @@ def test_item_entities_merges_metadata_and_ok_answers(spark):
 
 
 def _ts(user: int, position: int) -> datetime:
-    # User 1 acts last, so the pair it supports gets its as_of from user 1's second transition.
+    # User 1 acts last: it is the fourth user to show a -> b, and shows it twice.
     return BASE + timedelta(seconds=(50_000 if user == 1 else user * 1_000) + position * 10)
 
 
@@ -232,7 +232,9 @@ def test_pair_candidates_support_score_and_as_of(spark):
     rows = out.collect()
     assert _pairs(out) == [("a", "b", 4, round(SCORE_AB, 6)), ("a", "c", 3, round(SCORE_AC, 6))]
     as_of = {(r.source, r.target): r.as_of.astimezone(UTC) for r in rows}
-    assert as_of == {("a", "b"): _ts(1, 3), ("a", "c"): _ts(7, 1)}  # latest supporting event
+    # When the third supporting user (min_support) first showed the pair: user 1's repeats change nothing.
+    assert as_of == {("a", "b"): _ts(4, 1), ("a", "c"): _ts(7, 1)}
+    assert pair_candidates(history, entities, min_support=4).first().as_of.astimezone(UTC) == _ts(1, 1)
 
 
 @pytest.mark.spark
