@@ -191,6 +191,8 @@ class KerecSummary(KnowledgeRun):
         complementary_edges: Pairs judged complementary.
         knowledge_items: Items with a complementary-knowledge text (``knowledge/kerec``; 0 in summaries written
             before it existed).
+        max_pairs: Candidate pairs the run could send for judgement (``kerec_max_pairs``), which ``kar refresh``
+            reruns with; None in summaries written before it was recorded.
     """
 
     entity: AnswerStats
@@ -199,6 +201,7 @@ class KerecSummary(KnowledgeRun):
     graph_edges: int
     complementary_edges: int
     knowledge_items: int = 0
+    max_pairs: int | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Self:
