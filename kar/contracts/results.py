@@ -178,6 +178,10 @@ class KnowledgeRun(JobResult):
 class KnowledgeSummary(AnswerStats, KnowledgeRun):
     """One user or item knowledge run: its answers' statistics and where it ran."""
 
+    def answer_steps(self) -> dict[str, AnswerStats]:
+        """The run's LLM steps by name: one, named for the kind."""
+        return {self.kind: self}
+
 
 @dataclass(frozen=True, kw_only=True)
 class KerecSummary(KnowledgeRun):
@@ -202,6 +206,11 @@ class KerecSummary(KnowledgeRun):
     complementary_edges: int
     knowledge_items: int = 0
     max_pairs: int | None = None
+
+    def answer_steps(self) -> dict[str, AnswerStats]:
+        """The run's LLM steps by name: ``kerec_entity`` (one prompt per item), then ``kerec_pair`` (one per
+        candidate pair)."""
+        return {f"{self.kind}_entity": self.entity, f"{self.kind}_pair": self.pair}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Self:
