@@ -633,7 +633,8 @@ def refresh(
             progress=step,
         )
     console.print(
-        f"users refreshed {report.users_refreshed}, new cutoffs {report.new_cutoffs}, new items {report.new_items}; "
+        f"users refreshed {report.users_refreshed}, new cutoffs {report.new_cutoffs}, new items {report.new_items}, "
+        f"new or changed kerec rows {report.new_kerec_rows}; "
         f"prompts sent {json.dumps(report.prompts_sent)}, cached {json.dumps(report.prompts_cached)}; "
         f"encoded {json.dumps(report.encoded)}, exported {json.dumps(report.exported)}"
     )

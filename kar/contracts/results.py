@@ -352,14 +352,18 @@ class RefreshReport(JobResult):
         users_refreshed: Users who got at least one new knowledge cutoff.
         new_cutoffs: New user cutoffs (one prompt each).
         new_items: Items the folder did not have before.
-        prompts: Prompts built per kind (every cutoff and item, old and new).
-        prompts_sent: Prompts sent to the LLM per kind (the rest came from the answer cache).
-        prompts_cached: Prompts answered from the cache per kind.
+        new_kerec_rows: LLM-KERec vectors (``vectors/kerec``, one per item) that are new or changed: a text or
+            ``as_of`` the folder did not have (0 without LLM-KERec vectors).
+        prompts: Prompts built per LLM step (every cutoff, item and candidate pair, old and new): ``user``,
+            ``item``, and for LLM-KERec ``kerec_entity`` and ``kerec_pair`` (see ``KerecSummary.answer_steps``).
+        prompts_sent: Prompts sent to the LLM per step (the rest came from the answer cache).
+        prompts_cached: Prompts answered from the cache per step.
         tokens_in: Prompt tokens sent.
         tokens_out: Answer tokens received.
         usd_estimate: Those tokens at the knowledge job's prices.
         encoded: Texts encoded per kind (only new answers).
-        exported: Adapted vectors written per knowledge field (only new vectors; empty without a run).
+        exported: Adapted vectors written per knowledge field (only new vectors, unless a table had to be
+            rewritten whole: see ``adaptors.export``; empty without a run).
         materialized_from: Start of the materialized window (None: not materialized).
         stage_seconds: Wall seconds per stage.
         wall_seconds: The whole refresh.
@@ -371,6 +375,8 @@ class RefreshReport(JobResult):
     users_refreshed: int
     new_cutoffs: int
     new_items: int
+    # A default: reports written before LLM-KERec was refreshed still read.
+    new_kerec_rows: int = 0
     prompts: dict[str, int]
     prompts_sent: dict[str, int]
     prompts_cached: dict[str, int]
