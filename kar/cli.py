@@ -25,7 +25,7 @@ from rich.table import Table
 from kar.contracts import storage
 from kar.contracts.errors import KarError
 from kar.contracts.paths import local_path, name_or_path
-from kar.contracts.results import AnswerStats, EncodeSummary, KerecSummary, KnowledgeSummary, TrainMetrics
+from kar.contracts.results import EncodeSummary, KerecSummary, KnowledgeSummary, TrainMetrics
 from kar.contracts.storage import Folder, Uri
 from kar.contracts.tables import SUMMARY_FILE
 from kar.processes import Terminated, sigterm_raises, stopped_by_sigterm
@@ -494,12 +494,8 @@ def _knowledge_lines(summaries: Mapping[str, KnowledgeSummary | KerecSummary]) -
     """One line per prompt kind: counts, status breakdown, tokens, throughput and cost estimate."""
     lines = []
     for kind, summary in summaries.items():
-        steps: dict[str, AnswerStats] = (
-            {f"{kind} entity": summary.entity, f"{kind} pair": summary.pair}
-            if isinstance(summary, KerecSummary)
-            else {kind: summary}
-        )
-        for name, s in steps.items():
+        for step, s in summary.answer_steps().items():
+            name = step.replace("_", " ")  # kerec_entity reads "kerec entity"
             status = ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
             rate = f"{s.prompts_per_s:.2f} prompts/s" if s.prompts_per_s else "no LLM calls"
             lines.append(
@@ -637,7 +633,8 @@ def refresh(
             progress=step,
         )
     console.print(
-        f"users refreshed {report.users_refreshed}, new cutoffs {report.new_cutoffs}, new items {report.new_items}; "
+        f"users refreshed {report.users_refreshed}, new cutoffs {report.new_cutoffs}, new items {report.new_items}, "
+        f"new or changed kerec rows {report.new_kerec_rows}; "
         f"prompts sent {json.dumps(report.prompts_sent)}, cached {json.dumps(report.prompts_cached)}; "
         f"encoded {json.dumps(report.encoded)}, exported {json.dumps(report.exported)}"
     )

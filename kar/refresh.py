@@ -6,12 +6,18 @@ interactions (``spark_jobs.splits``); a cutoff depends only on the log before it
 1. re-runs ``prepare`` on every batch read so far plus the new one (validated and quarantined like any
    prepare; Spark's cost, no LLM): the new batch adds cutoffs to users whose history grew by ``cutoff_every``
    and never moves an older one, so every older vector still joins the samples before the new cutoffs;
-2. runs the knowledge kinds the folder already has: prompts of older cutoffs and unchanged items are answered
-   from the answer cache, so only new cutoffs and new items reach the LLM;
-3. encodes only the new answers (the encode job skips texts it already has);
+2. runs the knowledge kinds the folder already has, with the options their first run recorded: prompts of older
+   cutoffs and unchanged items are answered from the answer cache, so only new cutoffs and new items reach the
+   LLM. LLM-KERec (``kerec``) mines its candidate pairs again from the grown histories: entity answers of older
+   items and judgements of pairs already judged come from the cache, so only new items and new pairs are sent;
+   its graph and per-item texts are then rebuilt from those answers, as a full run would;
+3. encodes only the new answers (the encode job skips texts it already has). A ``kerec`` text that changed (its
+   graph did, or the newest pair it lists) is a new row with its own ``as_of``, and the encode job drops the row
+   it replaces, so ``vectors/kerec`` holds the rows a full rebuild would;
 4. with ``run``, adapts only the new vectors and appends them to ``adapted/`` (``adaptors.export``);
-5. with ``repo``, materializes from the earliest new cutoff on: older rows are already online and the newest
-   row per entity can only have changed from there;
+5. with ``repo``, materializes from the earliest new cutoff or new ``kerec`` row on: older rows are already online
+   and the newest row per entity can only have changed from there (a changed ``kerec`` row may be older than
+   every new cutoff, its ``as_of`` being the newest pair it lists);
 6. writes ``DATA/refresh.json`` (:class:`kar.contracts.results.RefreshReport`).
 
 The batch list is recorded in ``DATA/refresh/pending.json`` before anything is rewritten, so a refresh killed at
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,13 +41,17 @@ from kar.contracts import storage, tables
 from kar.contracts.errors import DataError
 from kar.contracts.paths import Location, is_uri, local_path
 from kar.contracts.progress import Progress, silent
-from kar.contracts.results import KnowledgeSummary, RefreshReport
+from kar.contracts.results import AnswerStats, KerecSummary, KnowledgeSummary, RefreshReport
 from kar.contracts.timing import StageTimes
 
 REFRESH_FILE = "refresh.json"
 STATE_DIR = "refresh"
 PENDING_FILE = "pending.json"
-KNOWLEDGE_KINDS = ("user", "item")
+# LLM-KERec's kind: its ``knowledge/summary.json`` entry and its ``vectors/kerec`` table.
+KEREC = "kerec"
+KNOWLEDGE_KINDS = ("user", "item", KEREC)
+# The folder's LLM-KERec vector keys before the refresh: a row not among them is new or changed.
+KEREC_BEFORE = "kerec_before.parquet"
 
 
 def dataset_log(*, dataset: str, path: str | None, spec: str | None) -> str:
@@ -94,6 +106,10 @@ def _pending(data_dir: Path, *, batch: str, spec: str | None) -> dict[str, Any]:
     state.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(sorted(cutoffs), columns=["user_id", "cutoff_us"]).to_parquet(state / "cutoffs_before.parquet")
     pd.DataFrame(sorted(items), columns=["item_id"]).to_parquet(state / "items_before.parquet")
+    if _kerec_vectors(data_dir).is_dir():
+        _vector_keys(_kerec_vectors(data_dir)).to_parquet(state / KEREC_BEFORE)
+    else:
+        (state / KEREC_BEFORE).unlink(missing_ok=True)  # left by an earlier refresh, before these vectors went
     recorded = {
         "batch": batch,
         "batches": [*previous, batch],
@@ -105,15 +121,64 @@ def _pending(data_dir: Path, *, batch: str, spec: str | None) -> dict[str, Any]:
     return recorded
 
 
-def _knowledge_options(data_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """The kinds the folder's knowledge run generated and its options (scenario, limit), to rerun them alike."""
+@dataclass(frozen=True, kw_only=True)
+class KnowledgeRerun:
+    """One ``run_knowledge`` call of a refresh: the kinds a folder's knowledge runs generated with these options.
+
+    Attributes:
+        kinds: ``user``, ``item`` and/or ``kerec``.
+        scenario: The prompt scenario the kinds were generated with.
+        limit: The sample size they were limited to (None: all).
+        kerec_max_pairs: The candidate pairs LLM-KERec could judge (None when ``kinds`` has no ``kerec``).
+    """
+
+    kinds: tuple[str, ...]
+    scenario: str | None
+    limit: int | None
+    kerec_max_pairs: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """``run_knowledge``'s keyword arguments for these kinds (its default cap when there is no ``kerec``)."""
+        cap = {} if self.kerec_max_pairs is None else {"kerec_max_pairs": self.kerec_max_pairs}
+        return {"kinds": self.kinds, "scenario": self.scenario, "limit": self.limit, **cap}
+
+
+def _knowledge_reruns(data_dir: Path) -> list[KnowledgeRerun]:
+    """The kinds the folder's knowledge runs generated, grouped by their recorded options, to rerun them alike.
+
+    Raises:
+        DataError: No knowledge summary, or a ``kerec`` entry written before its ``max_pairs`` was recorded.
+    """
     path = data_dir / "knowledge" / tables.SUMMARY_FILE
     if not path.is_file():
         raise DataError(f"{data_dir}: no knowledge yet; run `kar knowledge --data {data_dir}` before a refresh")
     summary = json.loads(path.read_text())
-    kinds = [k for k in KNOWLEDGE_KINDS if k in summary]
-    first = summary[kinds[0]] if kinds else {}
-    return kinds, {"limit": first.get("limit"), "scenario": first.get("scenario")}
+    groups: dict[tuple[str | None, int | None], list[str]] = {}
+    for kind in (k for k in KNOWLEDGE_KINDS if k in summary):
+        groups.setdefault((summary[kind].get("scenario"), summary[kind].get("limit")), []).append(kind)
+    max_pairs = _kerec_max_pairs(path, summary[KEREC]) if KEREC in summary else None
+    return [
+        KnowledgeRerun(
+            kinds=tuple(kinds),
+            scenario=scenario,
+            limit=limit,
+            kerec_max_pairs=max_pairs if KEREC in kinds else None,
+        )
+        for (scenario, limit), kinds in groups.items()
+    ]
+
+
+def _kerec_max_pairs(path: Path, entry: dict[str, Any]) -> int:
+    """The ``kerec_max_pairs`` the folder's LLM-KERec run used: another value would mine other candidates."""
+    if entry.get("max_pairs") is None:
+        # Not guessed: the pairs judged are at most the cap, so they do not tell it, and a larger guess sends
+        # new pairs to the LLM that a full rebuild with the first run's cap would never send.
+        raise DataError(
+            f"{path}: kerec: max_pairs not recorded (written before kar recorded it); rerun `kar knowledge "
+            f"--data {path.parent.parent} --kind kerec` (or run_knowledge with the first run's kerec_max_pairs; "
+            "every answer comes from the cache) before a refresh"
+        )
+    return int(entry["max_pairs"])
 
 
 def run_refresh(
@@ -159,7 +224,7 @@ def run_refresh(
     started = time.perf_counter()
     data = local_path(data_dir, what="data")
     batch = _batch_path(interactions)
-    kinds, options = _knowledge_options(data)
+    reruns = _knowledge_reruns(data)
     spec_path = str(local_path(spec, what="spec")) if spec is not None else None
     pending = _pending(data, batch=batch, spec=spec_path)
     summary = read_summary(data)
@@ -181,21 +246,21 @@ def run_refresh(
         # The tables were rewritten in place: a session that read them before must not reuse its file listings.
         spark.catalog.clearCache()
         spark.catalog.refreshByPath(str(data))
+    knowledge: dict[str, KnowledgeSummary | KerecSummary] = {}
     with times.stage("knowledge"):
-        knowledge = run_knowledge(
-            kinds=kinds,
-            data_dir=data,
-            out=data / "knowledge",
-            base_url=base_url,
-            model=model,
-            api_key=api_key,
-            scenario=options["scenario"],
-            limit=options["limit"],
-            master=master,
-            progress=step,
-        )
+        for rerun in reruns:
+            knowledge |= run_knowledge(
+                **rerun.options(),
+                data_dir=data,
+                out=data / "knowledge",
+                base_url=base_url,
+                model=model,
+                api_key=api_key,
+                master=master,
+                progress=step,
+            )
     with times.stage("encode"):
-        encoded = run_encode(data_dir=data, kinds=kinds, master=master, progress=step)
+        encoded = run_encode(data_dir=data, kinds=_encoded_kinds(data, knowledge), master=master, progress=step)
     exported: dict[str, int] = {}
     if run is not None:
         with times.stage("export"):
@@ -227,15 +292,61 @@ def _batch_path(interactions: str | Path) -> str:
     return text if is_uri(text) else str(Path(text).resolve())
 
 
+def _encoded_kinds(data: Path, generated: Iterable[str]) -> list[str]:
+    """The kinds to encode: user and item when generated; ``kerec`` only when the folder encoded it before (it is
+    optional knowledge: a folder that never encoded it gets no ``kerec`` views by surprise)."""
+    return [k for k in generated if k in tables.KINDS or (k == KEREC and _kerec_vectors(data).is_dir())]
+
+
+def _kerec_vectors(data: Path) -> Path:
+    return data / "vectors" / KEREC
+
+
+def _vector_keys(table: Path) -> pd.DataFrame:
+    """``entity_id, as_of_us, text_hash`` of a vector table: a row's identity (``spark_jobs.encoding``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from spark_jobs.encoding.schema import VECTOR_SCHEMA
+
+    keys = storage.parquet_dataset(table, schema=VECTOR_SCHEMA).to_table(columns=["entity_id", "as_of", "text_hash"])
+    return pd.DataFrame(
+        {
+            "entity_id": keys["entity_id"].to_numpy(),
+            # The schema stores microseconds: the integers compare exactly, whatever unit pandas would pick.
+            "as_of_us": pc.cast(keys["as_of"], pa.int64()).to_numpy(),
+            "text_hash": keys["text_hash"].to_pylist(),
+        }
+    )
+
+
+def _new_kerec_rows(data: Path) -> pd.DataFrame:
+    """The LLM-KERec vectors the folder did not have before the refresh (new items, changed texts or ``as_of``)."""
+    if not _kerec_vectors(data).is_dir():
+        return pd.DataFrame(columns=["entity_id", "as_of_us", "text_hash"])
+    after = _vector_keys(_kerec_vectors(data))
+    before_path = data / STATE_DIR / KEREC_BEFORE
+    if not before_path.is_file():
+        return after  # no LLM-KERec vectors before (or a refresh begun before they were tracked): all are new
+    merged = after.merge(pd.read_parquet(before_path), how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge")
+
+
+def _materialize_start(data: Path) -> datetime | None:
+    """The earliest new cutoff or new LLM-KERec row, or None when there is neither."""
+    news = (_new_cutoffs(data)["cutoff_us"], _new_kerec_rows(data)["as_of_us"])
+    starts = [int(new.min()) for new in news if len(new)]
+    return pd.Timestamp(min(starts), unit="us", tz="UTC").to_pydatetime() if starts else None
+
+
 def _materialize(data: Path, *, repo: Location | None, service: str | None, step: Progress) -> str | None:
-    """Load the online store from the earliest new cutoff on (older rows are online already)."""
+    """Load the online store from the earliest new cutoff or LLM-KERec row on (older rows are online already)."""
     from kar.serving import store
 
-    new = _new_cutoffs(data)
-    if new.empty:
-        step("materialize: no new cutoff")
+    start = _materialize_start(data)
+    if start is None:
+        step("materialize: no new cutoff and no new LLM-KERec row")
         return None
-    start = pd.Timestamp(int(new["cutoff_us"].min()), unit="us", tz="UTC").to_pydatetime()
     step(f"materializing from {start.isoformat()}")
     store.materialize(data_dir=data, repo=repo, service=service, start=start)
     return start.isoformat()
@@ -257,7 +368,7 @@ def _report(
     *,
     pending: dict[str, Any],
     prepared_rows: dict[str, int],
-    knowledge: dict[str, Any],
+    knowledge: dict[str, KnowledgeSummary | KerecSummary],
     encoded: dict[str, int],
     exported: dict[str, int],
     materialized_from: str | None,
@@ -267,7 +378,9 @@ def _report(
     new_cutoffs = _new_cutoffs(data)
     items_before = set(pd.read_parquet(data / STATE_DIR / "items_before.parquet")["item_id"].tolist())
     items_now = set(pd.read_parquet(data / tables.ITEMS_DIR, columns=["item_id"])["item_id"].tolist())
-    runs = {kind: s for kind, s in knowledge.items() if isinstance(s, KnowledgeSummary)}
+    runs: dict[str, AnswerStats] = {
+        name: stats for summary in knowledge.values() for name, stats in summary.answer_steps().items()
+    }
     return RefreshReport(
         batch=pending["batch"],
         batches=list(pending["batches"]),
@@ -275,6 +388,7 @@ def _report(
         users_refreshed=int(new_cutoffs["user_id"].nunique()),
         new_cutoffs=len(new_cutoffs),
         new_items=len(items_now - items_before),
+        new_kerec_rows=len(_new_kerec_rows(data)),
         prompts={kind: s.prompts for kind, s in runs.items()},
         prompts_sent={kind: s.calls for kind, s in runs.items()},
         prompts_cached={kind: s.cached for kind, s in runs.items()},

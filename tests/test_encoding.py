@@ -361,6 +361,10 @@ def test_a_kind_without_usable_answers_gets_an_empty_table_with_the_schema(spark
     assert (summary.input, summary.encoded, summary.rows) == (2, 0, 0)
     table = pq.read_table(out / "item")
     assert table.num_rows == 0 and table.schema.equals(VECTOR_SCHEMA)
+    # Rerun over its own empty table (LLM-KERec with no complementary pair gives no text at all, every refresh).
+    write_kind(knowledge, "item", [])
+    rerun = encode(spark, knowledge, out, kinds=["item"])["item"]
+    assert (rerun.input, rerun.encoded, rerun.rows) == (0, 0, 0)
 
 
 @pytest.mark.spark

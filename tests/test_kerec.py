@@ -256,6 +256,21 @@ def test_pair_candidates_thresholds_caps_and_rating_filter(spark):
 
 
 @pytest.mark.spark
+def test_pair_candidates_of_a_click_log_follow_the_clicks(spark):
+    # A table dataset with a 0/1 label and no rating column in its spec: every rating is null.
+    sequences = {
+        **{u: [(1, 1), (2, 1)] for u in (1, 2, 3)},  # a -> b, the next item clicked
+        **{u: [(1, 1), (3, 0)] for u in (4, 5, 6)},  # a -> c, the next item shown but not clicked
+    }
+    rows = [(u, item, None, label, _ts(u, pos), pos) for u, seq in sequences.items()
+            for pos, (item, label) in enumerate(seq)]  # fmt: skip
+    schema = "user_id long, item_id long, rating double, label int, event_timestamp timestamp, position int"
+    history = spark.createDataFrame(rows, schema)
+    # Users with each entity anywhere in their history: a 6, b 3, c 3 (a shown item counts there).
+    assert _pairs(pair_candidates(history, _entities(spark, ENTITIES))) == [("a", "b", 3, round(3 / math.sqrt(18), 6))]
+
+
+@pytest.mark.spark
 def test_pair_candidates_break_ties_deterministically(spark):
     sequences = {u: [(1, 5.0), (2 if u <= 3 else 3, 5.0)] for u in range(1, 7)}
     history = _history(spark, sequences)

@@ -47,3 +47,13 @@ def test_an_unfinished_refresh_must_finish_before_another_batch(tmp_path):
     (data / "refresh" / "pending.json").write_text(json.dumps(pending))
     with pytest.raises(DataError, match=r"batch-1.tsv did not finish; rerun it before appending .*batch-2.tsv"):
         run_refresh(data_dir=data, interactions=tmp_path / "batch-2.tsv")
+
+
+def test_kerec_knowledge_without_its_recorded_max_pairs_is_refused(tmp_path):
+    data = _folder(tmp_path, protocol="rolling", interactions=[str(tmp_path / "u.data")])
+    # A kerec entry as summaries had it before max_pairs was recorded: the cap the refresh would mine with is unknown.
+    summary = {"user": {"limit": None, "scenario": "movies"}, "kerec": {"limit": None, "scenario": "movies"}}
+    (data / "knowledge" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(DataError, match=r"kerec: max_pairs not recorded .* --kind kerec"):
+        run_refresh(data_dir=data, interactions=tmp_path / "batch-1.tsv")
+    assert not (data / "refresh" / "pending.json").exists()

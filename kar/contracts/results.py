@@ -178,6 +178,10 @@ class KnowledgeRun(JobResult):
 class KnowledgeSummary(AnswerStats, KnowledgeRun):
     """One user or item knowledge run: its answers' statistics and where it ran."""
 
+    def answer_steps(self) -> dict[str, AnswerStats]:
+        """The run's LLM steps by name: one, named for the kind."""
+        return {self.kind: self}
+
 
 @dataclass(frozen=True, kw_only=True)
 class KerecSummary(KnowledgeRun):
@@ -191,6 +195,8 @@ class KerecSummary(KnowledgeRun):
         complementary_edges: Pairs judged complementary.
         knowledge_items: Items with a complementary-knowledge text (``knowledge/kerec``; 0 in summaries written
             before it existed).
+        max_pairs: Candidate pairs the run could send for judgement (``kerec_max_pairs``), which ``kar refresh``
+            reruns with; None in summaries written before it was recorded.
     """
 
     entity: AnswerStats
@@ -199,6 +205,12 @@ class KerecSummary(KnowledgeRun):
     graph_edges: int
     complementary_edges: int
     knowledge_items: int = 0
+    max_pairs: int | None = None
+
+    def answer_steps(self) -> dict[str, AnswerStats]:
+        """The run's LLM steps by name: ``kerec_entity`` (one prompt per item), then ``kerec_pair`` (one per
+        candidate pair)."""
+        return {f"{self.kind}_entity": self.entity, f"{self.kind}_pair": self.pair}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Self:
@@ -340,14 +352,18 @@ class RefreshReport(JobResult):
         users_refreshed: Users who got at least one new knowledge cutoff.
         new_cutoffs: New user cutoffs (one prompt each).
         new_items: Items the folder did not have before.
-        prompts: Prompts built per kind (every cutoff and item, old and new).
-        prompts_sent: Prompts sent to the LLM per kind (the rest came from the answer cache).
-        prompts_cached: Prompts answered from the cache per kind.
+        new_kerec_rows: LLM-KERec vectors (``vectors/kerec``, one per item) that are new or changed: a text or
+            ``as_of`` the folder did not have (0 without LLM-KERec vectors).
+        prompts: Prompts built per LLM step (every cutoff, item and candidate pair, old and new): ``user``,
+            ``item``, and for LLM-KERec ``kerec_entity`` and ``kerec_pair`` (see ``KerecSummary.answer_steps``).
+        prompts_sent: Prompts sent to the LLM per step (the rest came from the answer cache).
+        prompts_cached: Prompts answered from the cache per step.
         tokens_in: Prompt tokens sent.
         tokens_out: Answer tokens received.
         usd_estimate: Those tokens at the knowledge job's prices.
         encoded: Texts encoded per kind (only new answers).
-        exported: Adapted vectors written per knowledge field (only new vectors; empty without a run).
+        exported: Adapted vectors written per knowledge field (only new vectors, unless a table had to be
+            rewritten whole: see ``adaptors.export``; empty without a run).
         materialized_from: Start of the materialized window (None: not materialized).
         stage_seconds: Wall seconds per stage.
         wall_seconds: The whole refresh.
@@ -359,6 +375,8 @@ class RefreshReport(JobResult):
     users_refreshed: int
     new_cutoffs: int
     new_items: int
+    # A default: reports written before LLM-KERec was refreshed still read.
+    new_kerec_rows: int = 0
     prompts: dict[str, int]
     prompts_sent: dict[str, int]
     prompts_cached: dict[str, int]

@@ -571,7 +571,10 @@ def read_knowledge_arrow(
             "as_of": pd.to_datetime(frame["as_of"], utc=True).astype("datetime64[us, UTC]"),
             "status": status,
             "text": text,
-            "text_hash": [None if t is pd.NA else hashlib.sha256(t.encode()).hexdigest() for t in text],
+            # object, even with no row: an empty list would be float64, which no merge on text hashes accepts.
+            "text_hash": pd.Series(
+                [None if t is pd.NA else hashlib.sha256(t.encode()).hexdigest() for t in text], dtype="object"
+            ),
             "reason": reason,
         }
     )

@@ -507,6 +507,8 @@ def _run_kerec(
         "graph_edges": int(edges["n"] or 0),
         "complementary_edges": int(edges["yes"] or 0),
         "knowledge_items": spark.read.parquet(str(job.out / tables.KEREC_DIR)).count(),
+        # Recorded so `kar refresh` mines the same number of candidates again.
+        "max_pairs": job.kerec_max_pairs,
     }
 
 

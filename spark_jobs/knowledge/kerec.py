@@ -406,22 +406,31 @@ def item_entities(entity_answers: DataFrame, items: DataFrame, *, max_entities: 
     return joined.mapInPandas(lambda batches: _entity_batches(batches, max_entities=max_entities), schema=ENTITY_SCHEMA)
 
 
+def _liked(history: DataFrame, *, min_next_rating: float) -> Column:
+    """Whether the user liked an interaction: its rating reaches ``min_next_rating``; unrated, its label is 1.
+
+    A click log has a null rating on every row (``--dataset table`` with a label), so the rating alone would
+    drop every transition; the click is the evidence there. A row with neither counts as liked.
+    """
+    rated = _column_or_null(history, "rating", "double") >= F.lit(min_next_rating)
+    clicked = _column_or_null(history, "label", "int") == F.lit(1)
+    return F.coalesce(rated, clicked, F.lit(True))
+
+
 def _transitions(history: DataFrame, *, min_next_rating: float | None) -> DataFrame:
     # Consecutive interactions of a user, earlier item -> the item that came next. Ordering by position then
     # item_id keeps the result deterministic even if positions were ever tied.
     order = Window.partitionBy("user_id").orderBy("position", "item_id")
-    rating = F.lead("rating").over(order) if "rating" in history.columns else F.lit(None).cast("double")
+    liked = F.lit(True) if min_next_rating is None else _liked(history, min_next_rating=min_next_rating)
     steps = history.select(
         "user_id",
         F.col("item_id").alias("prev_item"),
         F.lead("item_id").over(order).alias("next_item"),
         F.lead("event_timestamp").over(order).alias("event_timestamp"),
-        rating.alias("next_rating"),
+        F.lead(liked).over(order).alias("next_liked"),
     ).where(F.col("next_item").isNotNull())
-    if "rating" in history.columns and min_next_rating is not None:
-        # The user liked what came next: a transition into a disliked item is no evidence of wanting it.
-        steps = steps.where(F.col("next_rating") >= F.lit(min_next_rating))
-    return steps
+    # The user liked what came next: a transition into a disliked item is no evidence of wanting it.
+    return steps.where(F.col("next_liked"))
 
 
 def _popularity(history: DataFrame, entities: DataFrame) -> DataFrame:
@@ -454,10 +463,10 @@ def pair_candidates(
 ) -> DataFrame:
     """Candidate complementary entity pairs mined from consecutive interactions in knowledge histories.
 
-    Each pair of consecutive history interactions (position p → p+1) whose later item the user rated at
-    least ``min_next_rating`` (when the table has ratings) links every entity of the earlier item (source)
-    to every different entity of the later one (target). ``support`` is the number of distinct users
-    showing the transition.
+    Each pair of consecutive history interactions (position p → p+1) whose later item the user liked links
+    every entity of the earlier item (source) to every different entity of the later one (target): liked is
+    rated at least ``min_next_rating``, or, for an interaction without a rating (a click log), labelled 1.
+    ``support`` is the number of distinct users showing the transition.
 
     Score: ``support / sqrt(pop(source) * pop(target))``, ``pop`` being the number of users with the entity
     anywhere in their history. This is the cosine (Ochiai) coefficient: raw support would rank the most
@@ -466,13 +475,15 @@ def pair_candidates(
     conditional rates sits between them, and lies in [0, 1] because a supporting user has both entities.
 
     Args:
-        history: ``knowledge_history`` (``user_id, item_id, event_timestamp, position`` and optional ``rating``).
+        history: ``knowledge_history`` (``user_id, item_id, event_timestamp, position``; optional ``rating``
+            and ``label``).
             Only these interactions may feed knowledge, so pairs never use evaluation behaviour.
         entities: ``item_id, entity`` (from :func:`item_entities`).
         max_pairs: Pairs kept overall (the LLM judges each one).
         min_support: Minimum number of distinct supporting users.
         max_per_source: Pairs kept per source entity, so a few hub entities cannot take the whole budget.
-        min_next_rating: Minimum rating of the later item; None keeps every transition.
+        min_next_rating: Minimum rating of the later item (unrated: a positive label); None keeps every
+            transition.
 
     Returns:
         ``source, target, support long, score double, as_of timestamp``, best first (score, then support
