@@ -80,13 +80,7 @@ def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
     fix = f"run `kar knowledge --data {data_dir}` first"
     extra: dict[str, Any] = {}
     for kind in tables.KINDS:
-        ok = _read(spark, knowledge / kind, fix=fix)
-        v.validate(ok, suites.answers(kind))
-        statuses = ok.select("status")
-        for bad in (knowledge / "quarantine" / kind, knowledge / "quarantine" / "answers" / kind):
-            if bad.is_dir():
-                statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
-        v.validate(statuses, suites.answer_statuses(kind))
+        ok = _gate_answers(spark, knowledge, v, kind=kind, table=kind, fix=fix)
         if kind == "item":
             items = _read(spark, data_dir / tables.ITEMS_DIR, fix=fix)
             table = v.out_dir / hallucination.OUTPUT_DIR / "item" if v.out_dir else None
@@ -97,6 +91,19 @@ def answers(spark: SparkSession, data_dir: Path, v: Validator) -> dict[str, Any]
     return extra
 
 
+def _gate_answers(spark: SparkSession, knowledge: Path, v: Validator, *, kind: str, table: str, fix: str) -> Any:
+    """One kind's usable answers (``knowledge/<table>``) and the statuses of all its prompts, the quarantined
+    ones included, through the answer suites; returns the usable answers."""
+    ok = _read(spark, knowledge / table, fix=fix)
+    v.validate(ok, suites.answers(kind))
+    statuses = ok.select("status")
+    for bad in (knowledge / "quarantine" / table, knowledge / "quarantine" / "answers" / table):
+        if bad.is_dir():
+            statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
+    v.validate(statuses, suites.answer_statuses(kind))
+    return ok
+
+
 def kerec_answers(spark: SparkSession, knowledge: Path, v: Validator) -> None:
     """LLM-KERec's steps as the knowledge job gates them: entity and pair answers, verdicts, graph, texts."""
     from spark_jobs.knowledge import kerec
@@ -104,13 +111,7 @@ def kerec_answers(spark: SparkSession, knowledge: Path, v: Validator) -> None:
 
     fix = f"run `kar knowledge --data {knowledge.parent} --kind kerec` first"
     for step in ("entity", "pair"):
-        ok = _read(spark, knowledge / TABLES[step], fix=fix)
-        v.validate(ok, suites.answers(step))
-        statuses = ok.select("status")
-        bad = knowledge / "quarantine" / TABLES[step]
-        if bad.is_dir():
-            statuses = statuses.unionByName(spark.read.parquet(str(bad)).select("status"))
-        v.validate(statuses, suites.answer_statuses(step))
+        ok = _gate_answers(spark, knowledge, v, kind=step, table=TABLES[step], fix=fix)
         if step == "pair":
             v.validate(kerec.judge_pairs(ok), suites.kerec_judgements())
     v.validate(_read(spark, knowledge / "kerec_graph", fix=fix), suites.kerec_graph())

@@ -487,9 +487,9 @@ def _run_kerec(
         spark, pair_frame, kind="pair", scenario=scenario, job=job, progress=progress, validator=validator
     )
     progress("LLM-KERec: the complementary graph and its gates")
-    judged = kerec.judge_pairs(pair_answers.where(F.col("status") == "ok")).cache()
+    judged = kerec.judge_pairs(pair_answers.where(F.col("status") == kerec.OK)).cache()
     validator.validate(judged, suites.kerec_judgements())
-    graph = judged.where(F.col("status") == "ok")
+    graph = judged.where(F.col("status") == kerec.OK)
     graph.write.mode("overwrite").parquet(str(job.out / "kerec_graph"))
     graph = spark.read.parquet(str(job.out / "kerec_graph"))
     validator.validate(graph, suites.kerec_graph())
